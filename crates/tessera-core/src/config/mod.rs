@@ -1,0 +1,89 @@
+//! The one configuration tree. Every section is a serde struct with `deny_unknown_fields` and
+//! defaults; `EngineConfig::validate` checks it once at startup and names the key path of the first
+//! bad value. Layering (defaults < file < env < flags) happens in the binary, not here.
+
+mod cache;
+mod model;
+mod parallel;
+mod scheduler;
+
+pub use cache::CacheConfig;
+pub use model::{Device, LoadFormat, ModelConfig, WeightDtype};
+pub use parallel::ParallelConfig;
+pub use scheduler::SchedulerConfig;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A bad configuration value, with the dotted key path that holds it (e.g. `scheduler.max_num_seqs`).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("config key `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { key: key.into(), message: message.into() }
+    }
+}
+
+/// The whole engine's configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Where the model math runs.
+    pub device: Device,
+    pub model: ModelConfig,
+    pub parallel: ParallelConfig,
+    pub cache: CacheConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+impl EngineConfig {
+    /// Checks every section; the error carries the full key path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.model.validate("model")?;
+        self.parallel.validate("parallel")?;
+        self.cache.validate("cache")?;
+        self.scheduler.validate("scheduler")?;
+        Ok(())
+    }
+}
+
+/// `Err` naming `key` unless `ok`.
+pub(crate) fn check(
+    ok: bool,
+    key: impl FnOnce() -> String,
+    message: impl FnOnce() -> String,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError { key: key(), message: message() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        EngineConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = serde_json::from_str::<EngineConfig>(r#"{"scheduler": {"max_num_seqz": 3}}"#).unwrap_err();
+        assert!(err.to_string().contains("max_num_seqz"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key_path() {
+        let mut config = EngineConfig::default();
+        config.parallel.tensor_parallel_size = 0;
+        assert_eq!(config.validate().unwrap_err().key, "parallel.tensor_parallel_size");
+    }
+}

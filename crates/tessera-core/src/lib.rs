@@ -1,0 +1,14 @@
+//! Pure types shared by every Tessera crate.
+//!
+//! Architecture invariant: this crate does no IO and depends on no async runtime, actor system or
+//! device crate. It is the vocabulary the rest of the engine speaks.
+
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod sampling;
+
+pub use config::{ConfigError, EngineConfig};
+pub use error::CoreError;
+pub use ids::{BlockId, RequestId};
+pub use sampling::SamplingParams;
