@@ -6,9 +6,14 @@
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod kv_event;
+pub mod request;
 pub mod sampling;
+pub mod step;
 
 pub use config::{ConfigError, EngineConfig};
 pub use error::CoreError;
 pub use ids::{BlockId, RequestId};
+pub use kv_event::{BlockHash, KvEvent};
+pub use request::{FinishReason, Request, RequestStatus};
 pub use sampling::SamplingParams;

@@ -15,6 +15,9 @@ pub struct CacheConfig {
     pub cpu_kv_cache_bytes: usize,
     /// Reuse full blocks of identical prefixes across requests.
     pub enable_prefix_caching: bool,
+    /// Record `KvEvent`s (block stored / removed) for a prefix-aware router. Off by default: the
+    /// events buffer only while someone drains them.
+    pub enable_kv_events: bool,
 }
 
 impl Default for CacheConfig {
@@ -25,6 +28,7 @@ impl Default for CacheConfig {
             gpu_memory_utilization: 0.9,
             cpu_kv_cache_bytes: 256 << 20,
             enable_prefix_caching: true,
+            enable_kv_events: false,
         }
     }
 }
@@ -42,9 +46,35 @@ impl CacheConfig {
             || "must be at least 1".to_string(),
         )?;
         check(
+            !self.enable_kv_events || self.enable_prefix_caching,
+            || format!("{path}.enable_kv_events"),
+            || "needs enable_prefix_caching = true (events describe the prefix cache)".to_string(),
+        )?;
+        check(
             self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0,
             || format!("{path}.gpu_memory_utilization"),
             || format!("must be in (0, 1], got {}", self.gpu_memory_utilization),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("cache.block_size", CacheConfig { block_size: 12, ..Default::default() }),
+            ("cache.num_blocks", CacheConfig { num_blocks: Some(0), ..Default::default() }),
+            (
+                "cache.enable_kv_events",
+                CacheConfig { enable_kv_events: true, enable_prefix_caching: false, ..Default::default() },
+            ),
+        ];
+        for (key, config) in cases {
+            assert_eq!(config.validate("cache").unwrap_err().key, key);
+        }
+        CacheConfig::default().validate("cache").unwrap();
     }
 }
