@@ -1,0 +1,138 @@
+//! The operations the model definition is written against. A backend owns its device, tensor
+//! type and paged KV cache; the model only says which operations run in which order.
+//!
+//! Activations are 2-D, one row per token of the flattened batch. Attention works on the fused
+//! q|k|v projection output of a row, whose head layout `QkvLayout` describes.
+
+use crate::error::Result;
+use crate::input::ModelInput;
+use crate::weights::HostTensor;
+
+/// Head layout of a fused q|k|v row on this tensor-parallel rank: `num_heads` query heads, then
+/// `num_kv_heads` key heads, then as many value heads, each `head_dim` wide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QkvLayout {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl QkvLayout {
+    pub fn q_width(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    pub fn kv_width(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    pub fn row_width(&self) -> usize {
+        self.q_width() + 2 * self.kv_width()
+    }
+}
+
+/// Shape of the paged KV cache on one rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheShape {
+    pub num_layers: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvCacheShape {
+    /// Bytes of K and V for one block across all layers, at `elem_bytes` per element.
+    pub fn bytes_per_block(&self, elem_bytes: usize) -> usize {
+        2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem_bytes
+    }
+}
+
+pub trait Backend {
+    /// Activations, `[rows, cols]`.
+    type Tensor;
+    /// A weight (matrix `[out, in]`, or vector) in the backend's storage.
+    type Weight: Send + Sync;
+    /// A step's `ModelInput`, staged on the device.
+    type Batch;
+    type KvCache;
+    /// Precomputed RoPE cos/sin for every position.
+    type Rope: Send + Sync;
+
+    fn upload(&self, tensor: HostTensor) -> Result<Self::Weight>;
+    /// `cos` and `sin` are `[max_positions, head_dim / 2]`, row-major.
+    fn upload_rope(&self, cos: Vec<f32>, sin: Vec<f32>, head_dim: usize) -> Result<Self::Rope>;
+    fn alloc_kv_cache(&self, shape: KvCacheShape) -> Result<Self::KvCache>;
+    fn prepare(&self, input: &ModelInput) -> Result<Self::Batch>;
+
+    /// Rows of `table` for the batch's tokens; `table` holds vocab rows from `vocab_start` on, and
+    /// tokens outside it get zero rows (the all-reduce of a vocab-parallel embedding fills them).
+    fn embedding(
+        &self,
+        table: &Self::Weight,
+        vocab_start: usize,
+        batch: &Self::Batch,
+    ) -> Result<Self::Tensor>;
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Weight, eps: f32) -> Result<Self::Tensor>;
+    /// `residual += delta`, then returns `rms_norm(residual)`: the fused pre-norm of each block.
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Tensor,
+        delta: &Self::Tensor,
+        weight: &Self::Weight,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
+    /// `x @ weight^T (+ bias)`.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Weight,
+        bias: Option<&Self::Weight>,
+    ) -> Result<Self::Tensor>;
+    /// Per-head RMSNorm of the q and k heads of a fused q|k|v tensor, in place (Qwen3).
+    fn qk_norm(
+        &self,
+        qkv: &mut Self::Tensor,
+        q_weight: &Self::Weight,
+        k_weight: &Self::Weight,
+        eps: f32,
+        layout: QkvLayout,
+    ) -> Result<()>;
+    /// Rotates the q and k heads of a fused q|k|v tensor by each token's position, in place.
+    fn rope(
+        &self,
+        qkv: &mut Self::Tensor,
+        rope: &Self::Rope,
+        batch: &Self::Batch,
+        layout: QkvLayout,
+    ) -> Result<()>;
+    /// Stores the k and v heads of each token at its slot in layer `layer` of the cache.
+    fn write_kv(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        qkv: &Self::Tensor,
+        batch: &Self::Batch,
+        layout: QkvLayout,
+    ) -> Result<()>;
+    /// Causal attention of each token's q heads over its sequence's cached K/V (which must already
+    /// include this step's tokens); returns `[rows, num_heads * head_dim]`.
+    fn attention(
+        &self,
+        cache: &Self::KvCache,
+        layer: usize,
+        qkv: &Self::Tensor,
+        batch: &Self::Batch,
+        layout: QkvLayout,
+    ) -> Result<Self::Tensor>;
+    /// `silu(gate) * up` for a fused `[rows, 2 * n]` gate|up tensor.
+    fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// The rows at the batch's `logits_indices`.
+    fn gather_logit_rows(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
+    /// Sums `x` over the tensor-parallel group, in place.
+    fn all_reduce(&self, x: &mut Self::Tensor) -> Result<()>;
+    /// Concatenates each rank's columns of `x`, rank order (vocab-parallel logits).
+    fn all_gather_cols(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Copies a tensor to host memory, row-major.
+    fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+}
