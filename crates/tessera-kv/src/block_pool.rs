@@ -62,6 +62,11 @@ impl BlockPool {
         self.num_blocks() - self.num_available_blocks()
     }
 
+    /// Blocks whose prefix can hit (cached or in use): the set a router mirrors from KV events.
+    pub fn num_hashed_blocks(&self) -> usize {
+        self.cached.len()
+    }
+
     pub fn ref_count(&self, block: BlockId) -> u32 {
         self.meta[block.0 as usize].ref_count
     }
