@@ -6,8 +6,8 @@
 //! - cached: reference count 0, a hash, on the LRU list (reusable by a prefix hit, evictable);
 //! - in use: reference count > 0, off both lists (it may also have a hash and be hit by others).
 
+use crate::fast_hash::FastMap;
 use crate::free_list::{BlockLists, List};
-use std::collections::HashMap;
 use tessera_core::{BlockHash, BlockId, KvEvent};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -19,7 +19,7 @@ struct BlockMeta {
 pub struct BlockPool {
     meta: Vec<BlockMeta>,
     lists: BlockLists,
-    cached: HashMap<BlockHash, BlockId>,
+    cached: FastMap<BlockHash, BlockId>,
     /// `Some` when KV events are enabled.
     events: Option<Vec<KvEvent>>,
 }
@@ -35,7 +35,7 @@ impl BlockPool {
         BlockPool {
             meta: vec![BlockMeta::default(); num_blocks],
             lists,
-            cached: HashMap::new(),
+            cached: FastMap::default(),
             events: enable_kv_events.then(Vec::new),
         }
     }

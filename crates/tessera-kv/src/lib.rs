@@ -12,11 +12,13 @@
 
 pub mod block_pool;
 pub mod block_table;
+pub mod fast_hash;
 mod free_list;
 pub mod hash;
 pub mod manager;
 
 pub use block_pool::BlockPool;
 pub use block_table::{slot, slot_mapping};
+pub use fast_hash::FastMap;
 pub use hash::{extend_block_hashes, hash_block};
 pub use manager::{KvCacheManager, KvConfig};

@@ -7,7 +7,7 @@
 //! `free` when it finishes, is aborted or is preempted.
 
 use crate::block_pool::BlockPool;
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 use tessera_core::config::CacheConfig;
 use tessera_core::{BlockHash, BlockId, KvEvent, RequestId};
 
@@ -43,14 +43,14 @@ struct SeqBlocks {
 pub struct KvCacheManager {
     config: KvConfig,
     pool: BlockPool,
-    tables: HashMap<RequestId, SeqBlocks>,
+    tables: FastMap<RequestId, SeqBlocks>,
 }
 
 impl KvCacheManager {
     pub fn new(config: KvConfig) -> Self {
         assert!(config.block_size > 0, "block_size must be positive");
         let pool = BlockPool::new(config.num_blocks, config.enable_kv_events && config.enable_prefix_caching);
-        KvCacheManager { config, pool, tables: HashMap::new() }
+        KvCacheManager { config, pool, tables: FastMap::default() }
     }
 
     pub fn config(&self) -> &KvConfig {
@@ -89,6 +89,9 @@ impl KvCacheManager {
     /// were appended, or `None` (and changes nothing) when there are not enough blocks.
     pub fn allocate_slots(&mut self, id: RequestId, num_tokens: usize, cached_prefix: &[BlockId]) -> Option<usize> {
         let have = self.tables.get(&id).map_or(0, |t| t.blocks.len());
+        if cached_prefix.is_empty() && self.blocks_for(num_tokens) <= have {
+            return Some(0); // the common decode step: the last block still has room
+        }
         assert!(cached_prefix.is_empty() || have == 0, "{id}: a prefix hit on a sequence that has blocks");
         let want = self.blocks_for(num_tokens).max(have + cached_prefix.len());
         let num_new = want - have - cached_prefix.len();

@@ -3,10 +3,10 @@
 
 use crate::error::AdmissionError;
 use crate::sequence::{SeqKey, Sequence};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use tessera_core::config::SchedulerConfig;
 use tessera_core::{FinishReason, KvEvent, Request, RequestId, RequestStatus};
-use tessera_kv::KvCacheManager;
+use tessera_kv::{FastMap, KvCacheManager};
 
 /// Counters for metrics; monotonic except the gauges.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,7 +29,7 @@ pub struct Scheduler {
     pub(crate) config: SchedulerConfig,
     pub(crate) max_model_len: usize,
     pub(crate) kv: KvCacheManager,
-    pub(crate) seqs: HashMap<RequestId, Sequence>,
+    pub(crate) seqs: FastMap<RequestId, Sequence>,
     /// Waiting and preempted sequences in scheduling order.
     pub(crate) waiting: BTreeMap<SeqKey, RequestId>,
     /// Running sequences in scheduling order (ascending key): the most urgent is served first and
@@ -54,7 +54,7 @@ impl Scheduler {
             config,
             max_model_len,
             kv,
-            seqs: HashMap::new(),
+            seqs: FastMap::default(),
             waiting: BTreeMap::new(),
             running: Vec::new(),
             finished_for_workers: Vec::new(),
