@@ -122,7 +122,13 @@ impl BlockPool {
 
     /// Enters a full, computed, in-use block into the prefix cache under `hash`. Returns false (and
     /// changes nothing) when another block already holds that prefix: the first one stays the hit.
-    pub fn cache(&mut self, block: BlockId, hash: BlockHash, parent: Option<BlockHash>, token_ids: &[u32]) -> bool {
+    pub fn cache(
+        &mut self,
+        block: BlockId,
+        hash: BlockHash,
+        parent: Option<BlockHash>,
+        token_ids: &[u32],
+    ) -> bool {
         let meta = &mut self.meta[block.0 as usize];
         assert!(meta.ref_count > 0, "cached a block nobody holds: {block}");
         assert!(meta.hash.is_none(), "block {block} is cached twice");
@@ -133,7 +139,12 @@ impl BlockPool {
         self.cached.insert(hash, block);
         if let Some(events) = &mut self.events {
             let token_ids = token_ids.to_vec();
-            events.push(KvEvent::BlockStored { block_hash: hash, parent_hash: parent, block_id: block, token_ids });
+            events.push(KvEvent::BlockStored {
+                block_hash: hash,
+                parent_hash: parent,
+                block_id: block,
+                token_ids,
+            });
         }
         true
     }

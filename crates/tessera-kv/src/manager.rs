@@ -87,7 +87,12 @@ impl KvCacheManager {
     /// Grows `id`'s block table to hold `num_tokens` tokens. A sequence's first call passes its
     /// prefix hit in `cached_prefix`, which becomes the front of its table. Returns how many blocks
     /// were appended, or `None` (and changes nothing) when there are not enough blocks.
-    pub fn allocate_slots(&mut self, id: RequestId, num_tokens: usize, cached_prefix: &[BlockId]) -> Option<usize> {
+    pub fn allocate_slots(
+        &mut self,
+        id: RequestId,
+        num_tokens: usize,
+        cached_prefix: &[BlockId],
+    ) -> Option<usize> {
         let have = self.tables.get(&id).map_or(0, |t| t.blocks.len());
         if cached_prefix.is_empty() && self.blocks_for(num_tokens) <= have {
             return Some(0); // the common decode step: the last block still has room

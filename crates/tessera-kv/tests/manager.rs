@@ -6,7 +6,12 @@ use tessera_kv::{extend_block_hashes, hash_block, KvCacheManager, KvConfig};
 const BS: usize = 4;
 
 fn manager(num_blocks: usize) -> KvCacheManager {
-    KvCacheManager::new(KvConfig { num_blocks, block_size: BS, enable_prefix_caching: true, enable_kv_events: true })
+    KvCacheManager::new(KvConfig {
+        num_blocks,
+        block_size: BS,
+        enable_prefix_caching: true,
+        enable_kv_events: true,
+    })
 }
 
 fn hashes(tokens: &[u32]) -> Vec<BlockHash> {
@@ -177,8 +182,12 @@ fn salts_isolate_tenants() {
 
 #[test]
 fn caching_disabled_never_hits_and_frees_everything() {
-    let mut kv =
-        KvCacheManager::new(KvConfig { num_blocks: 4, block_size: BS, enable_prefix_caching: false, enable_kv_events: false });
+    let mut kv = KvCacheManager::new(KvConfig {
+        num_blocks: 4,
+        block_size: BS,
+        enable_prefix_caching: false,
+        enable_kv_events: false,
+    });
     run_prefill(&mut kv, 1, &[1, 2, 3, 4]);
     assert!(kv.find_cached_prefix(&hashes(&[1, 2, 3, 4])).is_empty());
     kv.free(RequestId(1));

@@ -11,12 +11,22 @@ const BS: usize = 2;
 #[derive(Clone, Debug)]
 enum Op {
     /// Start sequence `seq` with a prompt from a tiny alphabet (so prefixes repeat).
-    Start { seq: u8, prompt: Vec<u32> },
+    Start {
+        seq: u8,
+        prompt: Vec<u32>,
+    },
     /// Append `n` tokens to `seq` and grow its blocks.
-    Grow { seq: u8, n: usize },
+    Grow {
+        seq: u8,
+        n: usize,
+    },
     /// Mark everything `seq` holds as computed, caching its full blocks.
-    Compute { seq: u8 },
-    Free { seq: u8 },
+    Compute {
+        seq: u8,
+    },
+    Free {
+        seq: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -42,7 +42,8 @@ fn warm_scheduler(waiting: usize) -> Scheduler {
 
 fn run_step(s: &mut Scheduler) -> usize {
     let plan = s.schedule();
-    let sampled = plan.sampled_ids().map(|request_id| SampledToken { request_id, token_id: 7, logprobs: None });
+    let sampled =
+        plan.sampled_ids().map(|request_id| SampledToken { request_id, token_id: 7, logprobs: None });
     let result = StepResult { step_id: plan.step_id, sampled: sampled.collect() };
     s.update(&plan, &result).len()
 }

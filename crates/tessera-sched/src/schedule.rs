@@ -84,7 +84,8 @@ impl Scheduler {
             let seq = &self.seqs[&id];
             // Leave at least one token to compute: its logits give the next token.
             let max_hit_blocks = (seq.num_tokens() - 1) / self.kv.block_size();
-            let hit = self.kv.find_cached_prefix(&seq.block_hashes[..max_hit_blocks.min(seq.block_hashes.len())]);
+            let hit =
+                self.kv.find_cached_prefix(&seq.block_hashes[..max_hit_blocks.min(seq.block_hashes.len())]);
             let num_computed = hit.len() * self.kv.block_size();
             let remaining = seq.num_tokens() - num_computed;
             let n = remaining.min(cap).min(*budget);

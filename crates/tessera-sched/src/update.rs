@@ -75,6 +75,11 @@ impl Scheduler {
         if let Some(reason) = finish_reason {
             self.finish(t.request_id, reason);
         }
-        RequestOutput { request_id: t.request_id, token_id: t.token_id, logprobs: t.logprobs.clone(), finish_reason }
+        RequestOutput {
+            request_id: t.request_id,
+            token_id: t.token_id,
+            logprobs: t.logprobs.clone(),
+            finish_reason,
+        }
     }
 }

@@ -15,10 +15,18 @@ use tessera_sched::Scheduler;
 #[derive(Clone, Debug)]
 enum Op {
     /// A request with this prompt length, max_tokens, priority and prefix family.
-    Add { prompt: usize, max_tokens: u32, priority: i32, family: u32 },
+    Add {
+        prompt: usize,
+        max_tokens: u32,
+        priority: i32,
+        family: u32,
+    },
     Step,
     /// End the `k`-th live request (modulo their number) from outside.
-    End { k: usize, abort: bool },
+    End {
+        k: usize,
+        abort: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -103,8 +103,11 @@ fn prefix_hits_skip_cached_blocks_but_leave_a_token_to_sample() {
     s.add_request(request(2, 1, 10, 1)).unwrap();
     s.add_request(request(3, 1, 8, 1)).unwrap();
     let (plan, _) = step(&mut s);
-    let got: Vec<_> =
-        plan.new_sequences.iter().map(|n| (n.num_computed_tokens, n.num_scheduled_tokens, n.block_table.clone())).collect();
+    let got: Vec<_> = plan
+        .new_sequences
+        .iter()
+        .map(|n| (n.num_computed_tokens, n.num_scheduled_tokens, n.block_table.clone()))
+        .collect();
     // Request 3's 8 tokens are both cached, but one block is recomputed to get logits.
     assert_eq!(got, vec![(8, 2, ids(&[0, 1, 3])), (4, 4, ids(&[0, 4]))]);
     let stats = s.stats();
@@ -126,7 +129,8 @@ fn preemption_takes_the_lowest_priority_then_the_latest_arrival() {
     // Every sequence needs a third block now; the cache is full.
     let (plan, _) = step(&mut s);
     assert_eq!(plan.preempted_ids, vec![RequestId(2)]);
-    let grown: Vec<_> = plan.cached_sequences.iter().map(|c| (c.request_id.0, c.new_block_ids.clone())).collect();
+    let grown: Vec<_> =
+        plan.cached_sequences.iter().map(|c| (c.request_id.0, c.new_block_ids.clone())).collect();
     // Request 2's blocks were released tail first: block 5 is evicted before block 4.
     assert_eq!(grown, vec![(1, ids(&[5])), (3, ids(&[4]))]);
     assert_eq!(s.status(RequestId(2)), Some(RequestStatus::Preempted));
@@ -193,7 +197,10 @@ fn admission_refuses_what_can_never_fit_and_what_would_overflow_the_queue() {
     s.add_request(request(1, 1, 10, 7)).unwrap();
     assert_eq!(s.add_request(request(1, 1, 3, 1)), Err(AdmissionError::DuplicateRequest(RequestId(1))));
     s.add_request(request(2, 1, 3, 1)).unwrap();
-    assert_eq!(s.add_request(request(3, 1, 3, 1)), Err(AdmissionError::Overloaded { max_waiting_requests: 2 }));
+    assert_eq!(
+        s.add_request(request(3, 1, 3, 1)),
+        Err(AdmissionError::Overloaded { max_waiting_requests: 2 })
+    );
     let no_chunks = tessera_core::config::SchedulerConfig { enable_chunked_prefill: false, ..config };
     let mut s = scheduler(no_chunks, 64, 64);
     assert!(never(s.add_request(request(1, 1, 17, 1))), "one step cannot hold it");
@@ -232,8 +239,10 @@ fn the_engine_can_end_a_request_with_stop() {
 /// Runs one step in which every sampling sequence gets `token`.
 fn step_with_token(s: &mut tessera_sched::Scheduler, token: u32) -> Vec<tessera_sched::RequestOutput> {
     let plan = s.schedule();
-    let sampled =
-        plan.sampled_ids().map(|request_id| SampledToken { request_id, token_id: token, logprobs: None }).collect();
+    let sampled = plan
+        .sampled_ids()
+        .map(|request_id| SampledToken { request_id, token_id: token, logprobs: None })
+        .collect();
     s.update(&plan, &StepResult { step_id: plan.step_id, sampled })
 }
 
@@ -251,7 +260,10 @@ fn stop_tokens_eos_and_the_context_limit_end_sequences() {
         out.iter().map(|o| (o.request_id.0, o.finish_reason)).collect()
     };
     assert_eq!(reasons(step_with_token(&mut s, 5)), vec![(1, None), (2, None), (3, None)]);
-    assert_eq!(reasons(step_with_token(&mut s, 7)), vec![(1, None), (2, Some(FinishReason::Stop)), (3, Some(FinishReason::Length))]);
+    assert_eq!(
+        reasons(step_with_token(&mut s, 7)),
+        vec![(1, None), (2, Some(FinishReason::Stop)), (3, Some(FinishReason::Length))]
+    );
     assert_eq!(reasons(step_with_token(&mut s, EOS)), vec![(1, Some(FinishReason::Stop))]);
     assert!(!s.has_unfinished());
 }

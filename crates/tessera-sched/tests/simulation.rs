@@ -263,8 +263,13 @@ impl Sim {
         }
         for n in &plan.new_sequences {
             let tokens = [n.prompt_token_ids.clone(), n.output_token_ids.clone()].concat();
-            let mirror = Mirror { tokens, blocks: n.block_table.clone(), num_computed: n.num_computed_tokens };
-            assert!(self.mirrors.insert(n.request_id, mirror).is_none(), "{} sent as new twice", n.request_id);
+            let mirror =
+                Mirror { tokens, blocks: n.block_table.clone(), num_computed: n.num_computed_tokens };
+            assert!(
+                self.mirrors.insert(n.request_id, mirror).is_none(),
+                "{} sent as new twice",
+                n.request_id
+            );
             assert_eq!(n.num_computed_tokens % self.sc.block_size, 0, "hits are whole blocks");
         }
         for c in &plan.cached_sequences {
@@ -274,7 +279,8 @@ impl Sim {
             assert_eq!(m.num_computed, c.num_computed_tokens, "{} mirror out of step", c.request_id);
         }
         let scheduled = plan.new_sequences.iter().map(|n| (n.request_id, n.num_scheduled_tokens, n.sample));
-        let scheduled = scheduled.chain(plan.cached_sequences.iter().map(|c| (c.request_id, c.num_scheduled_tokens, c.sample)));
+        let scheduled = scheduled
+            .chain(plan.cached_sequences.iter().map(|c| (c.request_id, c.num_scheduled_tokens, c.sample)));
         let mut written = HashSet::new();
         for (id, n, sample) in scheduled {
             self.check_scheduled(id, n, sample, &mut written);

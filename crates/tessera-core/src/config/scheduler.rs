@@ -83,7 +83,10 @@ mod tests {
                 "scheduler.max_num_batched_tokens",
                 SchedulerConfig { max_num_batched_tokens: 8, ..Default::default() },
             ),
-            ("scheduler.max_waiting_requests", SchedulerConfig { max_waiting_requests: 0, ..Default::default() }),
+            (
+                "scheduler.max_waiting_requests",
+                SchedulerConfig { max_waiting_requests: 0, ..Default::default() },
+            ),
             (
                 "scheduler.long_prefill_token_threshold",
                 SchedulerConfig {

@@ -27,8 +27,11 @@ pub fn scheduler(config: SchedulerConfig, num_blocks: usize, max_model_len: usiz
 
 /// A greedy request of `prompt_len` distinct tokens starting at `first`, with eos id `EOS`.
 pub fn request(id: u64, first: u32, prompt_len: usize, max_tokens: u32) -> Request {
-    let mut req =
-        Request::new(RequestId(id), (first..first + prompt_len as u32).collect(), SamplingParams::greedy(max_tokens));
+    let mut req = Request::new(
+        RequestId(id),
+        (first..first + prompt_len as u32).collect(),
+        SamplingParams::greedy(max_tokens),
+    );
     req.eos_token_ids = vec![EOS];
     req
 }
