@@ -121,7 +121,7 @@ impl<B: Backend> Model<B> {
                 return Err(ModelError::NotDivisible { what, count, world: tp.world });
             }
         }
-        if spec.intermediate_size % tp.world != 0 {
+        if !spec.intermediate_size.is_multiple_of(tp.world) {
             return Err(ModelError::NotDivisible {
                 what: "intermediate_size",
                 count: spec.intermediate_size,
@@ -134,7 +134,7 @@ impl<B: Backend> Model<B> {
             num_kv_heads: spec.num_kv_heads / tp.world,
             head_dim: spec.head_dim,
         };
-        let vocab_parallel = spec.vocab_size % tp.world == 0;
+        let vocab_parallel = spec.vocab_size.is_multiple_of(tp.world);
         let vocab_shard = if vocab_parallel { tp.rows() } else { Shard::Full };
         let embed_shape = [spec.vocab_size, spec.hidden_size];
         let embed = loader.load("model.embed_tokens.weight", &embed_shape, vocab_shard)?;
