@@ -119,7 +119,7 @@ impl StreamPrinter {
         if text.ends_with('\u{FFFD}') || !text.is_char_boundary(self.printed) || text.len() < self.printed {
             return Ok(());
         }
-        out.write_all(text[self.printed..].as_bytes())?;
+        out.write_all(&text.as_bytes()[self.printed..])?;
         out.flush()?;
         self.printed = text.len();
         Ok(())
