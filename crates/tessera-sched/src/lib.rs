@@ -9,7 +9,8 @@
 //! outputs = update(&plan, &result)  <- StepResult from rank 0; tokens and finishes per request
 //! ```
 //!
-//! See `schedule.rs` for the policy and its fairness argument.
+//! `schedule.rs` states the policy; `tests/simulation.rs` states the starvation bound, argues it and
+//! checks it for every request of a 200,000-step simulation.
 //!
 //! Architecture invariant: no IO, no async runtime, no actors, no devices, no clocks. The same
 //! calls in the same order give the same plans, which is what the simulation tests rely on.

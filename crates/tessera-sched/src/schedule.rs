@@ -42,8 +42,10 @@ impl Scheduler {
             let id = self.running[i].1;
             let reserved = self.running.len() - i - 1;
             let seq = &self.seqs[&id];
-            let n = seq.num_uncomputed().min(cap).min(*budget - reserved);
-            assert!(n >= 1, "{id}: no budget left (max_num_batched_tokens < max_num_seqs?)");
+            // Holds because max_num_batched_tokens >= max_num_seqs >= running sequences.
+            let allowance = budget.checked_sub(reserved).expect("budget covers one token per running seq");
+            let n = seq.num_uncomputed().min(cap).min(allowance);
+            assert!(n >= 1, "{id}: nothing to schedule for a running sequence");
             let target = seq.num_computed_tokens + n;
             if !self.allocate_or_preempt(id, target, plan) {
                 break; // it preempted itself, and it was the last one
