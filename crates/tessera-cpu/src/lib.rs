@@ -6,11 +6,13 @@
 mod attention;
 pub mod collective;
 mod gemm;
+pub mod local_group;
 mod ops;
 pub mod tensor;
 
 pub use attention::CpuKvCache;
 pub use collective::{Collective, SingleRank};
+pub use local_group::{LocalComm, LocalGroup};
 pub use tensor::CpuTensor;
 
 use std::sync::Arc;
