@@ -3,11 +3,13 @@
 //! bad value. Layering (defaults < file < env < flags) happens in the binary, not here.
 
 mod cache;
+mod engine;
 mod model;
 mod parallel;
 mod scheduler;
 
 pub use cache::CacheConfig;
+pub use engine::{EngineSection, OnWorkerFailure};
 pub use model::{Device, LoadFormat, ModelConfig, WeightDtype};
 pub use parallel::ParallelConfig;
 pub use scheduler::SchedulerConfig;
@@ -39,6 +41,7 @@ pub struct EngineConfig {
     pub parallel: ParallelConfig,
     pub cache: CacheConfig,
     pub scheduler: SchedulerConfig,
+    pub engine: EngineSection,
 }
 
 impl EngineConfig {
@@ -48,6 +51,7 @@ impl EngineConfig {
         self.parallel.validate("parallel")?;
         self.cache.validate("cache")?;
         self.scheduler.validate("scheduler")?;
+        self.engine.validate("engine")?;
         Ok(())
     }
 }

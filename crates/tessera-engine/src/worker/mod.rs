@@ -1,0 +1,17 @@
+//! What runs on a worker's own OS thread: the model runner and the thread that owns it.
+
+mod runner;
+mod thread;
+
+pub use runner::ModelRunner;
+pub use thread::{
+    ArmedFault, ExecutorFactory, ExecutorFactoryArgs, FaultInjection, FaultKind, WorkerJob, WorkerReply,
+    WorkerThread,
+};
+
+use tessera_core::step::{StepPlan, StepResult};
+
+/// One rank's executor of plans. Rank 0 returns the sampled tokens; other ranks return `None`.
+pub trait StepExecutor: Send {
+    fn execute(&mut self, plan: &StepPlan) -> Result<Option<StepResult>, String>;
+}
