@@ -4,7 +4,7 @@
 use crate::actors::coordinator::{CoordinatorActor, CoordinatorArgs, CoordinatorMsg};
 use crate::actors::kv_manager::{KvManagerActor, KvManagerMsg, KvSnapshot};
 use crate::actors::scheduler::{EngineStats, SchedulerActor, SchedulerArgs, SchedulerMsg};
-use crate::cpu_group::CpuGroupFactory;
+use crate::devices::{device_group, DeviceGroup};
 use crate::error::EngineError;
 use crate::health::{Health, HealthState};
 use crate::stream::RequestStream;
@@ -12,10 +12,9 @@ use crate::worker::{ArmedFault, FaultInjection};
 use ractor::{Actor, ActorRef};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tessera_core::config::Device;
 use tessera_core::{EngineConfig, Request, RequestId, RequestStatus, SamplingParams};
 use tessera_model::loader::max_model_len;
-use tessera_model::{open_model, KvCacheShape, ModelSpec, Tokenizer};
+use tessera_model::{open_model, ModelSpec, Tokenizer};
 
 /// A prompt as text (tokenized by the engine, special tokens added) or as token ids.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,25 +70,6 @@ fn startup(err: impl std::fmt::Display) -> EngineError {
     EngineError::Startup(err.to_string())
 }
 
-/// KV blocks per rank: from the config, else from the CPU cache budget.
-fn cpu_num_blocks(config: &EngineConfig, spec: &ModelSpec) -> Result<usize, EngineError> {
-    if let Some(n) = config.cache.num_blocks {
-        return Ok(n);
-    }
-    let shape = KvCacheShape {
-        num_layers: spec.num_layers,
-        num_blocks: 1,
-        block_size: config.cache.block_size,
-        num_kv_heads: spec.num_kv_heads / config.parallel.tensor_parallel_size,
-        head_dim: spec.head_dim,
-    };
-    let n = config.cache.cpu_kv_cache_bytes / shape.bytes_per_block(4);
-    if n == 0 {
-        return Err(startup("cache.cpu_kv_cache_bytes is smaller than one KV block"));
-    }
-    Ok(n)
-}
-
 fn check_tensor_parallel(spec: &ModelSpec, world: usize) -> Result<(), EngineError> {
     for (what, count) in [("num_attention_heads", spec.num_heads), ("num_key_value_heads", spec.num_kv_heads)]
     {
@@ -109,13 +89,11 @@ impl Engine {
 
     pub async fn start_with(config: EngineConfig, options: EngineOptions) -> Result<Engine, EngineError> {
         config.validate().map_err(startup)?;
-        if config.device != Device::Cpu {
-            return Err(startup("device `cuda` needs a build with `--features cuda`"));
-        }
         let files = open_model(&config.model).map_err(startup)?;
         check_tensor_parallel(&files.spec, config.parallel.tensor_parallel_size)?;
         let max_model_len = max_model_len(&config.model, &files.spec).map_err(startup)?;
-        let num_blocks = cpu_num_blocks(&config, &files.spec)?;
+        let fault = options.fault.map(|fault| ArmedFault { fault, fired: Default::default() });
+        let DeviceGroup { factory, num_blocks } = device_group(&config, &files.spec, max_model_len, fault)?;
         let health = Arc::new(Health::default());
 
         let (kv_manager, _) = Actor::spawn(None, KvManagerActor, ()).await.map_err(startup)?;
@@ -127,11 +105,9 @@ impl Engine {
             kv_manager: kv_manager.clone(),
         };
         let (scheduler, _) = Actor::spawn(None, SchedulerActor, scheduler_args).await.map_err(startup)?;
-        let fault = options.fault.map(|fault| ArmedFault { fault, fired: Default::default() });
-        let group = CpuGroupFactory { config: config.clone(), num_blocks, max_model_len, fault };
         let coordinator_args = CoordinatorArgs {
             scheduler: scheduler.clone(),
-            group: Box::new(group),
+            group: factory,
             config: config.engine.clone(),
             health: health.clone(),
         };

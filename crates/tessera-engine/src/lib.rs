@@ -11,6 +11,7 @@
 pub mod actors;
 mod cpu_group;
 pub mod detokenizer;
+mod devices;
 mod engine;
 pub mod error;
 pub mod health;
