@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod kv_event;
+pub mod openai;
 pub mod request;
 pub mod sampling;
 pub mod step;
