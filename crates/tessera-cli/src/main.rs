@@ -2,13 +2,17 @@
 
 mod args;
 mod generate;
-mod sample;
+mod settings;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Tessera: an LLM inference engine for Llama-family models")]
 struct Cli {
+    /// A TOML or YAML config file (layered over the defaults, under environment and flags).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -17,11 +21,27 @@ struct Cli {
 enum Command {
     /// Generate a completion of one prompt and print it as it is produced.
     Generate(generate::GenerateArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (defaults < file < environment), secrets redacted.
+    Show,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => {
+            let config = settings::load(cli.config.as_deref(), &args.overrides())?;
+            generate::run(args, config)
+        }
+        Command::Config(ConfigCommand::Show) => {
+            print!("{}", settings::show(&settings::load(cli.config.as_deref(), &[])?)?);
+            Ok(())
+        }
     }
 }

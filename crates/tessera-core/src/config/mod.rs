@@ -7,12 +7,14 @@ mod engine;
 mod model;
 mod parallel;
 mod scheduler;
+mod server;
 
 pub use cache::CacheConfig;
 pub use engine::{EngineSection, OnWorkerFailure};
 pub use model::{Device, LoadFormat, ModelConfig, WeightDtype};
 pub use parallel::ParallelConfig;
 pub use scheduler::SchedulerConfig;
+pub use server::{LogFormat, LoggingConfig, ServerConfig};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -42,9 +44,20 @@ pub struct EngineConfig {
     pub cache: CacheConfig,
     pub scheduler: SchedulerConfig,
     pub engine: EngineSection,
+    pub server: ServerConfig,
+    pub logging: LoggingConfig,
 }
 
 impl EngineConfig {
+    /// Top-level keys, for layers that must tell config keys from other variables.
+    pub const SECTIONS: [&'static str; 8] =
+        ["device", "model", "parallel", "cache", "scheduler", "engine", "server", "logging"];
+
+    /// A copy safe to print or log: secrets replaced by a marker.
+    pub fn redacted(&self) -> Self {
+        EngineConfig { server: self.server.redacted(), ..self.clone() }
+    }
+
     /// Checks every section; the error carries the full key path.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.model.validate("model")?;
@@ -52,6 +65,7 @@ impl EngineConfig {
         self.cache.validate("cache")?;
         self.scheduler.validate("scheduler")?;
         self.engine.validate("engine")?;
+        self.server.validate("server")?;
         Ok(())
     }
 }
