@@ -15,8 +15,8 @@ pub mod models;
 pub mod tokenize;
 
 pub use chat::{
-    ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatMessage, ChatResponseMessage, ChunkChoice,
-    ContentPart, Delta, MessageContent, Role,
+    ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage,
+    ChatResponseMessage, ChunkChoice, ContentPart, Delta, MessageContent, Role,
 };
 pub use common::{
     finish_reason_str, ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, ErrorBody, ErrorResponse,
