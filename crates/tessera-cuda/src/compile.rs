@@ -1,0 +1,118 @@
+//! Kernel sources (embedded at build time from the repository's `kernels/`) and their compilation
+//! by NVRTC for the GPU present. PTX is cached on disk under `$TESSERA_KERNEL_CACHE` or
+//! `~/.cache/tessera/kernels`, keyed by a hash of source, options and architecture, so a second
+//! start skips NVRTC; a stale or corrupt entry can only be a different key, never a wrong hit.
+
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use std::path::PathBuf;
+use tessera_model::{ModelError, Result};
+
+/// Prepended to every family, so kernels share one set of helpers without NVRTC include paths.
+const COMMON: &str = include_str!("../../../kernels/common.cuh");
+
+/// One `.cu` file of `kernels/`: its name and source.
+pub struct Family {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+pub const FAMILIES: [Family; 6] = [
+    Family { name: "embedding", source: include_str!("../../../kernels/embedding.cu") },
+    Family { name: "norm", source: include_str!("../../../kernels/norm.cu") },
+    Family { name: "rope", source: include_str!("../../../kernels/rope.cu") },
+    Family { name: "activation", source: include_str!("../../../kernels/activation.cu") },
+    Family { name: "kv_cache", source: include_str!("../../../kernels/kv_cache.cu") },
+    Family { name: "attention", source: include_str!("../../../kernels/attention.cu") },
+];
+
+/// 64-bit FNV-1a: stable across Rust versions, unlike `DefaultHasher`, so cache keys survive
+/// toolchain upgrades.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for part in parts {
+        for byte in part.bytes().chain([0xff]) {
+            hash ^= byte as u64;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("TESSERA_KERNEL_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tessera/kernels"))
+}
+
+fn options(arch: (i32, i32)) -> Vec<String> {
+    vec![format!("--gpu-architecture=compute_{}{}", arch.0, arch.1), "--std=c++17".to_string()]
+}
+
+/// The PTX of `family` for compute capability `arch`, from the disk cache or NVRTC.
+pub fn compile(family: &Family, arch: (i32, i32)) -> Result<Ptx> {
+    let source = format!("{COMMON}\n{}", family.source);
+    let options = options(arch);
+    let mut key_parts: Vec<&str> = vec![&source];
+    key_parts.extend(options.iter().map(String::as_str));
+    let key = fnv1a(&key_parts);
+    let path =
+        cache_dir().map(|dir| dir.join(format!("{}-sm{}{}-{key:016x}.ptx", family.name, arch.0, arch.1)));
+    if let Some(ptx) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        return Ok(Ptx::from_src(ptx));
+    }
+    let opts = CompileOptions { options, name: Some(format!("{}.cu", family.name)), ..Default::default() };
+    let ptx = compile_ptx_with_opts(&source, opts)
+        .map_err(|e| ModelError::Backend(format!("NVRTC failed on kernels/{}.cu: {e}", family.name)))?;
+    if let Some(path) = path {
+        store(&path, &ptx.to_src());
+    }
+    Ok(ptx)
+}
+
+/// Writes through a temporary file and a rename, so a concurrent reader never sees half a file.
+/// A cache that cannot be written only costs a recompilation next time.
+fn store(path: &PathBuf, ptx: &str) {
+    let Some(dir) = path.parent() else { return };
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&tmp, ptx))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(err) = written {
+        eprintln!("tessera-cuda: kernel cache {} not written: {err}", path.display());
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_key_depends_on_every_part() {
+        let base = fnv1a(&["src", "--gpu-architecture=compute_90"]);
+        assert_ne!(base, fnv1a(&["src", "--gpu-architecture=compute_80"]));
+        assert_ne!(base, fnv1a(&["src2", "--gpu-architecture=compute_90"]));
+        // Part boundaries count: ("ab", "c") is not ("a", "bc").
+        assert_ne!(fnv1a(&["ab", "c"]), fnv1a(&["a", "bc"]));
+    }
+
+    /// Compiles every family when NVRTC is present (it needs no GPU), so kernel syntax errors
+    /// show up on a development machine.
+    #[test]
+    fn every_family_compiles_when_nvrtc_is_present() {
+        if !crate::device::nvrtc_present() {
+            eprintln!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA lib64 folder)");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("tessera-kernel-cache-{}", std::process::id()));
+        std::env::set_var("TESSERA_KERNEL_CACHE", &dir);
+        for family in &FAMILIES {
+            let ptx = compile(family, (9, 0)).unwrap_or_else(|e| panic!("{e}"));
+            assert!(ptx.to_src().contains(".entry"), "{} has no kernel entry", family.name);
+            // The second call is a cache hit.
+            assert_eq!(compile(family, (9, 0)).unwrap().to_src(), ptx.to_src());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,158 @@
+//! One GPU as the backend sees it: its context and the one stream every operation runs on, the
+//! cuBLAS handle, the loaded kernels, and memory figures for profiling.
+
+use crate::compile::{compile, FAMILIES};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::{CUdevice_attribute, CUmemPool_attribute};
+use cudarc::driver::{result, CudaContext, CudaFunction, CudaStream};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tessera_model::{ModelError, Result};
+
+pub fn backend_err(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> ModelError + '_ {
+    move |e| ModelError::Backend(format!("CUDA {what}: {e}"))
+}
+
+#[cfg(test)]
+pub(crate) fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the library; no symbol is called.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Checks that the CUDA libraries the backend loads at run time can be found, naming the missing
+/// ones (cudarc would otherwise panic deep inside the first call that needs them).
+pub fn check_libraries() -> Result<()> {
+    // SAFETY: each check only tries to dlopen a library.
+    let present = unsafe {
+        [
+            ("libcuda (the NVIDIA driver)", cudarc::driver::sys::is_culib_present()),
+            ("libnvrtc (CUDA runtime compiler)", cudarc::nvrtc::sys::is_culib_present()),
+            ("libcublas", cudarc::cublas::sys::is_culib_present()),
+            ("libcublasLt", cudarc::cublaslt::sys::is_culib_present()),
+        ]
+    };
+    let missing: Vec<&str> = present.iter().filter(|(_, ok)| !ok).map(|(name, _)| *name).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ModelError::Backend(format!(
+        "cannot load {}; put the CUDA libraries on the loader path, e.g. \
+         LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH",
+        missing.join(", ")
+    )))
+}
+
+/// Device memory, in bytes. The pool figures cover everything the backend allocates (weights,
+/// activations, KV cache all come from the device's stream-ordered memory pool).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub total: usize,
+    pub free: usize,
+    pub pool_used: usize,
+    pub pool_used_peak: usize,
+    pub pool_reserved: usize,
+}
+
+pub(crate) struct Device {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub blas: CudaBlas,
+    pub num_sms: u32,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+/// Kernel entry points of each family (their `extern "C"` names).
+const ENTRIES: [(&str, &[&str]); 6] = [
+    ("embedding", &["embedding"]),
+    ("norm", &["rms_norm", "add_rms_norm", "qk_norm"]),
+    ("rope", &["rope"]),
+    ("activation", &["silu_mul", "add_bias", "gather_rows"]),
+    ("kv_cache", &["write_kv"]),
+    ("attention", &["paged_attention", "attention_reduce"]),
+];
+
+impl Device {
+    pub fn new(ordinal: usize) -> Result<Self> {
+        check_libraries()?;
+        let ctx = CudaContext::new(ordinal).map_err(backend_err("context"))?;
+        // One stream per device: nothing needs cudarc's cross-stream event tracking, which would
+        // cost two events per allocation.
+        // SAFETY: called before any allocation, and the backend uses a single stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(backend_err("stream"))?;
+        let blas =
+            CudaBlas::new(stream.clone()).map_err(|e| ModelError::Backend(format!("cuBLAS handle: {e}")))?;
+        let arch = ctx.compute_capability().map_err(backend_err("compute capability"))?;
+        let num_sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(backend_err("attribute"))? as u32;
+        let mut functions = HashMap::new();
+        for family in &FAMILIES {
+            let module = ctx.load_module(compile(family, arch)?).map_err(backend_err("module load"))?;
+            let (_, names) =
+                ENTRIES.iter().find(|(f, _)| *f == family.name).expect("every family has entries");
+            for name in *names {
+                functions.insert(*name, module.load_function(name).map_err(backend_err("function"))?);
+            }
+        }
+        let device = Device { ctx, stream, blas, num_sms, functions };
+        device.keep_pool_memory()?;
+        Ok(device)
+    }
+
+    pub fn function(&self, name: &str) -> &CudaFunction {
+        self.functions.get(name).unwrap_or_else(|| panic!("kernel {name} not loaded"))
+    }
+
+    fn pool(&self) -> Result<cudarc::driver::sys::CUmemoryPool> {
+        self.ctx.bind_to_thread().map_err(backend_err("bind"))?;
+        // SAFETY: the context's own device.
+        unsafe { result::device::get_mem_pool(self.ctx.cu_device()) }.map_err(backend_err("memory pool"))
+    }
+
+    fn pool_attr(&self, attr: CUmemPool_attribute) -> Result<u64> {
+        let mut value = 0u64;
+        // SAFETY: these attributes are all cuuint64_t.
+        unsafe { result::mem_pool::get_attribute(self.pool()?, attr, &mut value as *mut u64 as *mut _) }
+            .map_err(backend_err("pool attribute"))?;
+        Ok(value)
+    }
+
+    fn set_pool_attr(&self, attr: CUmemPool_attribute, mut value: u64) -> Result<()> {
+        // SAFETY: these attributes are all cuuint64_t.
+        unsafe { result::mem_pool::set_attribute(self.pool()?, attr, &mut value as *mut u64 as *mut _) }
+            .map_err(backend_err("pool attribute"))
+    }
+
+    /// Freed memory stays in the pool instead of going back to the driver at every
+    /// synchronisation, so a step's temporaries are reused rather than re-mapped each step.
+    fn keep_pool_memory(&self) -> Result<()> {
+        self.set_pool_attr(CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, u64::MAX)
+    }
+
+    pub fn memory_stats(&self) -> Result<MemoryStats> {
+        self.stream.synchronize().map_err(backend_err("synchronize"))?;
+        let (free, total) = self.ctx.mem_get_info().map_err(backend_err("memory info"))?;
+        Ok(MemoryStats {
+            total,
+            free,
+            pool_used: self.pool_attr(CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)? as usize,
+            pool_used_peak: self.pool_attr(CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)? as usize,
+            pool_reserved: self.pool_attr(CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?
+                as usize,
+        })
+    }
+
+    /// Starts a new peak measurement.
+    pub fn reset_peak(&self) -> Result<()> {
+        self.stream.synchronize().map_err(backend_err("synchronize"))?;
+        self.set_pool_attr(CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)
+    }
+
+    /// Returns the pool's unused memory to the driver (after profiling, before the KV cache).
+    pub fn trim_pool(&self) -> Result<()> {
+        self.stream.synchronize().map_err(backend_err("synchronize"))?;
+        // SAFETY: the device's current pool; trimming only releases unused memory.
+        unsafe { result::mem_pool::trim_to(self.pool()?, 0) }.map_err(backend_err("pool trim"))
+    }
+}

@@ -1,0 +1,309 @@
+//! One typed launcher per kernel of `kernels/`: each checks the shapes it relies on, picks the
+//! grid, and holds the only `unsafe` of its launch. Kernel arguments must match the `.cu`
+//! signatures exactly (order and width), which is what these functions pin down.
+
+use crate::device::{backend_err, Device};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use half::bf16;
+use tessera_model::Result;
+
+/// Threads of a per-row block: enough to stride a row in few passes, at most 1024.
+fn row_threads(cols: usize) -> u32 {
+    (cols.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+fn cfg(grid: (u32, u32, u32), threads: u32, shared_mem_bytes: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: grid, block_dim: (threads, 1, 1), shared_mem_bytes }
+}
+
+/// Grid-stride element-wise launches: enough blocks to fill the GPU, no more.
+fn elementwise(device: &Device, total: usize) -> LaunchConfig {
+    let blocks = total.div_ceil(256).clamp(1, device.num_sms as usize * 8) as u32;
+    cfg((blocks, 1, 1), 256, 0)
+}
+
+/// Most bytes of dynamic shared memory a launch may ask for without an opt-in attribute.
+const SHARED_LIMIT: usize = 48 * 1024;
+
+pub fn embedding(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    table: &CudaSlice<bf16>,
+    tokens: &CudaView<'_, u32>,
+    vocab_start: u32,
+    vocab_rows: u32,
+    hidden: u32,
+) -> Result<()> {
+    let rows = tokens.len();
+    assert!(out.len() >= rows * hidden as usize && table.len() == vocab_rows as usize * hidden as usize);
+    if rows == 0 {
+        return Ok(());
+    }
+    let mut b = device.stream.launch_builder(device.function("embedding"));
+    b.arg(out).arg(table).arg(tokens).arg(&vocab_start).arg(&vocab_rows).arg(&hidden);
+    // SAFETY: the table holds vocab_rows x hidden values, out rows x hidden, tokens rows.
+    unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(hidden as usize), 0)) }
+        .map(drop)
+        .map_err(backend_err("embedding"))
+}
+
+pub fn rms_norm(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    eps: f32,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    assert!(x.len() == rows * cols && out.len() == rows * cols && w.len() == cols, "rms_norm shapes");
+    assert!(cols * 4 <= SHARED_LIMIT, "rms_norm rows of {cols} exceed shared memory");
+    if rows == 0 {
+        return Ok(());
+    }
+    let cols32 = cols as u32;
+    let mut b = device.stream.launch_builder(device.function("rms_norm"));
+    b.arg(out).arg(x).arg(w).arg(&eps).arg(&cols32);
+    // SAFETY: x and out are rows x cols, w is cols; the row fits the shared memory asked for.
+    unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32)) }
+        .map(drop)
+        .map_err(backend_err("rms_norm"))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    residual: &mut CudaSlice<bf16>,
+    delta: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    eps: f32,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    assert!(residual.len() == rows * cols && delta.len() == rows * cols, "add_rms_norm shapes");
+    assert!(out.len() == rows * cols && w.len() == cols, "add_rms_norm shapes");
+    assert!(cols * 4 <= SHARED_LIMIT, "add_rms_norm rows of {cols} exceed shared memory");
+    if rows == 0 {
+        return Ok(());
+    }
+    let cols32 = cols as u32;
+    let mut b = device.stream.launch_builder(device.function("add_rms_norm"));
+    b.arg(out).arg(residual).arg(delta).arg(w).arg(&eps).arg(&cols32);
+    // SAFETY: as rms_norm; residual is updated in place by the block that owns its row.
+    unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32)) }
+        .map(drop)
+        .map_err(backend_err("add_rms_norm"))
+}
+
+/// Heads of `head_dim` in fused rows of `row_width`: q heads, then k heads, then v heads.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub num_heads: u32,
+    pub num_kv_heads: u32,
+    pub head_dim: u32,
+    pub row_width: u32,
+}
+
+impl Heads {
+    pub fn check(&self, len: usize, rows: usize) {
+        let width = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim;
+        assert_eq!(width, self.row_width, "q|k|v rows of {} for heads {self:?}", self.row_width);
+        assert_eq!(len, rows * self.row_width as usize, "q|k|v tensor of {len} values for {rows} rows");
+    }
+}
+
+pub fn qk_norm(
+    device: &Device,
+    qkv: &mut CudaSlice<bf16>,
+    q_w: &CudaSlice<bf16>,
+    k_w: &CudaSlice<bf16>,
+    eps: f32,
+    heads: Heads,
+    rows: usize,
+) -> Result<()> {
+    heads.check(qkv.len(), rows);
+    assert!(q_w.len() == heads.head_dim as usize && k_w.len() == heads.head_dim as usize);
+    if rows == 0 {
+        return Ok(());
+    }
+    let warps = 8u32;
+    let norm_heads = heads.num_heads + heads.num_kv_heads;
+    let mut b = device.stream.launch_builder(device.function("qk_norm"));
+    b.arg(qkv).arg(q_w).arg(k_w).arg(&eps).arg(&heads.num_heads).arg(&heads.num_kv_heads);
+    b.arg(&heads.head_dim).arg(&heads.row_width);
+    // SAFETY: one warp per q/k head of each row; the kernel bounds-checks the head index.
+    unsafe { b.launch(cfg((rows as u32, norm_heads.div_ceil(warps), 1), warps * 32, 0)) }
+        .map(drop)
+        .map_err(backend_err("qk_norm"))
+}
+
+pub fn rope(
+    device: &Device,
+    qkv: &mut CudaSlice<bf16>,
+    positions: &CudaView<'_, u32>,
+    cos: &CudaSlice<f32>,
+    sin: &CudaSlice<f32>,
+    heads: Heads,
+) -> Result<()> {
+    let rows = positions.len();
+    heads.check(qkv.len(), rows);
+    assert_eq!(cos.len(), sin.len());
+    if rows == 0 {
+        return Ok(());
+    }
+    let rot_heads = heads.num_heads + heads.num_kv_heads;
+    let mut b = device.stream.launch_builder(device.function("rope"));
+    b.arg(qkv).arg(positions).arg(cos).arg(sin).arg(&rot_heads).arg(&heads.head_dim).arg(&heads.row_width);
+    // SAFETY: positions were checked against the table length on the host (`prepare`).
+    unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads((rot_heads * heads.head_dim / 2) as usize), 0)) }
+        .map(drop)
+        .map_err(backend_err("rope"))
+}
+
+pub fn silu_mul(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    gate_up: &CudaSlice<bf16>,
+    rows: usize,
+    n: usize,
+) -> Result<()> {
+    if rows * n == 0 {
+        return Ok(());
+    }
+    assert!(gate_up.len() == rows * 2 * n && out.len() == rows * n, "silu_mul shapes");
+    let (rows32, n32) = (rows as u32, n as u32);
+    let mut b = device.stream.launch_builder(device.function("silu_mul"));
+    b.arg(out).arg(gate_up).arg(&rows32).arg(&n32);
+    // SAFETY: grid-stride loop bounded by rows * n.
+    unsafe { b.launch(elementwise(device, rows * n)) }.map(drop).map_err(backend_err("silu_mul"))
+}
+
+pub fn add_bias(
+    device: &Device,
+    x: &mut CudaSlice<bf16>,
+    bias: &CudaSlice<bf16>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    assert!(x.len() == rows * cols && bias.len() == cols, "add_bias shapes");
+    let (rows32, cols32) = (rows as u32, cols as u32);
+    let mut b = device.stream.launch_builder(device.function("add_bias"));
+    b.arg(x).arg(bias).arg(&rows32).arg(&cols32);
+    // SAFETY: grid-stride loop bounded by rows * cols.
+    unsafe { b.launch(elementwise(device, rows * cols)) }.map(drop).map_err(backend_err("add_bias"))
+}
+
+pub fn gather_rows(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    x: &CudaSlice<bf16>,
+    indices: &CudaView<'_, u32>,
+    cols: usize,
+) -> Result<()> {
+    let n = indices.len();
+    if n == 0 {
+        return Ok(());
+    }
+    assert!(out.len() == n * cols && x.len() % cols == 0, "gather_rows shapes");
+    let cols32 = cols as u32;
+    let mut b = device.stream.launch_builder(device.function("gather_rows"));
+    b.arg(out).arg(x).arg(indices).arg(&cols32);
+    // SAFETY: indices were checked against the row count on the host (`prepare`).
+    unsafe { b.launch(cfg((n as u32, 1, 1), row_threads(cols), 0)) }
+        .map(drop)
+        .map_err(backend_err("gather_rows"))
+}
+
+pub fn write_kv(
+    device: &Device,
+    k_cache: &mut CudaSlice<bf16>,
+    v_cache: &mut CudaSlice<bf16>,
+    qkv: &CudaSlice<bf16>,
+    slot_mapping: &CudaView<'_, u32>,
+    heads: Heads,
+) -> Result<()> {
+    let rows = slot_mapping.len();
+    heads.check(qkv.len(), rows);
+    let kv_width = heads.num_kv_heads * heads.head_dim;
+    assert_eq!(k_cache.len() % kv_width as usize, 0, "cache of whole slots");
+    if rows == 0 {
+        return Ok(());
+    }
+    let q_width = heads.num_heads * heads.head_dim;
+    let mut b = device.stream.launch_builder(device.function("write_kv"));
+    b.arg(k_cache).arg(v_cache).arg(qkv).arg(slot_mapping).arg(&q_width).arg(&kv_width).arg(&heads.row_width);
+    // SAFETY: slots were checked against the cache's slot count on the host (`prepare`/`write_kv`).
+    unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(kv_width as usize), 0)) }
+        .map(drop)
+        .map_err(backend_err("write_kv"))
+}
+
+/// Compile-time constants of attention.cu.
+pub const ATTN_THREADS: usize = 128;
+pub const ATTN_CHUNK: usize = 128;
+pub const ATTN_ACC: usize = 16;
+
+/// The per-row metadata `paged_attention` reads, and how the context is split.
+pub struct AttentionMeta<'a> {
+    pub block_tables: CudaView<'a, u32>,
+    pub row_table_start: CudaView<'a, u32>,
+    pub row_kv_len: CudaView<'a, u32>,
+    pub block_size: u32,
+    /// Keys per partition (a multiple of the chunk), and the most partitions of any row.
+    pub part_size: u32,
+    pub max_splits: u32,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    part_o: &mut CudaSlice<f32>,
+    part_ml: &mut CudaSlice<f32>,
+    qkv: &CudaSlice<bf16>,
+    k_cache: &CudaSlice<bf16>,
+    v_cache: &CudaSlice<bf16>,
+    meta: &AttentionMeta<'_>,
+    heads: Heads,
+) -> Result<()> {
+    let rows = meta.row_kv_len.len();
+    heads.check(qkv.len(), rows);
+    let (group, d) = ((heads.num_heads / heads.num_kv_heads) as usize, heads.head_dim as usize);
+    assert!(d <= 256 && group * d <= ATTN_ACC * ATTN_THREADS, "attention: head_dim {d}, group {group}");
+    assert!(rows <= 65535, "attention over {rows} rows exceeds the grid");
+    assert_eq!(out.len(), rows * heads.num_heads as usize * d);
+    let splits = meta.max_splits as usize;
+    if splits > 1 {
+        assert!(part_o.len() >= rows * heads.num_heads as usize * splits * d, "partials too small");
+        assert!(part_ml.len() >= rows * heads.num_heads as usize * splits * 2, "partials too small");
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let smem = (group * d + group * ATTN_CHUNK + 3 * group + ATTN_CHUNK) * 4;
+    assert!(smem <= SHARED_LIMIT);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut b = device.stream.launch_builder(device.function("paged_attention"));
+    b.arg(&mut *out).arg(&mut *part_o).arg(&mut *part_ml).arg(qkv).arg(k_cache).arg(v_cache);
+    b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len).arg(&scale);
+    b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim).arg(&heads.row_width);
+    b.arg(&meta.block_size).arg(&meta.part_size).arg(&meta.max_splits);
+    let grid = (heads.num_kv_heads, rows as u32, meta.max_splits);
+    // SAFETY: block tables, lengths and slots were validated on the host (`prepare`); partials
+    // hold max_splits entries per (row, head) when rows are split.
+    unsafe { b.launch(cfg(grid, ATTN_THREADS as u32, smem as u32)) }
+        .map_err(backend_err("paged_attention"))?;
+    if splits > 1 {
+        let mut b = device.stream.launch_builder(device.function("attention_reduce"));
+        b.arg(out).arg(&*part_o).arg(&*part_ml).arg(&meta.row_kv_len).arg(&heads.num_heads);
+        b.arg(&heads.head_dim).arg(&meta.part_size).arg(&meta.max_splits);
+        // SAFETY: reads the partials written above for rows with more than one partition.
+        unsafe { b.launch(cfg((heads.num_heads, rows as u32, 1), row_threads(d).min(128), 0)) }
+            .map_err(backend_err("attention_reduce"))?;
+    }
+    Ok(())
+}

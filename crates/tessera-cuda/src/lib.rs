@@ -1,0 +1,35 @@
+//! The CUDA backend: bf16 weights and activations (f32 accumulation; norms and softmax in f32),
+//! kernels from the repository's `kernels/` compiled by NVRTC for the GPU present (PTX cached on
+//! disk), GEMMs through cuBLAS, and a paged KV cache in bf16 `[num_blocks, block_size,
+//! num_kv_heads, head_dim]` per layer.
+//!
+//! Everything is behind the `cuda` feature: without it this crate is empty. With it, cudarc loads
+//! libcuda, libnvrtc and libcublas at run time (`dynamic-loading`), so the build needs no CUDA
+//! toolkit; `CudaBackend::new` names any library it cannot find.
+//!
+//! Architecture invariant: the only crate with CUDA `unsafe`, and within it only `launch.rs`
+//! (kernel launches), `gemm.rs` (cuBLAS) and `device.rs` (driver calls cudarc leaves unsafe).
+
+#[cfg(feature = "cuda")]
+mod backend;
+#[cfg(feature = "cuda")]
+mod compile;
+#[cfg(feature = "cuda")]
+mod device;
+#[cfg(feature = "cuda")]
+mod gemm;
+#[cfg(feature = "cuda")]
+mod launch;
+#[cfg(feature = "cuda")]
+mod profile;
+#[cfg(feature = "cuda")]
+mod tensor;
+
+#[cfg(feature = "cuda")]
+pub use backend::{CudaBackend, CudaBatch};
+#[cfg(feature = "cuda")]
+pub use device::{check_libraries, MemoryStats};
+#[cfg(feature = "cuda")]
+pub use profile::{profile_num_blocks, ProfileLimits, ProfileReport};
+#[cfg(feature = "cuda")]
+pub use tensor::{CudaKvCache, CudaRope, CudaTensor};

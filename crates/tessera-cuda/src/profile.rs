@@ -1,0 +1,126 @@
+//! Sizing the KV cache by profiling: run one forward pass at the largest batch the scheduler may
+//! plan, measure the memory pool's peak, and give the KV cache what is left of
+//! `gpu_memory_utilization` of the card after weights, that peak, and memory outside the pool
+//! (context, cuBLAS workspace, modules, other processes).
+
+use crate::backend::CudaBackend;
+use tessera_model::{Backend, Model, ModelError, ModelInput, Result, SeqChunk};
+
+/// The scheduler's limits that bound one step's activations.
+#[derive(Clone, Copy, Debug)]
+pub struct ProfileLimits {
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+    pub max_model_len: usize,
+    pub block_size: usize,
+    pub gpu_memory_utilization: f64,
+}
+
+/// What profiling measured, in bytes, and the resulting block count.
+#[derive(Clone, Copy, Debug)]
+pub struct ProfileReport {
+    pub total: usize,
+    pub weights: usize,
+    pub peak_activations: usize,
+    pub outside_pool: usize,
+    pub kv_cache: usize,
+    pub bytes_per_block: usize,
+    pub num_blocks: usize,
+}
+
+/// The worst-case batch: `max_num_batched_tokens` tokens of prompt, in as few sequences as
+/// `max_model_len` allows (at most `max_num_seqs`), each wanting logits.
+fn dummy_batch(limits: &ProfileLimits, vocab: usize) -> (Vec<Vec<u32>>, usize) {
+    let mut remaining = limits.max_num_batched_tokens;
+    let mut seqs = Vec::new();
+    while remaining > 0 && seqs.len() < limits.max_num_seqs {
+        let len = remaining.min(limits.max_model_len);
+        seqs.push((0..len).map(|i| ((i * 7919) % vocab) as u32).collect::<Vec<u32>>());
+        remaining -= len;
+    }
+    let blocks = seqs.iter().map(|s| s.len().div_ceil(limits.block_size)).sum();
+    (seqs, blocks)
+}
+
+/// Runs the profiling pass on `model` and returns the number of KV blocks this rank can hold.
+pub fn profile_num_blocks(
+    backend: &CudaBackend,
+    model: &Model<CudaBackend>,
+    limits: &ProfileLimits,
+) -> Result<ProfileReport> {
+    backend.reset_peak_memory()?;
+    let before = backend.memory_stats()?;
+    let (seqs, num_blocks) = dummy_batch(limits, model.spec().vocab_size);
+    let shape = model.kv_cache_shape(num_blocks, limits.block_size);
+    let temp_cache_bytes = shape.bytes_per_block(2) * num_blocks;
+    {
+        let mut cache = backend.alloc_kv_cache(shape)?;
+        let mut next_block = 0u32;
+        let tables: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|s| {
+                let n = s.len().div_ceil(limits.block_size) as u32;
+                next_block += n;
+                (next_block - n..next_block).collect()
+            })
+            .collect();
+        let chunks: Vec<SeqChunk<'_>> = seqs
+            .iter()
+            .zip(&tables)
+            .map(|(s, t)| SeqChunk {
+                new_tokens: s,
+                num_computed_tokens: 0,
+                block_table: t,
+                wants_logits: true,
+            })
+            .collect();
+        let input = ModelInput::build(limits.block_size, &chunks);
+        let batch = backend.prepare(&input)?;
+        let logits = model.forward(backend, &batch, &mut cache)?;
+        backend.to_host(&logits)?;
+    }
+    let after = backend.memory_stats()?;
+    let weights = before.pool_used;
+    let peak_activations = after.pool_used_peak.saturating_sub(weights + temp_cache_bytes);
+    let outside_pool = (after.total - after.free).saturating_sub(after.pool_reserved);
+    let budget = (after.total as f64 * limits.gpu_memory_utilization) as usize;
+    let kv_cache = budget.saturating_sub(outside_pool + weights + peak_activations);
+    let bytes_per_block = model.kv_cache_shape(1, limits.block_size).bytes_per_block(2);
+    let report = ProfileReport {
+        total: after.total,
+        weights,
+        peak_activations,
+        outside_pool,
+        kv_cache,
+        bytes_per_block,
+        num_blocks: kv_cache / bytes_per_block,
+    };
+    backend.trim_memory_pool()?;
+    if report.num_blocks == 0 {
+        return Err(ModelError::Backend(format!(
+            "no memory left for the KV cache: {report:?}; raise cache.gpu_memory_utilization or lower \
+             scheduler.max_num_batched_tokens"
+        )));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dummy_batch_fills_the_token_budget_within_the_limits() {
+        let limits = ProfileLimits {
+            max_num_batched_tokens: 100,
+            max_num_seqs: 8,
+            max_model_len: 30,
+            block_size: 16,
+            gpu_memory_utilization: 0.9,
+        };
+        let (seqs, blocks) = dummy_batch(&limits, 50);
+        assert_eq!(seqs.iter().map(Vec::len).collect::<Vec<_>>(), vec![30, 30, 30, 10]);
+        assert_eq!(blocks, 2 + 2 + 2 + 1);
+        assert!(seqs.iter().flatten().all(|&t| t < 50));
+    }
+}

@@ -1,0 +1,32 @@
+// Element-wise and row-gather kernels around the GEMMs:
+//  - silu_mul: out = silu(gate) * up over a fused [rows, 2n] gate|up tensor, in f32.
+//  - add_bias: x[r, c] += bias[c] (q|k|v and o_proj biases; cuBLAS GEMMs here have no epilogue).
+//  - gather_rows: out[i] = x[indices[i]] (the rows whose logits are wanted).
+
+extern "C" __global__ void silu_mul(bf16* __restrict__ out, const bf16* __restrict__ gate_up,
+                                   u32 rows, u32 n) {
+    size_t total = (size_t)rows * n;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        size_t r = idx / n, c = idx % n;
+        float g = bf2f(gate_up[r * 2 * n + c]);
+        float u = bf2f(gate_up[r * 2 * n + n + c]);
+        out[idx] = f2bf(g / (1.0f + __expf(-g)) * u);
+    }
+}
+
+extern "C" __global__ void add_bias(bf16* __restrict__ x, const bf16* __restrict__ bias, u32 rows,
+                                   u32 cols) {
+    size_t total = (size_t)rows * cols;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        x[idx] = f2bf(bf2f(x[idx]) + bf2f(bias[idx % cols]));
+    }
+}
+
+extern "C" __global__ void gather_rows(bf16* __restrict__ out, const bf16* __restrict__ x,
+                                      const u32* __restrict__ indices, u32 cols) {
+    const bf16* src = x + (size_t)indices[blockIdx.x] * cols;
+    bf16* dst = out + (size_t)blockIdx.x * cols;
+    for (u32 i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
+}

@@ -1,0 +1,163 @@
+// Paged attention over the KV cache, one query token row at a time, for decode and prefill alike.
+//
+// Each row attends to the first `row_kv_len[row]` positions of its sequence (causality is encoded
+// in that length by the host), found through the sequence's block table. A block handles one row
+// and one KV head, so the K/V it reads serve all `group = num_heads / num_kv_heads` query heads
+// that share them (GQA). Long contexts are split along the keys into partitions ("split-K"), one
+// block each, so that a small decode batch still fills the GPU; each partition writes its
+// unnormalised output with its running max and sum, and `attention_reduce` merges them.
+// Within a partition keys are processed in chunks of CHUNK with an online softmax, so shared
+// memory does not grow with the context. Scores, softmax and accumulation are f32.
+//
+// Limits (checked by the host): head_dim <= 256, group * head_dim <= ACC * THREADS.
+
+#define THREADS 128
+#define CHUNK 128
+#define ACC 16
+
+// Grid: (num_kv_heads, rows, max_splits). Shared: q [group][head_dim], scores [group][CHUNK],
+// slots [CHUNK], per-head m / l / alpha [group] each.
+extern "C" __global__ void __launch_bounds__(THREADS) paged_attention(
+    bf16* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
+    const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
+    const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
+    const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len, float scale,
+    u32 num_heads, u32 num_kv_heads, u32 head_dim, u32 row_width, u32 block_size, u32 part_size,
+    u32 max_splits) {
+    extern __shared__ float smem[];
+    const u32 kvh = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
+    const u32 group = num_heads / num_kv_heads;
+    const u32 kv_len = row_kv_len[row];
+    const u32 start = split * part_size;
+    if (start >= kv_len) return;
+    const u32 end = umin(start + part_size, kv_len);
+    const u32 num_splits = (kv_len + part_size - 1) / part_size;
+    const u32 kv_width = num_kv_heads * head_dim;
+    const u32* table = block_tables + row_table_start[row];
+
+    float* q_s = smem;                         // [group][head_dim]
+    float* s_s = q_s + group * head_dim;       // [group][CHUNK]
+    float* m_s = s_s + group * CHUNK;          // [group]
+    float* l_s = m_s + group;                  // [group]
+    float* a_s = l_s + group;                  // [group]
+    u32* slot_s = (u32*)(a_s + group);         // [CHUNK]
+
+    const u32 tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = THREADS / 32;
+    const bf16* q = qkv + (size_t)row * row_width + (size_t)kvh * group * head_dim;
+    for (u32 i = tid; i < group * head_dim; i += THREADS) q_s[i] = bf2f(q[i]) * scale;
+    for (u32 g = tid; g < group; g += THREADS) {
+        m_s[g] = NEG_INF;
+        l_s[g] = 0.0f;
+    }
+    float acc[ACC];
+#pragma unroll
+    for (int k = 0; k < ACC; k++) acc[k] = 0.0f;
+    __syncthreads();
+
+    for (u32 c0 = start; c0 < end; c0 += CHUNK) {
+        const u32 n = umin((u32)CHUNK, end - c0);
+        // Scores: one warp per key, lanes across head_dim.
+        for (u32 j = warp; j < n; j += nwarps) {
+            u32 pos = c0 + j;
+            u32 slot = table[pos / block_size] * block_size + pos % block_size;
+            const bf16* k = k_cache + (size_t)slot * kv_width + (size_t)kvh * head_dim;
+            float kr[8];
+#pragma unroll
+            for (int t = 0; t < 8; t++) {
+                u32 d = lane + 32 * t;
+                kr[t] = d < head_dim ? bf2f(k[d]) : 0.0f;
+            }
+            for (u32 g = 0; g < group; g++) {
+                float dot = 0.0f;
+#pragma unroll
+                for (int t = 0; t < 8; t++) {
+                    u32 d = lane + 32 * t;
+                    if (d < head_dim) dot += kr[t] * q_s[g * head_dim + d];
+                }
+                dot = warp_sum(dot);
+                if (lane == 0) s_s[g * CHUNK + j] = dot;
+            }
+            if (lane == 0) slot_s[j] = slot;
+        }
+        __syncthreads();
+        // Online softmax: one warp per query head of the group.
+        for (u32 g = warp; g < group; g += nwarps) {
+            float cmax = NEG_INF;
+            for (u32 j = lane; j < n; j += 32) cmax = fmaxf(cmax, s_s[g * CHUNK + j]);
+            cmax = warp_max(cmax);
+            float m_new = fmaxf(m_s[g], cmax);
+            float sum = 0.0f;
+            for (u32 j = lane; j < n; j += 32) {
+                float p = __expf(s_s[g * CHUNK + j] - m_new);
+                s_s[g * CHUNK + j] = p;
+                sum += p;
+            }
+            sum = warp_sum(sum);
+            if (lane == 0) {
+                float alpha = __expf(m_s[g] - m_new);  // 0 on the first chunk (m = -inf)
+                a_s[g] = alpha;
+                l_s[g] = l_s[g] * alpha + sum;
+                m_s[g] = m_new;
+            }
+        }
+        __syncthreads();
+        // Accumulate p @ V: each thread owns (head, dim) pairs; neighbouring threads read
+        // neighbouring V elements.
+#pragma unroll
+        for (int k = 0; k < ACC; k++) {
+            u32 idx = tid + k * THREADS;
+            if (idx < group * head_dim) {
+                u32 g = idx / head_dim, d = idx % head_dim;
+                float a = acc[k] * a_s[g];
+                const float* p = s_s + g * CHUNK;
+                const bf16* v = v_cache + (size_t)kvh * head_dim + d;
+                for (u32 j = 0; j < n; j++) a += p[j] * bf2f(v[(size_t)slot_s[j] * kv_width]);
+                acc[k] = a;
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int k = 0; k < ACC; k++) {
+        u32 idx = tid + k * THREADS;
+        if (idx < group * head_dim) {
+            u32 g = idx / head_dim, d = idx % head_dim;
+            u32 head = kvh * group + g;
+            if (num_splits == 1) {
+                out[(size_t)row * num_heads * head_dim + (size_t)head * head_dim + d] =
+                    f2bf(acc[k] / l_s[g]);
+            } else {
+                size_t p = ((size_t)row * num_heads + head) * max_splits + split;
+                part_o[p * head_dim + d] = acc[k];
+                if (d == 0) {
+                    part_ml[p * 2] = m_s[g];
+                    part_ml[p * 2 + 1] = l_s[g];
+                }
+            }
+        }
+    }
+}
+
+// Merges the partitions of rows split along the context. Grid: (num_heads, rows).
+extern "C" __global__ void attention_reduce(bf16* __restrict__ out,
+                                           const float* __restrict__ part_o,
+                                           const float* __restrict__ part_ml,
+                                           const u32* __restrict__ row_kv_len, u32 num_heads,
+                                           u32 head_dim, u32 part_size, u32 max_splits) {
+    const u32 head = blockIdx.x, row = blockIdx.y;
+    const u32 num_splits = (row_kv_len[row] + part_size - 1) / part_size;
+    if (num_splits <= 1) return;  // written directly by paged_attention
+    size_t base = ((size_t)row * num_heads + head) * max_splits;
+    float m = NEG_INF;
+    for (u32 s = 0; s < num_splits; s++) m = fmaxf(m, part_ml[(base + s) * 2]);
+    float l = 0.0f;
+    for (u32 s = 0; s < num_splits; s++)
+        l += part_ml[(base + s) * 2 + 1] * __expf(part_ml[(base + s) * 2] - m);
+    for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+        for (u32 s = 0; s < num_splits; s++)
+            o += part_o[(base + s) * head_dim + d] * __expf(part_ml[(base + s) * 2] - m);
+        out[(size_t)row * num_heads * head_dim + (size_t)head * head_dim + d] = f2bf(o / l);
+    }
+}

@@ -1,0 +1,48 @@
+// Shared helpers for every kernel family: bf16 <-> f32 conversion and warp/block reductions.
+//
+// bf16 is handled as raw `unsigned short` bits so that NVRTC needs no CUDA headers (cuda_bf16.h
+// is not always on NVRTC's include path at run time); conversion is a shift one way and
+// round-to-nearest-even the other, exactly what __float2bfloat16 does.
+
+typedef unsigned short bf16;
+typedef unsigned int u32;
+
+__device__ __forceinline__ float bf2f(bf16 x) { return __uint_as_float(((u32)x) << 16); }
+
+__device__ __forceinline__ bf16 f2bf(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)0x7fc0;  // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16)(u >> 16);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024). `scratch` holds 32 floats.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    int nwarps = blockDim.x >> 5;
+    v = (threadIdx.x < nwarps) ? scratch[threadIdx.x] : 0.0f;
+    if (warp == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) scratch[0] = v;
+    __syncthreads();
+    return scratch[0];
+}
+
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ u32 umin(u32 a, u32 b) { return a < b ? a : b; }
