@@ -116,6 +116,9 @@ pub struct EventStream<T> {
     status: u16,
     idle_timeout: Option<Duration>,
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The idle timer runs from when we started waiting for bytes, not from the last bytes: time
+    /// the consumer spends between polls is not the server's silence.
+    waiting: bool,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -134,6 +137,7 @@ impl<T: DeserializeOwned> EventStream<T> {
             status,
             idle_timeout,
             idle: idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+            waiting: false,
             _item: PhantomData,
         }
     }
@@ -173,11 +177,9 @@ impl<T: DeserializeOwned> Stream for EventStream<T> {
             let Some(body) = this.body.as_mut() else { return Poll::Ready(None) };
             match body.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(bytes))) => {
+                    this.waiting = false;
                     if let Err(e) = this.decoder.push(&bytes) {
                         return this.close(Some(Err(e)));
-                    }
-                    if let (Some(idle), Some(d)) = (this.idle.as_mut(), this.idle_timeout) {
-                        idle.as_mut().reset(tokio::time::Instant::now() + d);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => return this.close(Some(Err(e.into()))),
@@ -186,7 +188,11 @@ impl<T: DeserializeOwned> Stream for EventStream<T> {
                     return this.close(Some(Err(ClientError::Stream(msg))));
                 }
                 Poll::Pending => {
-                    if let Some(idle) = this.idle.as_mut() {
+                    if let (Some(idle), Some(d)) = (this.idle.as_mut(), this.idle_timeout) {
+                        if !this.waiting {
+                            this.waiting = true;
+                            idle.as_mut().reset(tokio::time::Instant::now() + d);
+                        }
                         if idle.as_mut().poll(cx).is_ready() {
                             return this.close(Some(Err(ClientError::Timeout)));
                         }

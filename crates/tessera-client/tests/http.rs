@@ -183,6 +183,26 @@ async fn a_stream_that_goes_silent_hits_the_idle_timeout_but_not_the_call_timeou
 }
 
 #[tokio::test]
+async fn time_the_consumer_spends_between_polls_is_not_idle_time() {
+    // The second event comes 500 ms after the first; the consumer waits 400 ms before asking for
+    // it, so it waits only 100 ms of its 200 ms idle limit.
+    let pieces = vec![
+        (0, chat_chunk("a", None).into_bytes()),
+        (500, chat_chunk("b", Some("stop")).into_bytes()),
+        (0, b"data: [DONE]\n\n".to_vec()),
+    ];
+    let server = serve(move |_| Reply::SsePaced(pieces.clone())).await;
+    let client =
+        Client::builder(&server.url).stream_idle_timeout(Duration::from_millis(200)).build().unwrap();
+    let mut stream = client.chat_stream(ChatCompletionRequest::new("m")).await.unwrap();
+    assert!(stream.next().await.unwrap().is_ok());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = stream.next().await.unwrap().unwrap();
+    assert_eq!(second.choices[0].delta.content.as_deref(), Some("b"));
+    assert!(stream.next().await.is_none());
+}
+
+#[tokio::test]
 async fn dropping_a_stream_closes_the_connection() {
     let (gone_tx, mut gone_rx) = mpsc::unbounded_channel();
     let first = chat_chunk("a", None).into_bytes();

@@ -33,6 +33,8 @@ pub enum Reply {
     /// A 200 event stream sent as one HTTP chunk per piece, a few milliseconds apart so the
     /// client sees them separately; then the body ends (whatever the pieces said).
     Sse(Vec<Vec<u8>>),
+    /// Like `Sse`, waiting the given milliseconds before each piece.
+    SsePaced(Vec<(u64, Vec<u8>)>),
     /// Sends these stream pieces, then stays silent with the connection open.
     SseThenStall(Vec<Vec<u8>>),
     /// Sends this first piece, then keep-alive comments until a write fails (the client went
@@ -149,6 +151,14 @@ async fn write_reply(socket: &mut TcpStream, reply: Reply) -> std::io::Result<()
         Reply::Sse(pieces) => {
             socket.write_all(SSE_HEAD).await?;
             for piece in pieces {
+                write_chunk(socket, &piece).await?;
+            }
+            socket.write_all(b"0\r\n\r\n").await?;
+        }
+        Reply::SsePaced(pieces) => {
+            socket.write_all(SSE_HEAD).await?;
+            for (delay_ms, piece) in pieces {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 write_chunk(socket, &piece).await?;
             }
             socket.write_all(b"0\r\n\r\n").await?;
