@@ -2,6 +2,7 @@
 
 mod args;
 mod generate;
+mod serve;
 mod settings;
 
 use clap::{Parser, Subcommand};
@@ -19,8 +20,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible API.
+    Serve(Box<serve::ServeArgs>),
     /// Generate a completion of one prompt and print it as it is produced.
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -35,9 +38,10 @@ enum ConfigCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(settings::load(cli.config.as_deref(), &args.overrides())?),
         Command::Generate(args) => {
             let config = settings::load(cli.config.as_deref(), &args.overrides())?;
-            generate::run(args, config)
+            generate::run(*args, config)
         }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", settings::show(&settings::load(cli.config.as_deref(), &[])?)?);

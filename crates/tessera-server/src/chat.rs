@@ -1,0 +1,175 @@
+//! `POST /v1/chat/completions`: the chat template turns messages into a prompt; the rest is the
+//! completions path with chat-shaped responses.
+
+use crate::error::{ApiError, ApiJson};
+use crate::generation::{collect_all, merged, sse, submit, token_text};
+use crate::models::check_model;
+use crate::params::{num_choices, sampling_params, RequestParams};
+use crate::request_id::RequestId;
+use crate::state::{unix_now, AppState};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use tessera_core::openai::{
+    finish_reason_str, ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
+    ChatLogprobs, ChatResponseMessage, ChatTokenLogprob, ChunkChoice, Delta, Role, TopLogprob, Usage,
+    OBJECT_CHAT_COMPLETION, OBJECT_CHAT_COMPLETION_CHUNK,
+};
+use tessera_engine::{TokenEvent, TokenOutput};
+
+fn prompt_ids(state: &AppState, req: &ChatCompletionRequest) -> Result<Vec<u32>, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    let text = state.chat_template.render(&req.messages).map_err(|e| ApiError::invalid("messages", e))?;
+    // A model's own template writes its special tokens; the fallback relies on the tokenizer's.
+    let add_special = !state.chat_template.from_model;
+    state
+        .engine
+        .tokenizer()
+        .encode(&text, add_special)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))
+}
+
+fn logprobs(state: &AppState, tokens: &[TokenOutput]) -> ChatLogprobs {
+    let entry = |id: u32, logprob: f32| {
+        let token = token_text(state, id);
+        TopLogprob { bytes: Some(token.as_bytes().to_vec()), token, logprob }
+    };
+    let content = tokens
+        .iter()
+        .filter_map(|t| t.logprobs.as_ref().map(|l| (t.token_id, l)))
+        .map(|(id, l)| {
+            let chosen = entry(id, l.logprob);
+            ChatTokenLogprob {
+                token: chosen.token,
+                logprob: chosen.logprob,
+                bytes: chosen.bytes,
+                top_logprobs: l.top.iter().map(|&(id, lp)| entry(id, lp)).collect(),
+            }
+        })
+        .collect();
+    ChatLogprobs { content }
+}
+
+#[derive(Clone)]
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Meta {
+    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Value {
+        let chunk = ChatCompletionChunk {
+            id: self.id.clone(),
+            object: OBJECT_CHAT_COMPLETION_CHUNK.into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        };
+        serde_json::to_value(chunk).expect("chunks serialize")
+    }
+}
+
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    Extension(request_id): Extension<RequestId>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    check_model(&state, &req.model)?;
+    let params = RequestParams::from(&req);
+    let n = num_choices(&params, state.config.max_n)?;
+    let prompt = prompt_ids(&state, &req)?;
+    let (max_len, vocab) = (state.engine.max_model_len(), state.engine.spec().vocab_size);
+    let sampling = sampling_params(&params, "messages", prompt.len(), max_len, vocab, None)?;
+    let num_prompt_tokens = prompt.len();
+    let streams = submit(&state, &[prompt], &sampling, n, req.priority.unwrap_or(0)).await?;
+    let meta = Meta {
+        id: format!("chatcmpl-{}", request_id.0),
+        created: unix_now(),
+        model: state.model_name.clone(),
+    };
+    let with_logprobs = req.logprobs == Some(true);
+    if req.stream.unwrap_or(false) {
+        let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+        return Ok(stream_response(state, streams, meta, num_prompt_tokens, include_usage, with_logprobs));
+    }
+    let outputs = collect_all(streams).await?;
+    let completion_tokens = outputs.iter().map(|o| o.tokens.len() as u32).sum();
+    let choices = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, out)| ChatChoice {
+            index: i as u32,
+            logprobs: with_logprobs.then(|| logprobs(&state, &out.tokens)),
+            message: ChatResponseMessage { role: Role::Assistant, content: Some(out.text) },
+            finish_reason: Some(finish_reason_str(out.reason).to_string()),
+        })
+        .collect();
+    Ok(Json(ChatCompletionResponse {
+        id: meta.id,
+        object: OBJECT_CHAT_COMPLETION.into(),
+        created: meta.created,
+        model: meta.model,
+        choices,
+        usage: Some(Usage::new(num_prompt_tokens as u32, completion_tokens)),
+    })
+    .into_response())
+}
+
+fn stream_response(
+    state: Arc<AppState>,
+    streams: Vec<tessera_engine::RequestStream>,
+    meta: Meta,
+    num_prompt_tokens: usize,
+    include_usage: bool,
+    with_logprobs: bool,
+) -> Response {
+    let num_choices = streams.len() as u32;
+    // OpenAI opens every choice with the assistant role and no content.
+    let opening: Vec<Value> = (0..num_choices)
+        .map(|index| {
+            let delta = Delta { role: Some(Role::Assistant), content: Some(String::new()) };
+            meta.chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
+        })
+        .collect();
+    let completion_tokens = Arc::new(AtomicU32::new(0));
+    let counter = completion_tokens.clone();
+    let chunk_meta = meta.clone();
+    let mut failed = false;
+    let events = merged(streams).filter_map(move |(index, event)| {
+        let value = match event {
+            TokenEvent::Token(token) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let logprobs = with_logprobs.then(|| logprobs(&state, std::slice::from_ref(&token)));
+                let delta = Delta { role: None, content: Some(token.text) };
+                Some(
+                    chunk_meta.chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason: None }], None),
+                )
+            }
+            TokenEvent::Finished(done) => {
+                let finish_reason = Some(finish_reason_str(done.reason).to_string());
+                let choice = ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason };
+                Some(chunk_meta.chunk(vec![choice], None))
+            }
+            TokenEvent::Error(err) if !failed => {
+                failed = true;
+                Some(serde_json::to_value(ApiError::from(err).to_response_body()).expect("errors serialize"))
+            }
+            TokenEvent::Error(_) => None,
+        };
+        futures_util::future::ready(value)
+    });
+    let usage = futures_util::stream::once(async move {
+        let usage = Usage::new(num_prompt_tokens as u32, completion_tokens.load(Ordering::Relaxed));
+        include_usage.then(|| meta.chunk(Vec::new(), Some(usage)))
+    })
+    .filter_map(futures_util::future::ready);
+    sse(futures_util::stream::iter(opening).chain(events).chain(usage)).into_response()
+}

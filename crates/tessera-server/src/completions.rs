@@ -1,0 +1,175 @@
+//! `POST /v1/completions`.
+
+use crate::error::{ApiError, ApiJson};
+use crate::generation::{collect_all, merged, sse, submit, token_text, ChoiceOutput};
+use crate::models::check_model;
+use crate::params::{check_token_ids, num_choices, sampling_params, RequestParams};
+use crate::request_id::RequestId;
+use crate::state::{unix_now, AppState};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use tessera_core::openai::{
+    finish_reason_str, CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt,
+    Usage, OBJECT_TEXT_COMPLETION,
+};
+use tessera_engine::{TokenEvent, TokenOutput};
+
+/// OpenAI's default for completions.
+const DEFAULT_MAX_TOKENS: u32 = 16;
+
+fn prompts(state: &AppState, prompt: &Prompt) -> Result<Vec<Vec<u32>>, ApiError> {
+    let tokenizer = state.engine.tokenizer();
+    let encode =
+        |text: &String| tokenizer.encode(text, true).map_err(|e| ApiError::invalid("prompt", e.to_string()));
+    let prompts = match prompt {
+        Prompt::Text(text) => vec![encode(text)?],
+        Prompt::Texts(texts) => texts.iter().map(encode).collect::<Result<_, _>>()?,
+        Prompt::Tokens(ids) => vec![ids.clone()],
+        Prompt::TokenBatches(batches) => batches.clone(),
+    };
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(ApiError::invalid("prompt", "the prompt must not be empty"));
+    }
+    for ids in &prompts {
+        check_token_ids("prompt", ids, state.engine.spec().vocab_size)?;
+    }
+    Ok(prompts)
+}
+
+fn logprobs(state: &AppState, tokens: &[TokenOutput], mut offset: u32) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    for token in tokens {
+        out.tokens.push(token_text(state, token.token_id));
+        out.text_offset.push(offset);
+        offset += token.text.len() as u32;
+        out.token_logprobs.push(token.logprobs.as_ref().map(|l| l.logprob));
+        out.top_logprobs.push(
+            token.logprobs.as_ref().map(|l| {
+                l.top.iter().map(|&(id, lp)| (token_text(state, id), lp)).collect::<HashMap<_, _>>()
+            }),
+        );
+    }
+    out
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    Extension(request_id): Extension<RequestId>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    check_model(&state, &req.model)?;
+    let params = RequestParams::from(&req);
+    let n = num_choices(&params, state.config.max_n)?;
+    let prompts = prompts(&state, &req.prompt)?;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let (max_len, vocab) = (state.engine.max_model_len(), state.engine.spec().vocab_size);
+    let sampling = sampling_params(&params, "prompt", longest, max_len, vocab, Some(DEFAULT_MAX_TOKENS))?;
+    let num_prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    let echo = req.echo.unwrap_or(false).then(|| prompt_texts(&state, &prompts));
+    let streams = submit(&state, &prompts, &sampling, n, req.priority.unwrap_or(0)).await?;
+    let meta =
+        Meta { id: format!("cmpl-{}", request_id.0), created: unix_now(), model: state.model_name.clone() };
+    if req.stream.unwrap_or(false) {
+        let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+        let with_logprobs = req.logprobs.is_some();
+        return Ok(stream_response(state, streams, meta, num_prompt_tokens, include_usage, with_logprobs));
+    }
+    let outputs = collect_all(streams).await?;
+    let completion_tokens = outputs.iter().map(|o| o.tokens.len() as u32).sum();
+    let choices = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, out): (usize, ChoiceOutput)| {
+            let prefix = echo.as_ref().map(|texts| texts[i / n as usize].clone()).unwrap_or_default();
+            CompletionChoice {
+                index: i as u32,
+                logprobs: req.logprobs.map(|_| logprobs(&state, &out.tokens, prefix.len() as u32)),
+                text: prefix + &out.text,
+                finish_reason: Some(finish_reason_str(out.reason).to_string()),
+            }
+        })
+        .collect();
+    let usage = Some(Usage::new(num_prompt_tokens as u32, completion_tokens));
+    let Meta { id, created, model } = meta;
+    Ok(Json(CompletionResponse { id, object: OBJECT_TEXT_COMPLETION.into(), created, model, choices, usage })
+        .into_response())
+}
+
+fn prompt_texts(state: &AppState, prompts: &[Vec<u32>]) -> Vec<String> {
+    prompts.iter().map(|ids| state.engine.tokenizer().decode(ids, true).unwrap_or_default()).collect()
+}
+
+/// Identity of a response's chunks.
+#[derive(Clone)]
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Meta {
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Value {
+        let chunk = CompletionResponse {
+            id: self.id.clone(),
+            object: OBJECT_TEXT_COMPLETION.into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        };
+        serde_json::to_value(chunk).expect("chunks serialize")
+    }
+}
+
+fn stream_response(
+    state: Arc<AppState>,
+    streams: Vec<tessera_engine::RequestStream>,
+    meta: Meta,
+    num_prompt_tokens: usize,
+    include_usage: bool,
+    with_logprobs: bool,
+) -> Response {
+    let completion_tokens = Arc::new(AtomicU32::new(0));
+    let counter = completion_tokens.clone();
+    let mut offsets: HashMap<u32, u32> = HashMap::new();
+    let mut failed = false;
+    let chunk_meta = meta.clone();
+    let events = merged(streams).filter_map(move |(index, event)| {
+        let value = match event {
+            TokenEvent::Token(token) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let offset = offsets.entry(index).or_default();
+                let logprobs = with_logprobs.then(|| logprobs(&state, std::slice::from_ref(&token), *offset));
+                *offset += token.text.len() as u32;
+                let choice = CompletionChoice { index, text: token.text, logprobs, finish_reason: None };
+                Some(chunk_meta.chunk(vec![choice], None))
+            }
+            TokenEvent::Finished(done) => {
+                let reason = Some(finish_reason_str(done.reason).to_string());
+                Some(chunk_meta.chunk(
+                    vec![CompletionChoice { index, finish_reason: reason, ..Default::default() }],
+                    None,
+                ))
+            }
+            // One error event, then the stream ends with [DONE] once every choice has ended.
+            TokenEvent::Error(err) if !failed => {
+                failed = true;
+                Some(serde_json::to_value(ApiError::from(err).to_response_body()).expect("errors serialize"))
+            }
+            TokenEvent::Error(_) => None,
+        };
+        futures_util::future::ready(value)
+    });
+    let usage = futures_util::stream::once(async move {
+        let usage = Usage::new(num_prompt_tokens as u32, completion_tokens.load(Ordering::Relaxed));
+        include_usage.then(|| meta.chunk(Vec::new(), Some(usage)))
+    })
+    .filter_map(futures_util::future::ready);
+    sse(events.chain(usage)).into_response()
+}

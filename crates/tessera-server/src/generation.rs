@@ -1,0 +1,90 @@
+//! What completions and chat share: submitting `n` choices per prompt to the engine, collecting
+//! a choice's output, and the SSE framing of streamed chunks.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use std::convert::Infallible;
+use tessera_core::{FinishReason, SamplingParams};
+use tessera_engine::{GenerateRequest, Prompt, RequestStream, TokenEvent, TokenOutput};
+
+/// One engine request per choice. If any is refused, those already admitted are dropped (and so
+/// aborted) and the refusal is returned.
+pub async fn submit(
+    state: &AppState,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    n: u32,
+    priority: i32,
+) -> Result<Vec<RequestStream>, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    let mut streams = Vec::with_capacity(prompts.len() * n as usize);
+    for prompt in prompts {
+        for i in 0..n {
+            let mut params = params.clone();
+            // Distinct but reproducible seeds, so that n > 1 gives n different samples.
+            params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
+            let request =
+                GenerateRequest { priority, ..GenerateRequest::new(Prompt::Tokens(prompt.clone()), params) };
+            streams.push(state.engine.generate(request).await?);
+        }
+    }
+    Ok(streams)
+}
+
+/// Everything one choice produced.
+pub struct ChoiceOutput {
+    pub tokens: Vec<TokenOutput>,
+    pub text: String,
+    pub reason: FinishReason,
+}
+
+pub async fn collect(mut stream: RequestStream) -> Result<ChoiceOutput, ApiError> {
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            TokenEvent::Token(token) => {
+                text.push_str(&token.text);
+                tokens.push(token);
+            }
+            TokenEvent::Finished(done) => return Ok(ChoiceOutput { tokens, text, reason: done.reason }),
+            TokenEvent::Error(err) => return Err(err.into()),
+        }
+    }
+    Err(ApiError::internal("the request ended without a result"))
+}
+
+/// Collects every choice concurrently, in order.
+pub async fn collect_all(streams: Vec<RequestStream>) -> Result<Vec<ChoiceOutput>, ApiError> {
+    futures_util::future::join_all(streams.into_iter().map(collect)).await.into_iter().collect()
+}
+
+/// All choices' events, tagged with the choice index, as they come.
+pub fn merged(streams: Vec<RequestStream>) -> impl Stream<Item = (u32, TokenEvent)> + Send {
+    futures_util::stream::select_all(
+        streams.into_iter().enumerate().map(|(i, s)| s.map(move |event| (i as u32, event)).boxed()),
+    )
+}
+
+/// Server-sent events of JSON chunks, ended by `data: [DONE]`.
+pub fn sse<S, T>(chunks: S) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+where
+    S: Stream<Item = T> + Send + 'static,
+    T: Serialize,
+{
+    let events = chunks
+        .map(|chunk| Event::default().data(serde_json::to_string(&chunk).expect("chunks serialize")))
+        .chain(futures_util::stream::once(async { Event::default().data("[DONE]") }))
+        .map(Ok);
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// The text of one token on its own (for logprobs).
+pub fn token_text(state: &AppState, token_id: u32) -> String {
+    state.engine.tokenizer().decode(&[token_id], false).unwrap_or_default()
+}
