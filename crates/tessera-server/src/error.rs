@@ -105,7 +105,11 @@ where
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => {
-                let status = rejection.status();
+                // axum says 422 for well-formed JSON of the wrong shape; OpenAI says 400.
+                let status = match rejection.status() {
+                    StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                    other => other,
+                };
                 let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
                     "request_too_large"
                 } else {
