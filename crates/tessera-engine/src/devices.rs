@@ -9,6 +9,11 @@ use tessera_core::config::Device;
 use tessera_core::EngineConfig;
 use tessera_model::{KvCacheShape, ModelSpec};
 
+// Declared here rather than in lib.rs: the CUDA group is only reachable through device selection.
+#[cfg(feature = "cuda")]
+#[path = "cuda_group.rs"]
+mod cuda_group;
+
 /// A device's worker group and its KV cache size in blocks (the same on every rank).
 pub struct DeviceGroup {
     pub factory: Box<dyn WorkerGroupFactory>,
@@ -27,9 +32,19 @@ pub fn device_group(
             let factory = CpuGroupFactory { config: config.clone(), num_blocks, max_model_len, fault };
             Ok(DeviceGroup { factory: Box::new(factory), num_blocks })
         }
-        Device::Cuda => Err(EngineError::Startup(
-            "device `cuda` needs a build with `--features cuda`; this binary has the CPU backend only".into(),
-        )),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => {
+            let (factory, num_blocks) = cuda_group::CudaGroupFactory::start(config, max_model_len, fault)?;
+            Ok(DeviceGroup { factory: Box::new(factory), num_blocks })
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => {
+            let _ = fault;
+            Err(EngineError::Startup(
+                "device `cuda` needs a build with `--features cuda`; this binary has the CPU backend only"
+                    .into(),
+            ))
+        }
     }
 }
 

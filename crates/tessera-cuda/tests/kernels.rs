@@ -1,0 +1,286 @@
+//! Every CUDA kernel against the CPU backend on random inputs of several shapes, through the
+//! `Backend` trait on both sides (each op is one generic function run on both). Run with
+//! TESSERA_GPU_TESTS=1 on a GPU machine.
+
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::*;
+use tessera_cpu::CpuBackend;
+use tessera_cuda::CudaBackend;
+use tessera_model::rope::cos_sin_tables;
+use tessera_model::spec::{Llama3RopeScaling, RopeSpec};
+use tessera_model::{Backend, KvCacheShape, ModelInput, QkvLayout, SeqChunk};
+
+fn backends(test: &str) -> Option<(CpuBackend, CudaBackend)> {
+    gpu_tests_enabled(test).then(|| (CpuBackend::new(), CudaBackend::new(0).expect("CUDA backend")))
+}
+
+fn norms<B: Backend>(b: &B, rows: usize, cols: usize, x: &[f32], d: &[f32], w: &[f32]) -> Vec<Vec<f32>> {
+    let xt = activation(b, rows, cols, x);
+    let mut residual = activation(b, rows, cols, x);
+    let delta = activation(b, rows, cols, d);
+    let weight = b.upload(host_bf16(vec![cols], w)).unwrap();
+    let normed = b.rms_norm(&xt, &weight, 1e-5).unwrap();
+    let fused = b.add_rms_norm(&mut residual, &delta, &weight, 1e-6).unwrap();
+    vec![b.to_host(&normed).unwrap(), b.to_host(&residual).unwrap(), b.to_host(&fused).unwrap()]
+}
+
+#[test]
+fn rms_norm_and_fused_add_rms_norm() {
+    let Some((cpu, gpu)) = backends("rms_norm_and_fused_add_rms_norm") else { return };
+    for (i, (rows, cols)) in [(1, 64), (7, 4096), (33, 5120), (130, 8192)].into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        let x = random_bf16(seed, rows * cols, 2.0);
+        let d = random_bf16(seed + 1, rows * cols, 2.0);
+        let w = random_bf16(seed + 2, cols, 1.5);
+        let (want, got) = (norms(&cpu, rows, cols, &x, &d, &w), norms(&gpu, rows, cols, &x, &d, &w));
+        for (name, (g, c)) in
+            ["rms_norm", "add_rms_norm residual", "add_rms_norm out"].iter().zip(got.iter().zip(&want))
+        {
+            assert_close(&format!("{name} {rows}x{cols}"), g, c, BF16_TOL);
+        }
+    }
+}
+
+fn linear<B: Backend>(b: &B, m: usize, k: usize, n: usize, seed: u64) -> Vec<f32> {
+    let x = activation(b, m, k, &random_bf16(seed, m * k, 1.0));
+    let w = b.upload(host_bf16(vec![n, k], &random_bf16(seed + 1, n * k, 0.05))).unwrap();
+    let bias = b.upload(host_bf16(vec![n], &random_bf16(seed + 2, n, 0.5))).unwrap();
+    let plain = b.to_host(&b.linear(&x, &w, None).unwrap()).unwrap();
+    let biased = b.to_host(&b.linear(&x, &w, Some(&bias)).unwrap()).unwrap();
+    plain.into_iter().chain(biased).collect()
+}
+
+#[test]
+fn linear_with_and_without_bias() {
+    let Some((cpu, gpu)) = backends("linear_with_and_without_bias") else { return };
+    for (i, (m, k, n)) in
+        [(1, 64, 96), (17, 4096, 1024), (128, 512, 11008), (3, 2048, 50)].into_iter().enumerate()
+    {
+        let seed = 100 + i as u64;
+        assert_close(
+            &format!("linear {m}x{k} @ {n}x{k}^T"),
+            &linear(&gpu, m, k, n, seed),
+            &linear(&cpu, m, k, n, seed),
+            BF16_TOL,
+        );
+    }
+}
+
+fn silu_mul<B: Backend>(b: &B, rows: usize, n: usize, values: &[f32]) -> Vec<f32> {
+    b.to_host(&b.silu_mul(&activation(b, rows, 2 * n, values)).unwrap()).unwrap()
+}
+
+#[test]
+fn silu_and_mul() {
+    let Some((cpu, gpu)) = backends("silu_and_mul") else { return };
+    for (rows, n) in [(1, 8), (3, 128), (64, 14336)] {
+        let v = random_bf16(rows as u64, rows * 2 * n, 6.0);
+        assert_close(
+            &format!("silu_mul {rows}x{n}"),
+            &silu_mul(&gpu, rows, n, &v),
+            &silu_mul(&cpu, rows, n, &v),
+            BF16_TOL,
+        );
+    }
+}
+
+fn embed_and_gather<B: Backend>(
+    b: &B,
+    vocab: usize,
+    cols: usize,
+    start: usize,
+    tokens: &[u32],
+    table: &[f32],
+) -> Vec<f32> {
+    let t = b.upload(host_bf16(vec![vocab, cols], table)).unwrap();
+    let n = tokens.len();
+    let input = ModelInput {
+        block_size: 16,
+        token_ids: tokens.to_vec(),
+        positions: vec![0; n],
+        slot_mapping: vec![0; n],
+        seqs: Vec::new(),
+        logits_indices: vec![n - 1, 0, n / 2],
+    };
+    let batch = b.prepare(&input).unwrap();
+    let x = b.embedding(&t, start, &batch).unwrap();
+    let rows = b.gather_logit_rows(&x, &batch).unwrap();
+    b.to_host(&x).unwrap().into_iter().chain(b.to_host(&rows).unwrap()).collect()
+}
+
+#[test]
+fn embedding_of_a_vocab_shard_and_row_gather() {
+    let Some((cpu, gpu)) = backends("embedding_of_a_vocab_shard_and_row_gather") else { return };
+    for (vocab, cols, start) in [(100, 64, 0), (100, 4096, 50), (1000, 136, 7)] {
+        let table = random_bf16(vocab as u64, vocab * cols, 1.0);
+        let tokens: Vec<u32> = (0..41).map(|i| (i * 37 % (vocab + start + 20)) as u32).collect();
+        let want = embed_and_gather(&cpu, vocab, cols, start, &tokens, &table);
+        let got = embed_and_gather(&gpu, vocab, cols, start, &tokens, &table);
+        // A lookup copies bf16 values: exact.
+        assert_eq!(got, want, "embedding {vocab}x{cols} from {start}");
+    }
+}
+
+fn rope_tables(head_dim: usize, max_positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let spec = RopeSpec {
+        theta: 500000.0,
+        llama3_scaling: Some(Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        }),
+    };
+    cos_sin_tables(&spec, head_dim, max_positions)
+}
+
+/// qk_norm then RoPE of a fused q|k|v tensor (v heads must come through untouched).
+fn norm_and_rope<B: Backend>(b: &B, layout: QkvLayout, positions: &[u32], seed: u64) -> Vec<f32> {
+    let rows = positions.len();
+    let d = layout.head_dim;
+    let mut qkv = activation(b, rows, layout.row_width(), &random_bf16(seed, rows * layout.row_width(), 3.0));
+    let qw = b.upload(host_bf16(vec![d], &random_bf16(seed + 1, d, 1.5))).unwrap();
+    let kw = b.upload(host_bf16(vec![d], &random_bf16(seed + 2, d, 1.5))).unwrap();
+    b.qk_norm(&mut qkv, &qw, &kw, 1e-6, layout).unwrap();
+    let (cos, sin) = rope_tables(d, 20000);
+    let rope = b.upload_rope(cos, sin, d).unwrap();
+    let input = ModelInput {
+        block_size: 16,
+        token_ids: vec![0; rows],
+        positions: positions.to_vec(),
+        slot_mapping: vec![0; rows],
+        seqs: Vec::new(),
+        logits_indices: Vec::new(),
+    };
+    b.rope(&mut qkv, &rope, &b.prepare(&input).unwrap(), layout).unwrap();
+    b.to_host(&qkv).unwrap()
+}
+
+#[test]
+fn qk_norm_and_llama3_rope() {
+    let Some((cpu, gpu)) = backends("qk_norm_and_llama3_rope") else { return };
+    for (i, (h, kv, d)) in [(8, 4, 8), (32, 8, 128), (28, 4, 128), (16, 16, 64)].into_iter().enumerate() {
+        let layout = QkvLayout { num_heads: h, num_kv_heads: kv, head_dim: d };
+        let positions: Vec<u32> = (0..19).map(|j| (j * 1031 % 19999) as u32).collect();
+        let seed = 300 + i as u64;
+        assert_close(
+            &format!("qk_norm+rope {h}/{kv}x{d}"),
+            &norm_and_rope(&gpu, layout, &positions, seed),
+            &norm_and_rope(&cpu, layout, &positions, seed),
+            BF16_TOL,
+        );
+    }
+}
+
+/// One sequence of an attention scenario: tokens already cached, tokens computed now.
+struct Seq {
+    computed: usize,
+    query: usize,
+}
+
+/// Two steps through the paged cache: the first writes every sequence's earlier tokens (a
+/// prefill, as a prefix-cache hit would have left them), the second writes this step's tokens
+/// and attends. Block tables are scrambled so that paging is honoured. Returns both steps'
+/// attention outputs.
+fn attention<B: Backend>(b: &B, layout: QkvLayout, seqs: &[Seq], block_size: usize, seed: u64) -> Vec<f32> {
+    let num_blocks: usize =
+        seqs.iter().map(|s| (s.computed + s.query).div_ceil(block_size)).sum::<usize>() + 3;
+    let shape = KvCacheShape {
+        num_layers: 2,
+        num_blocks,
+        block_size,
+        num_kv_heads: layout.num_kv_heads,
+        head_dim: layout.head_dim,
+    };
+    let mut cache = b.alloc_kv_cache(shape).unwrap();
+    let mut ids: Vec<u32> = (0..num_blocks as u32).map(|i| (i * 7 + 3) % num_blocks as u32).collect();
+    let tables: Vec<Vec<u32>> =
+        seqs.iter().map(|s| ids.drain(..(s.computed + s.query).div_ceil(block_size)).collect()).collect();
+    let tokens: Vec<Vec<u32>> = seqs.iter().map(|s| vec![1; s.computed + s.query]).collect();
+    let mut out = Vec::new();
+    for (step, layer) in [(0, 1), (1, 1)] {
+        let chunks: Vec<SeqChunk<'_>> = seqs
+            .iter()
+            .zip(&tables)
+            .zip(&tokens)
+            .filter(|((s, _), _)| step == 1 || s.computed > 0)
+            .map(|((s, table), t)| {
+                let (from, to) = if step == 0 { (0, s.computed) } else { (s.computed, s.computed + s.query) };
+                SeqChunk {
+                    new_tokens: &t[from..to],
+                    num_computed_tokens: from,
+                    block_table: table,
+                    wants_logits: true,
+                }
+            })
+            .collect();
+        let input = ModelInput::build(block_size, &chunks);
+        let rows = input.num_tokens();
+        let qkv = activation(
+            b,
+            rows,
+            layout.row_width(),
+            &random_bf16(seed + step, rows * layout.row_width(), 2.0),
+        );
+        let batch = b.prepare(&input).unwrap();
+        b.write_kv(&mut cache, layer, &qkv, &batch, layout).unwrap();
+        out.extend(b.to_host(&b.attention(&cache, layer, &qkv, &batch, layout).unwrap()).unwrap());
+    }
+    out
+}
+
+#[test]
+fn paged_attention_prefill_chunks_and_decode() {
+    let Some((cpu, gpu)) = backends("paged_attention_prefill_chunks_and_decode") else { return };
+    let scenarios: Vec<(&str, QkvLayout, Vec<Seq>, usize)> = vec![
+        (
+            "fixture shape",
+            QkvLayout { num_heads: 8, num_kv_heads: 4, head_dim: 8 },
+            vec![Seq { computed: 5, query: 9 }, Seq { computed: 0, query: 3 }],
+            16,
+        ),
+        (
+            "llama-8b decode batch",
+            QkvLayout { num_heads: 32, num_kv_heads: 8, head_dim: 128 },
+            (0..6).map(|i| Seq { computed: 17 + 131 * i, query: 1 }).collect(),
+            16,
+        ),
+        (
+            "long decode (split context)",
+            QkvLayout { num_heads: 32, num_kv_heads: 8, head_dim: 128 },
+            vec![Seq { computed: 3000, query: 1 }],
+            16,
+        ),
+        (
+            "mixed chunked prefill + decode",
+            QkvLayout { num_heads: 28, num_kv_heads: 4, head_dim: 128 },
+            vec![
+                Seq { computed: 300, query: 37 },
+                Seq { computed: 1000, query: 1 },
+                Seq { computed: 0, query: 150 },
+            ],
+            32,
+        ),
+        (
+            "MHA head_dim 64, block 8",
+            QkvLayout { num_heads: 4, num_kv_heads: 4, head_dim: 64 },
+            vec![Seq { computed: 70, query: 2 }],
+            8,
+        ),
+        (
+            "head_dim 256",
+            QkvLayout { num_heads: 8, num_kv_heads: 1, head_dim: 256 },
+            vec![Seq { computed: 600, query: 1 }, Seq { computed: 9, query: 4 }],
+            16,
+        ),
+    ];
+    for (i, (name, layout, seqs, block_size)) in scenarios.into_iter().enumerate() {
+        let seed = 500 + 2 * i as u64;
+        let want = attention(&cpu, layout, &seqs, block_size, seed);
+        let got = attention(&gpu, layout, &seqs, block_size, seed);
+        assert_close(&format!("attention: {name}"), &got, &want, BF16_TOL);
+    }
+}

@@ -1,0 +1,134 @@
+//! Whole models on the GPU in bf16 against the transformers fixtures (tests/fixtures/models,
+//! computed in f32): first-step logits within a bf16 tolerance, and greedy tokens agreeing on at
+//! least 95% of steps. Greedy agreement is measured teacher-forced (each step is fed the
+//! reference's previous token), so one early near-tie does not count every later token as wrong;
+//! where free-running generation diverges is reported too.
+
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::*;
+use tessera_cuda::CudaBackend;
+use tessera_model::{argmax, DType, Model, SingleSequence, TpRank};
+
+const BLOCK_SIZE: usize = 16;
+const NUM_BLOCKS: usize = 64;
+/// A whole bf16 model against an f32 reference: a few roundings per layer add up.
+const LOGITS_TOL: f32 = 3e-2;
+const MIN_GREEDY_AGREEMENT: f64 = 0.95;
+
+fn scrambled_blocks(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + 11) % NUM_BLOCKS as u32).collect()
+}
+
+fn load(backend: &CudaBackend, name: &str) -> (tessera_model::ModelFiles, Model<CudaBackend>) {
+    let files = open(name);
+    let model = Model::load(
+        backend,
+        &files.spec,
+        files.source.as_ref(),
+        DType::Bf16,
+        TpRank::SINGLE,
+        files.spec.max_position_embeddings,
+    )
+    .unwrap();
+    (files, model)
+}
+
+#[test]
+fn fixtures_match_transformers_in_bf16() {
+    if !gpu_tests_enabled("fixtures_match_transformers_in_bf16") {
+        return;
+    }
+    let backend = CudaBackend::new(0).unwrap();
+    for name in ARCHITECTURES {
+        let (_files, model) = load(&backend, name);
+        let (mut agree, mut total) = (0usize, 0usize);
+        for (i, case) in cases(name).iter().enumerate() {
+            let mut seq =
+                SingleSequence::new(&backend, &model, BLOCK_SIZE, NUM_BLOCKS, scrambled_blocks(8)).unwrap();
+            let logits = seq.step(&backend, &case.prompt_ids).unwrap();
+            assert_close(
+                &format!("{name} case {i} first-step logits"),
+                &logits,
+                &case.last_logits,
+                LOGITS_TOL,
+            );
+            let mut got = vec![argmax(&logits)];
+            for t in 1..case.greedy_ids.len() {
+                let logits = seq.step(&backend, &case.greedy_ids[t - 1..t]).unwrap();
+                got.push(argmax(&logits));
+            }
+            let mismatches: Vec<usize> = (0..got.len()).filter(|&t| got[t] != case.greedy_ids[t]).collect();
+            if !mismatches.is_empty() {
+                eprintln!("{name} case {i}: greedy tokens differ at steps {mismatches:?}");
+            }
+            agree += got.len() - mismatches.len();
+            total += got.len();
+            report_free_running(&backend, &model, name, i, case);
+        }
+        let rate = agree as f64 / total as f64;
+        eprintln!("{name}: teacher-forced greedy agreement {agree}/{total} = {:.1}%", 100.0 * rate);
+        assert!(
+            rate >= MIN_GREEDY_AGREEMENT,
+            "{name}: greedy agreement {rate:.3} below {MIN_GREEDY_AGREEMENT}"
+        );
+    }
+}
+
+fn report_free_running(backend: &CudaBackend, model: &Model<CudaBackend>, name: &str, i: usize, case: &Case) {
+    let mut seq = SingleSequence::new(backend, model, BLOCK_SIZE, NUM_BLOCKS, scrambled_blocks(8)).unwrap();
+    let mut generated = vec![argmax(&seq.step(backend, &case.prompt_ids).unwrap())];
+    while generated.len() < case.greedy_ids.len() {
+        let next = argmax(&seq.step(backend, &generated[generated.len() - 1..]).unwrap());
+        generated.push(next);
+    }
+    match generated.iter().zip(&case.greedy_ids).position(|(a, b)| a != b) {
+        None => eprintln!("{name} case {i}: free-running greedy identical ({} tokens)", generated.len()),
+        Some(at) => eprintln!("{name} case {i}: free-running greedy diverges at token {at}"),
+    }
+}
+
+/// A prompt computed in chunks (chunked prefill, prefix-cache hits) gives the same logits.
+#[test]
+fn chunked_prefill_matches_whole_prefill_in_bf16() {
+    if !gpu_tests_enabled("chunked_prefill_matches_whole_prefill_in_bf16") {
+        return;
+    }
+    let backend = CudaBackend::new(0).unwrap();
+    for name in ["llama", "qwen3"] {
+        let (_files, model) = load(&backend, name);
+        let case = cases(name).into_iter().max_by_key(|c| c.prompt_ids.len()).unwrap();
+        let mut seq =
+            SingleSequence::new(&backend, &model, BLOCK_SIZE, NUM_BLOCKS, scrambled_blocks(8)).unwrap();
+        let mut logits = Vec::new();
+        for chunk in case.prompt_ids.chunks(7) {
+            logits = seq.step(&backend, chunk).unwrap();
+        }
+        assert_close(&format!("{name} chunked prefill"), &logits, &case.last_logits, LOGITS_TOL);
+    }
+}
+
+/// Profiling sizes the KV cache from what is left of the card, and the result is usable.
+#[test]
+fn kv_cache_sized_by_profiling() {
+    if !gpu_tests_enabled("kv_cache_sized_by_profiling") {
+        return;
+    }
+    let backend = CudaBackend::new(0).unwrap();
+    let (_files, model) = load(&backend, "llama");
+    let limits = tessera_cuda::ProfileLimits {
+        max_num_batched_tokens: 2048,
+        max_num_seqs: 64,
+        max_model_len: 256,
+        block_size: BLOCK_SIZE,
+        gpu_memory_utilization: 0.5,
+    };
+    let report = tessera_cuda::profile_num_blocks(&backend, &model, &limits).unwrap();
+    eprintln!("profile: {report:?}");
+    let budget = (report.total as f64 * 0.5) as usize;
+    assert!(report.num_blocks * report.bytes_per_block <= budget);
+    // A tiny model leaves almost all of half the card to the cache.
+    assert!(report.kv_cache > budget / 2, "{report:?}");
+}
