@@ -144,6 +144,20 @@ mod tests {
     }
 
     #[test]
+    fn every_example_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut count = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if matches!(path.extension().and_then(|e| e.to_str()), Some("toml" | "yaml")) {
+                load_with_env(Some(&path), &[], env(&[])).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                count += 1;
+            }
+        }
+        assert!(count >= 4, "expected the example configs, found {count}");
+    }
+
+    #[test]
     fn show_redacts_api_keys() {
         let config = load_with_env(None, &[], env(&[("TESSERA_SERVER__API_KEYS", "sk-secret")])).unwrap();
         let shown = show(&config).unwrap();
