@@ -33,12 +33,13 @@ for t in .gpu/tests/*; do
     # --nocapture: the tests print their measured errors, which the closing note quotes.
     run "$(basename "$t")" "$t" --nocapture --test-threads=1
 done
+run transformers-bf16 env PYTHONUNBUFFERED=1 python3 scripts/gpu/transformers_bf16.py "$TESSERA_FIXTURES"
 if [ -x .gpu/tessera ]; then
     run generate-cuda .gpu/tessera generate --device cuda --dummy tiny --prompt "Hello" --max-tokens 16
 fi
 
 # The measured figures, in one file.
-grep -hE "relative error|agreement|diverge|identical|profile:|SKIPPED|panicked" "$LOGS"/*.log >"$LOGS/figures.txt" || true
+grep -hE "transformers bf16|relative error|agreement|diverge|identical|profile:|SKIPPED|panicked" "$LOGS"/*.log >"$LOGS/figures.txt" || true
 echo
 printf '%s\n' "${SUMMARY[@]}" | tee "$LOGS/summary.txt"
 exit $failed

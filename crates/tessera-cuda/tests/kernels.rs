@@ -175,6 +175,14 @@ fn qk_norm_and_llama3_rope() {
     }
 }
 
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// One sequence of an attention scenario: tokens already cached, tokens computed now.
 struct Seq {
     computed: usize,
@@ -196,7 +204,9 @@ fn attention<B: Backend>(b: &B, layout: QkvLayout, seqs: &[Seq], block_size: usi
         head_dim: layout.head_dim,
     };
     let mut cache = b.alloc_kv_cache(shape).unwrap();
-    let mut ids: Vec<u32> = (0..num_blocks as u32).map(|i| (i * 7 + 3) % num_blocks as u32).collect();
+    // A stride coprime with the block count makes a permutation (no block shared by two sequences).
+    let stride = (7..).find(|k| gcd(*k, num_blocks) == 1).unwrap();
+    let mut ids: Vec<u32> = (0..num_blocks).map(|i| ((i * stride + 3) % num_blocks) as u32).collect();
     let tables: Vec<Vec<u32>> =
         seqs.iter().map(|s| ids.drain(..(s.computed + s.query).div_ceil(block_size)).collect()).collect();
     let tokens: Vec<Vec<u32>> = seqs.iter().map(|s| vec![1; s.computed + s.query]).collect();

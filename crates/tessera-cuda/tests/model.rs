@@ -14,8 +14,11 @@ use tessera_model::{argmax, DType, Model, SingleSequence, TpRank};
 
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 64;
-/// A whole bf16 model against an f32 reference: a few roundings per layer add up.
-const LOGITS_TOL: f32 = 3e-2;
+/// A whole bf16 model against the f32 reference. transformers itself, running these checkpoints
+/// in bf16 on an H100 (scripts/gpu/transformers_bf16.py), lands up to 3.7e-2 away (llama); these
+/// tiny models (hidden 64) have flat logits, so bf16 rounding weighs more than at real sizes. The
+/// allowance is about twice the reference's own bf16 error; greedy agreement is the sharper check.
+const LOGITS_TOL: f32 = 8e-2;
 const MIN_GREEDY_AGREEMENT: f64 = 0.95;
 
 fn scrambled_blocks(n: usize) -> Vec<u32> {
@@ -42,6 +45,8 @@ fn fixtures_match_transformers_in_bf16() {
         return;
     }
     let backend = CudaBackend::new(0).unwrap();
+    // Every architecture and case runs before the verdict, so one run reports all the figures.
+    let mut failures = Vec::new();
     for name in ARCHITECTURES {
         let (_files, model) = load(&backend, name);
         let (mut agree, mut total) = (0usize, 0usize);
@@ -49,12 +54,11 @@ fn fixtures_match_transformers_in_bf16() {
             let mut seq =
                 SingleSequence::new(&backend, &model, BLOCK_SIZE, NUM_BLOCKS, scrambled_blocks(8)).unwrap();
             let logits = seq.step(&backend, &case.prompt_ids).unwrap();
-            assert_close(
-                &format!("{name} case {i} first-step logits"),
-                &logits,
-                &case.last_logits,
-                LOGITS_TOL,
-            );
+            let err = relative_error(&logits, &case.last_logits);
+            eprintln!("{name} case {i} first-step logits: relative error {err:.2e}");
+            if err > LOGITS_TOL {
+                failures.push(format!("{name} case {i}: first-step logits relative error {err:.2e}"));
+            }
             let mut got = vec![argmax(&logits)];
             for t in 1..case.greedy_ids.len() {
                 let logits = seq.step(&backend, &case.greedy_ids[t - 1..t]).unwrap();
@@ -70,11 +74,11 @@ fn fixtures_match_transformers_in_bf16() {
         }
         let rate = agree as f64 / total as f64;
         eprintln!("{name}: teacher-forced greedy agreement {agree}/{total} = {:.1}%", 100.0 * rate);
-        assert!(
-            rate >= MIN_GREEDY_AGREEMENT,
-            "{name}: greedy agreement {rate:.3} below {MIN_GREEDY_AGREEMENT}"
-        );
+        if rate < MIN_GREEDY_AGREEMENT {
+            failures.push(format!("{name}: greedy agreement {rate:.3} below {MIN_GREEDY_AGREEMENT}"));
+        }
     }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 fn report_free_running(backend: &CudaBackend, model: &Model<CudaBackend>, name: &str, i: usize, case: &Case) {
