@@ -208,7 +208,7 @@ pub fn gather_rows(
     if n == 0 {
         return Ok(());
     }
-    assert!(out.len() == n * cols && x.len() % cols == 0, "gather_rows shapes");
+    assert!(out.len() == n * cols && x.len().is_multiple_of(cols), "gather_rows shapes");
     let cols32 = cols as u32;
     let mut b = device.stream.launch_builder(device.function("gather_rows"));
     b.arg(out).arg(x).arg(indices).arg(&cols32);
