@@ -1,6 +1,7 @@
 //! The `tessera` command line.
 
 mod args;
+mod bench;
 mod generate;
 mod serve;
 mod settings;
@@ -24,6 +25,9 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Generate a completion of one prompt and print it as it is produced.
     Generate(Box<generate::GenerateArgs>),
+    /// Benchmarks: load a server (`serve`), or time the in-process engine (`latency`).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
             let config = settings::load(cli.config.as_deref(), &args.overrides())?;
             generate::run(*args, config)
         }
+        Command::Bench(command) => bench::run(command, cli.config.as_deref()),
         Command::Config(ConfigCommand::Show) => {
             print!("{}", settings::show(&settings::load(cli.config.as_deref(), &[])?)?);
             Ok(())

@@ -1,0 +1,214 @@
+//! `tessera bench`: `serve` loads any OpenAI-compatible server with vLLM's `bench serve`
+//! workload and definitions; `latency` times prefill and decode steps of an in-process engine
+//! against the hardware's roofline.
+
+mod arrivals;
+mod dataset;
+mod latency;
+mod metrics;
+mod probe;
+mod report;
+mod roofline;
+mod serve;
+
+use crate::args::ModelArgs;
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use tessera_client::Client;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Load an OpenAI-compatible server: streaming completions of random prompts; TTFT, TPOT,
+    /// ITL, E2EL, throughput and goodput.
+    Serve(ServeBenchArgs),
+    /// Time prefill and decode steps of the in-process engine against the roofline.
+    Latency(Box<LatencyArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeBenchArgs {
+    /// The server's base URL (with or without `/v1`).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// Model name to request; default: the first model the server lists.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    num_prompts: usize,
+    /// Prompt length in tokens (sent as token ids, so exact).
+    #[arg(long, default_value_t = 1024)]
+    input_len: usize,
+    /// Output length in tokens (`max_tokens` with `ignore_eos`).
+    #[arg(long, default_value_t = 128)]
+    output_len: u32,
+    /// Mean requests per second; `inf` sends all at once.
+    #[arg(long, default_value_t = f64::INFINITY)]
+    request_rate: f64,
+    /// Gamma shape of the gaps between requests: 1 is Poisson, below 1 burstier.
+    #[arg(long, default_value_t = 1.0)]
+    burstiness: f64,
+    /// Requests in flight at most.
+    #[arg(long)]
+    max_concurrency: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Prompt ids are drawn below this; 256 is inside every model's vocabulary.
+    #[arg(long, default_value_t = 256)]
+    vocab_size: u32,
+    /// A service-level objective for goodput, `ttft:MS`, `tpot:MS` or `e2el:MS`; may repeat.
+    #[arg(long = "goodput", value_name = "METRIC:MS")]
+    goodput: Vec<String>,
+    /// Also write the result as JSON (vLLM's keys) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 32)]
+    input_len: usize,
+    #[arg(long, default_value_t = 128)]
+    output_len: usize,
+    #[arg(long, default_value_t = 3)]
+    num_iters: usize,
+    #[arg(long, default_value_t = 1)]
+    num_iters_warmup: usize,
+    /// Memory bandwidth per device in GB/s; measured when omitted on the CPU.
+    #[arg(long)]
+    bandwidth_gbps: Option<f64>,
+    /// Dense matrix rate per device in TFLOP/s at the compute dtype; measured when omitted on the CPU.
+    #[arg(long)]
+    tflops: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(command: BenchCommand, config_file: Option<&Path>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match command {
+        BenchCommand::Serve(args) => runtime.block_on(bench_serve(args)),
+        BenchCommand::Latency(args) => {
+            let config = crate::settings::load(config_file, &args.model.overrides())?;
+            let opts = latency::Options {
+                batch_size: args.batch_size,
+                input_len: args.input_len,
+                output_len: args.output_len,
+                num_iters: args.num_iters.max(1),
+                num_iters_warmup: args.num_iters_warmup,
+                bandwidth_gbps: args.bandwidth_gbps,
+                matrix_tflops: args.tflops,
+                seed: args.seed,
+            };
+            let report = runtime.block_on(latency::run(config, opts))?;
+            latency::print(&report);
+            write_json(args.json.as_deref(), &serde_json::to_value(&report)?)
+        }
+    }
+}
+
+fn write_json(path: Option<&Path>, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn parse_slos(specs: &[String]) -> anyhow::Result<metrics::Slos> {
+    let mut slos = metrics::Slos::default();
+    for spec in specs {
+        let (name, ms) =
+            spec.split_once(':').ok_or_else(|| anyhow!("--goodput {spec}: expected METRIC:MS"))?;
+        let ms: f64 = ms.parse().map_err(|_| anyhow!("--goodput {spec}: `{ms}` is not a number of ms"))?;
+        let slot = match name {
+            "ttft" => &mut slos.ttft_ms,
+            "tpot" => &mut slos.tpot_ms,
+            "e2el" => &mut slos.e2el_ms,
+            _ => bail!("--goodput {spec}: the metric is one of ttft, tpot, e2el"),
+        };
+        *slot = Some(ms);
+    }
+    Ok(slos)
+}
+
+async fn bench_serve(args: ServeBenchArgs) -> anyhow::Result<()> {
+    let slos = parse_slos(&args.goodput)?;
+    if args.num_prompts == 0 || args.output_len == 0 || args.vocab_size == 0 {
+        bail!("--num-prompts, --output-len and --vocab-size must be positive");
+    }
+    if args.request_rate <= 0.0 || args.burstiness <= 0.0 || args.max_concurrency == Some(0) {
+        bail!("--request-rate, --burstiness and --max-concurrency must be positive");
+    }
+    let mut builder = Client::builder(&args.url);
+    if let Some(key) = &args.api_key {
+        builder = builder.api_key(key);
+    }
+    let client = builder.build()?;
+    let model = match args.model.clone() {
+        Some(model) => model,
+        None => {
+            let list = client.models().await.with_context(|| format!("listing models at {}", args.url))?;
+            list.data.first().map(|m| m.id.clone()).ok_or_else(|| anyhow!("{} serves no model", args.url))?
+        }
+    };
+    let prompts = dataset::random_prompts(args.num_prompts, args.input_len, args.vocab_size, args.seed);
+    // One request before the clock starts: it fails fast on a wrong URL, model or length, and
+    // warms the server's connection pool, as vLLM's initial test run does.
+    let probe =
+        serve::send_one(&client, serve::request(&model, prompts[0].clone(), args.output_len), args.input_len)
+            .await;
+    if let Some(err) = probe.error {
+        bail!("the initial test request failed: {err}");
+    }
+    eprintln!("initial test request done; starting {} requests", args.num_prompts);
+    let send_at_s = arrivals::schedule(args.num_prompts, args.request_rate, args.burstiness, args.seed);
+    let workload = serve::Workload {
+        model: model.clone(),
+        prompts,
+        output_len: args.output_len,
+        send_at_s,
+        max_concurrency: args.max_concurrency,
+    };
+    let (records, duration_s) = serve::run(&client, workload).await;
+    if let Some(err) = records.iter().find_map(|r| r.error.as_deref()) {
+        eprintln!("some requests failed; the first error: {err}");
+    }
+    let metrics = metrics::compute(&records, duration_s, &slos);
+    let info = report::RunInfo {
+        base_url: args.url.clone(),
+        model,
+        num_prompts: args.num_prompts,
+        input_len: args.input_len,
+        output_len: args.output_len,
+        request_rate: args.request_rate.is_finite().then_some(args.request_rate),
+        burstiness: args.burstiness,
+        max_concurrency: args.max_concurrency,
+        seed: args.seed,
+    };
+    print!("{}", report::table(&info, &metrics));
+    write_json(args.json.as_deref(), &report::json(&info, &metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goodput_flags_parse_and_reject_unknown_metrics() {
+        let slos = parse_slos(&["ttft:100".into(), "e2el:2500.5".into()]).unwrap();
+        assert_eq!(slos, metrics::Slos { ttft_ms: Some(100.0), tpot_ms: None, e2el_ms: Some(2500.5) });
+        assert!(parse_slos(&["itl:5".into()]).is_err());
+        assert!(parse_slos(&["ttft=5".into()]).is_err());
+        assert!(parse_slos(&["tpot:fast".into()]).is_err());
+    }
+}

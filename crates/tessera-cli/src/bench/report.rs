@@ -1,0 +1,159 @@
+//! The serving result as a table for people and as JSON for machines. JSON keys follow vLLM's
+//! `bench serve --save-result` (`request_throughput`, `mean_ttft_ms`, `request_goodput`...), so
+//! scripts that read vLLM's results read ours.
+
+use super::metrics::{Metrics, Summary};
+use serde::Serialize;
+use std::fmt::Write;
+
+/// How the run was set up, recorded next to its figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunInfo {
+    pub base_url: String,
+    pub model: String,
+    pub num_prompts: usize,
+    pub input_len: usize,
+    pub output_len: u32,
+    /// `None` for an infinite rate (JSON has no infinity).
+    pub request_rate: Option<f64>,
+    pub burstiness: f64,
+    pub max_concurrency: Option<usize>,
+    pub seed: u64,
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    #[serde(flatten)]
+    info: &'a RunInfo,
+    duration: f64,
+    completed: usize,
+    failed: usize,
+    total_input_tokens: usize,
+    total_output_tokens: usize,
+    request_throughput: f64,
+    request_goodput: Option<f64>,
+    output_throughput: f64,
+    total_token_throughput: f64,
+    #[serde(flatten)]
+    ttft: Named,
+    #[serde(flatten)]
+    tpot: Named,
+    #[serde(flatten)]
+    itl: Named,
+    #[serde(flatten)]
+    e2el: Named,
+}
+
+/// One summary under `mean_<name>_ms`, `median_<name>_ms`, `p99_<name>_ms`.
+struct Named(&'static str, Summary);
+
+impl Serialize for Named {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Named(name, summary) = self;
+        let mut map = s.serialize_map(Some(3))?;
+        map.serialize_entry(&format!("mean_{name}_ms"), &summary.mean_ms)?;
+        map.serialize_entry(&format!("median_{name}_ms"), &summary.median_ms)?;
+        map.serialize_entry(&format!("p99_{name}_ms"), &summary.p99_ms)?;
+        map.end()
+    }
+}
+
+pub fn json(info: &RunInfo, m: &Metrics) -> serde_json::Value {
+    serde_json::to_value(Json {
+        info,
+        duration: m.duration_s,
+        completed: m.completed,
+        failed: m.failed,
+        total_input_tokens: m.total_input_tokens,
+        total_output_tokens: m.total_output_tokens,
+        request_throughput: m.request_throughput,
+        request_goodput: m.request_goodput,
+        output_throughput: m.output_throughput,
+        total_token_throughput: m.total_token_throughput,
+        ttft: Named("ttft", m.ttft),
+        tpot: Named("tpot", m.tpot),
+        itl: Named("itl", m.itl),
+        e2el: Named("e2el", m.e2el),
+    })
+    .expect("plain numbers and strings serialize")
+}
+
+pub fn table(info: &RunInfo, m: &Metrics) -> String {
+    let mut out = String::new();
+    let mut row = |label: &str, value: String| {
+        let _ = writeln!(out, "{label:<42}{value:>12}");
+    };
+    let title = |t: &str| format!("{:=^54}", format!(" {t} "));
+    row(&title("Serving Benchmark Result"), String::new());
+    row("Successful requests:", m.completed.to_string());
+    row("Failed requests:", m.failed.to_string());
+    let rate = info.request_rate.map_or("inf".into(), |r| format!("{r}"));
+    row("Request rate (req/s), burstiness:", format!("{rate}, {}", info.burstiness));
+    row("Maximum concurrency:", info.max_concurrency.map_or("none".into(), |c| c.to_string()));
+    row("Benchmark duration (s):", format!("{:.2}", m.duration_s));
+    row("Total input tokens:", m.total_input_tokens.to_string());
+    row("Total generated tokens:", m.total_output_tokens.to_string());
+    row("Request throughput (req/s):", format!("{:.2}", m.request_throughput));
+    if let Some(goodput) = m.request_goodput {
+        row("Request goodput (req/s):", format!("{goodput:.2}"));
+    }
+    row("Output token throughput (tok/s):", format!("{:.2}", m.output_throughput));
+    row("Total token throughput (tok/s):", format!("{:.2}", m.total_token_throughput));
+    for (title_text, name, s) in [
+        ("Time to First Token", "TTFT", m.ttft),
+        ("Time per Output Token (excl. 1st token)", "TPOT", m.tpot),
+        ("Inter-token Latency", "ITL", m.itl),
+        ("End-to-end Latency", "E2EL", m.e2el),
+    ] {
+        row(&format!("{:-^54}", format!(" {title_text} ")), String::new());
+        row(&format!("Mean {name} (ms):"), format!("{:.2}", s.mean_ms));
+        row(&format!("Median {name} (ms):"), format!("{:.2}", s.median_ms));
+        row(&format!("P99 {name} (ms):"), format!("{:.2}", s.p99_ms));
+    }
+    let _ = writeln!(out, "{}", "=".repeat(54));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_vllm_keys() {
+        let info = RunInfo {
+            base_url: "http://x".into(),
+            model: "m".into(),
+            num_prompts: 2,
+            input_len: 3,
+            output_len: 4,
+            request_rate: None,
+            burstiness: 1.0,
+            max_concurrency: Some(2),
+            seed: 0,
+        };
+        let m = Metrics {
+            completed: 2,
+            ttft: Summary { mean_ms: 1.0, median_ms: 2.0, p99_ms: 3.0 },
+            ..Default::default()
+        };
+        let v = json(&info, &m);
+        assert_eq!(v["completed"], 2);
+        assert_eq!(v["median_ttft_ms"], 2.0);
+        assert_eq!(v["p99_ttft_ms"], 3.0);
+        assert_eq!(v["model"], "m");
+        for key in [
+            "request_throughput",
+            "output_throughput",
+            "total_token_throughput",
+            "mean_tpot_ms",
+            "p99_itl_ms",
+            "median_e2el_ms",
+            "request_goodput",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
+        let t = table(&info, &m);
+        assert!(t.contains("Successful requests:") && t.contains("P99 E2EL (ms):"), "{t}");
+    }
+}

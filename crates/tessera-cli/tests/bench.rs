@@ -1,0 +1,153 @@
+//! `tessera bench` end to end: `bench serve` against a real `tessera serve --dummy tiny`, and
+//! `bench latency` in process, both checked through their JSON.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// The server, killed when the test ends however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_server(port: u16) -> Server {
+    let child = Command::new(BIN)
+        .args(["serve", "--dummy", "tiny", "--served-model-name", "bench-tiny", "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tessera serve");
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tessera serve did not listen on {port} within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}
+
+fn run_json(args: &[&str], json: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(BIN).args(args).arg("--json").arg(json).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn bench_serve_against_tessera_serve() {
+    let port = free_port();
+    let _server = start_server(port);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let args = [
+        "bench",
+        "serve",
+        "--url",
+        &url,
+        "--model",
+        "bench-tiny",
+        "--num-prompts",
+        "8",
+        "--input-len",
+        "32",
+        "--output-len",
+        "8",
+        "--request-rate",
+        "50",
+        "--max-concurrency",
+        "4",
+        "--goodput",
+        "e2el:600000",
+    ];
+    let v = run_json(&args, &dir.path().join("serve.json"));
+    let num = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("{key} missing or not a number in {v}"));
+    assert_eq!(v["completed"], 8, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert_eq!(v["model"], "bench-tiny");
+    assert_eq!(v["total_input_tokens"], 8 * 32);
+    assert_eq!(v["total_output_tokens"], 8 * 8, "ignore_eos makes every output exactly 8 tokens");
+    let duration = num("duration");
+    assert!(duration > 0.0);
+    assert!((num("request_throughput") - 8.0 / duration).abs() < 1e-9);
+    assert!((num("output_throughput") - 64.0 / duration).abs() < 1e-9);
+    assert!((num("total_token_throughput") - (64.0 + 256.0) / duration).abs() < 1e-9);
+    assert_eq!(num("request_goodput"), num("request_throughput"), "a 10-minute E2EL SLO is met by all");
+    for metric in ["ttft", "tpot", "itl", "e2el"] {
+        let (mean, median, p99) = (
+            num(&format!("mean_{metric}_ms")),
+            num(&format!("median_{metric}_ms")),
+            num(&format!("p99_{metric}_ms")),
+        );
+        assert!(mean > 0.0 && median > 0.0 && p99 >= median, "{metric}: {mean} {median} {p99}");
+    }
+    assert!(num("p99_ttft_ms") <= num("p99_e2el_ms"));
+    assert!(num("mean_ttft_ms") < num("mean_e2el_ms"), "8 tokens take longer than 1");
+    assert!(num("p99_e2el_ms") <= duration * 1e3, "no request outlasts the run");
+    // (E2EL - TTFT) / 7 per request, so its mean is the mean of E2EL - TTFT over 7.
+    let tpot_from_means = (num("mean_e2el_ms") - num("mean_ttft_ms")) / 7.0;
+    assert!((num("mean_tpot_ms") - tpot_from_means).abs() < 1e-6 * tpot_from_means.max(1.0), "{v}");
+}
+
+#[test]
+fn bench_serve_reports_a_wrong_model_before_the_run() {
+    let port = free_port();
+    let _server = start_server(port);
+    let out = Command::new(BIN)
+        .args(["bench", "serve", "--url", &format!("http://127.0.0.1:{port}"), "--model", "nope"])
+        .args(["--num-prompts", "2", "--input-len", "4", "--output-len", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("initial test request failed"), "{stderr}");
+}
+
+#[test]
+fn bench_latency_on_the_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "latency",
+        "--dummy",
+        "tiny",
+        "--batch-size",
+        "4",
+        "--input-len",
+        "16",
+        "--output-len",
+        "8",
+        "--num-iters",
+        "2",
+        "--bandwidth-gbps",
+        "10",
+        "--tflops",
+        "0.1",
+    ];
+    let v = run_json(&args, &dir.path().join("latency.json"));
+    let num = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"));
+    assert_eq!(v["batch_size"], 4);
+    assert_eq!(v["samples"].as_array().unwrap().len(), 2);
+    assert!(num("median_prefill_ms") > 0.0 && num("median_decode_step_ms") > 0.0);
+    assert!(num("median_total_ms") >= num("median_prefill_ms"));
+    assert!(
+        (num("decode_tokens_per_s") - 4.0 / (num("median_decode_step_ms") / 1e3)).abs()
+            < 1e-6 * num("decode_tokens_per_s")
+    );
+    // Tiny: 2 layers, 4 KV heads of 8, f32 on the CPU: 512 bytes per token; mean context 16 + 4.
+    assert_eq!(v["cost"]["kv_bytes_per_decode_step"], 4.0 * 20.0 * 512.0);
+    let roof = (v["cost"]["weight_bytes"].as_f64().unwrap() + 4.0 * 20.0 * 512.0) / 10e9 * 1e3;
+    assert!((num("roofline_decode_step_ms") - roof).abs() < 1e-9);
+    assert!((num("decode_fraction") - roof / num("median_decode_step_ms")).abs() < 1e-9);
+}

@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Hugging Face transformers baseline for `tessera bench`, run on the GPU machine.
+
+Builds a Llama model of a named shape with random bf16 weights on cuda (no download), then times
+the same workloads `tessera bench latency` and `tessera bench serve` run:
+
+- decode latency at batch 1 and batch 64 (prefill time, then the mean decode step);
+- the throughput workload: N prompts of 1024 random token ids, 128 new tokens each with EOS
+  ignored, through continuous batching (`generate_batch`) when this transformers has it, else
+  one batched `generate`.
+
+Prints one JSON object on stdout; progress goes to stderr. Greedy decoding throughout, so the
+sampling cost matches Tessera's `temperature = 0` runs.
+
+    python3 scripts/bench/transformers_baseline.py --shape llama-3-8b --num-prompts 256
+"""
+
+import argparse
+import json
+import sys
+import time
+
+SHAPES = {
+    # Meta-Llama-3-8B's config.json, less the weights.
+    "llama-3-8b": dict(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+        tie_word_embeddings=False,
+    ),
+    # Tessera's `--dummy tiny`, for a quick check of the script itself.
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    ),
+}
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def build_model(shape, seed):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    # No EOS: random weights would otherwise stop some sequences early, and every engine must
+    # produce exactly the requested number of tokens (Tessera's `ignore_eos`).
+    config = LlamaConfig(**SHAPES[shape], eos_token_id=None, bos_token_id=None, pad_token_id=0)
+    config.torch_dtype = torch.bfloat16
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def random_prompts(num, length, vocab, seed):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (num, length), generator=gen)
+
+
+def sync():
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def time_generate(model, input_ids, new_tokens):
+    """Seconds for one batched greedy `generate` of exactly `new_tokens` tokens."""
+    import torch
+
+    attention_mask = torch.ones_like(input_ids)
+    sync()
+    start = time.perf_counter()
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    sync()
+    elapsed = time.perf_counter() - start
+    assert out.shape[1] == input_ids.shape[1] + new_tokens, out.shape
+    return elapsed
+
+
+def decode_latency(model, batch, input_len, output_len, iters, seed):
+    """Prefill = a 1-token generate; decode step = (full generate - prefill) / (output_len - 1).
+    The same split `tessera bench latency` reports."""
+    import torch
+
+    ids = random_prompts(batch, input_len, model.config.vocab_size, seed).cuda()
+    with torch.inference_mode():
+        time_generate(model, ids, 2)  # warm-up: kernels, allocator
+        prefills, totals = [], []
+        for _ in range(iters):
+            prefills.append(time_generate(model, ids, 1))
+            totals.append(time_generate(model, ids, output_len))
+    prefill = sorted(prefills)[len(prefills) // 2]
+    total = sorted(totals)[len(totals) // 2]
+    step = (total - prefill) / (output_len - 1)
+    return dict(
+        batch_size=batch,
+        input_len=input_len,
+        output_len=output_len,
+        median_prefill_ms=prefill * 1e3,
+        median_decode_step_ms=step * 1e3,
+        median_total_ms=total * 1e3,
+        decode_tokens_per_s=batch / step,
+    )
+
+
+def throughput_continuous(model, prompts, output_len):
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=output_len,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    inputs = [row.tolist() for row in prompts]
+    start = time.perf_counter()
+    results = model.generate_batch(inputs=inputs, generation_config=config, progress_bar=False)
+    elapsed = time.perf_counter() - start
+    generated = sum(len(r.generated_tokens) for r in results.values())
+    return elapsed, generated
+
+
+def throughput_batched(model, prompts, output_len, batch):
+    """All prompts have the same length, so plain batches need no padding."""
+    generated = 0
+    elapsed = 0.0
+    for i in range(0, prompts.shape[0], batch):
+        chunk = prompts[i : i + batch].cuda()
+        elapsed += time_generate(model, chunk, output_len)
+        generated += chunk.shape[0] * output_len
+    return elapsed, generated
+
+
+def throughput(model, num_prompts, input_len, output_len, batch, seed, mode):
+    import torch
+
+    prompts = random_prompts(num_prompts, input_len, model.config.vocab_size, seed)
+    used = mode
+    with torch.inference_mode():
+        if mode in ("auto", "continuous") and hasattr(model, "generate_batch"):
+            try:
+                throughput_continuous(model, prompts[:2], 4)  # warm-up
+                elapsed, generated = throughput_continuous(model, prompts, output_len)
+                used = "continuous (generate_batch)"
+            except Exception as err:  # an older or partial API: fall back, and say so
+                if mode == "continuous":
+                    raise
+                log(f"generate_batch failed ({err!r}); falling back to batched generate")
+                used = "auto"
+        if used in ("auto", "batched"):
+            time_generate(model, prompts[:2].cuda(), 4)  # warm-up
+            elapsed, generated = throughput_batched(model, prompts, output_len, batch)
+            used = f"batched generate (batch {batch})"
+    return dict(
+        mode=used,
+        num_prompts=num_prompts,
+        input_len=input_len,
+        output_len=output_len,
+        duration_s=elapsed,
+        total_output_tokens=generated,
+        request_throughput=num_prompts / elapsed,
+        output_throughput=generated / elapsed,
+        total_token_throughput=(num_prompts * input_len + generated) / elapsed,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="llama-3-8b", choices=sorted(SHAPES))
+    parser.add_argument("--latency-batch-sizes", default="1,64")
+    parser.add_argument("--latency-input-len", type=int, default=1024)
+    parser.add_argument("--latency-output-len", type=int, default=128)
+    parser.add_argument("--latency-iters", type=int, default=3)
+    parser.add_argument("--num-prompts", type=int, default=256)
+    parser.add_argument("--input-len", type=int, default=1024)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--batched-generate-batch", type=int, default=64)
+    parser.add_argument("--mode", default="auto", choices=["auto", "continuous", "batched"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+    import transformers
+
+    log(f"building {args.shape} with random bf16 weights on {torch.cuda.get_device_name()}")
+    model = build_model(args.shape, args.seed)
+    result = dict(
+        engine="transformers",
+        transformers_version=transformers.__version__,
+        torch_version=torch.__version__,
+        gpu=torch.cuda.get_device_name(),
+        shape=args.shape,
+        num_params=sum(p.numel() for p in model.parameters()),
+        latency=[],
+    )
+    if not args.skip_latency:
+        for batch in (int(b) for b in args.latency_batch_sizes.split(",")):
+            log(f"latency: batch {batch}")
+            result["latency"].append(
+                decode_latency(
+                    model, batch, args.latency_input_len, args.latency_output_len, args.latency_iters, args.seed
+                )
+            )
+    if not args.skip_throughput:
+        log(f"throughput: {args.num_prompts} x {args.input_len} in / {args.output_len} out")
+        result["throughput"] = throughput(
+            model,
+            args.num_prompts,
+            args.input_len,
+            args.output_len,
+            args.batched_generate_batch,
+            args.seed,
+            args.mode,
+        )
+    result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
