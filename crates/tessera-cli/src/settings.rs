@@ -150,7 +150,8 @@ mod tests {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if matches!(path.extension().and_then(|e| e.to_str()), Some("toml" | "yaml")) {
-                load_with_env(Some(&path), &[], env(&[])).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                load_with_env(Some(&path), &[], env(&[]))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 count += 1;
             }
         }
