@@ -82,7 +82,7 @@ pub fn json(info: &RunInfo, m: &Metrics) -> serde_json::Value {
 pub fn table(info: &RunInfo, m: &Metrics) -> String {
     let mut out = String::new();
     let mut row = |label: &str, value: String| {
-        let _ = writeln!(out, "{label:<42}{value:>12}");
+        let _ = writeln!(out, "{}", format!("{label:<42}{value:>12}").trim_end());
     };
     let title = |t: &str| format!("{:=^54}", format!(" {t} "));
     row(&title("Serving Benchmark Result"), String::new());
