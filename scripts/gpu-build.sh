@@ -19,6 +19,8 @@ for line in sys.stdin:
 done
 cargo build --release -p tessera-cli --features cuda
 cp "$CARGO_TARGET_DIR/release/tessera" .gpu/tessera
-strip .gpu/tessera .gpu/tests/*
+cargo build --release -p tessera-cuda --features cuda --example decode_bench
+cp "$CARGO_TARGET_DIR/release/examples/decode_bench" .gpu/decode_bench
+strip .gpu/tessera .gpu/decode_bench .gpu/tests/*
 ls -la .gpu .gpu/tests
 du -sh .gpu

@@ -29,6 +29,10 @@ run() {
     fi
 }
 
+# The Llama 3.2 1B-shaped checkpoint and its transformers reference (tests/llama1b.rs reads it).
+export TESSERA_LLAMA1B=/tmp/tessera-llama1b
+run llama1b-reference env PYTHONUNBUFFERED=1 python3 scripts/gpu/llama1b_reference.py "$TESSERA_LLAMA1B" "$TESSERA_FIXTURES"
+
 for t in .gpu/tests/*; do
     # --nocapture: the tests print their measured errors, which the closing note quotes.
     run "$(basename "$t")" "$t" --nocapture --test-threads=1
@@ -36,10 +40,16 @@ done
 run transformers-bf16 env PYTHONUNBUFFERED=1 python3 scripts/gpu/transformers_bf16.py "$TESSERA_FIXTURES"
 if [ -x .gpu/tessera ]; then
     run generate-cuda .gpu/tessera generate --device cuda --dummy tiny --prompt "Hello" --max-tokens 16
+    run generate-cuda-llama .gpu/tessera generate --device cuda --model "$TESSERA_FIXTURES/llama" --prompt "Hello" --max-tokens 16
+    run serve-cuda scripts/gpu/serve_check.sh .gpu/tessera
+fi
+if [ -x .gpu/decode_bench ]; then
+    run decode-bench .gpu/decode_bench --shape llama-3-8b --batches 1,64 --context 1024
+    cat "$LOGS/decode-bench.log"
 fi
 
 # The measured figures, in one file.
-grep -hE "transformers bf16|relative error|agreement|diverge|identical|profile:|SKIPPED|panicked" "$LOGS"/*.log >"$LOGS/figures.txt" || true
+grep -hE "reference f32|llama-3.2-1b shape|diverges|transformers bf16|relative error|agreement|diverge|identical|profile:|SKIPPED|panicked" "$LOGS"/*.log >"$LOGS/figures.txt" || true
 echo
 printf '%s\n' "${SUMMARY[@]}" | tee "$LOGS/summary.txt"
 exit $failed

@@ -10,7 +10,7 @@ use tessera_model::weights::HostTensor;
 use tessera_model::{Backend, DType, KvCacheShape, ModelError, ModelInput, QkvLayout, Result};
 
 pub struct CudaBackend {
-    device: Device,
+    pub(crate) device: Device,
     ordinal: usize,
 }
 

@@ -24,6 +24,8 @@ mod launch;
 mod profile;
 #[cfg(feature = "cuda")]
 mod tensor;
+#[cfg(feature = "cuda")]
+mod timing;
 
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, CudaBatch};
