@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 binary=${1:-target/debug/tessera}
+if [ ! -x "$binary" ]; then
+    echo "no tessera binary at $binary" >&2
+    exit 1
+fi
+mkdir -p target
 venv=${OPENAI_VENV:-target/openai-venv}
 port=${PORT:-18731}
 
