@@ -2,7 +2,7 @@
 //! completions path with chat-shaped responses.
 
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect_all, merged, sse, submit, token_text};
+use crate::generation::{chunk_stream, collect_all, sse, submit, token_text, ChoiceEvent};
 use crate::models::check_model;
 use crate::params::{num_choices, sampling_params, RequestParams};
 use crate::request_id::RequestId;
@@ -12,14 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::StreamExt;
 use serde_json::Value;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use tessera_core::openai::{
     finish_reason_str, ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
     ChatLogprobs, ChatResponseMessage, ChatTokenLogprob, ChunkChoice, Delta, Role, TopLogprob, Usage,
     OBJECT_CHAT_COMPLETION, OBJECT_CHAT_COMPLETION_CHUNK,
 };
-use tessera_engine::{TokenEvent, TokenOutput};
+use tessera_engine::TokenOutput;
 
 fn prompt_ids(state: &AppState, req: &ChatCompletionRequest) -> Result<Vec<u32>, ApiError> {
     if req.messages.is_empty() {
@@ -131,45 +130,29 @@ fn stream_response(
     include_usage: bool,
     with_logprobs: bool,
 ) -> Response {
-    let num_choices = streams.len() as u32;
     // OpenAI opens every choice with the assistant role and no content.
-    let opening: Vec<Value> = (0..num_choices)
+    let opening: Vec<Value> = (0..streams.len() as u32)
         .map(|index| {
             let delta = Delta { role: Some(Role::Assistant), content: Some(String::new()) };
             meta.chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
         })
         .collect();
-    let completion_tokens = Arc::new(AtomicU32::new(0));
-    let counter = completion_tokens.clone();
     let chunk_meta = meta.clone();
-    let mut failed = false;
-    let events = merged(streams).filter_map(move |(index, event)| {
-        let value = match event {
-            TokenEvent::Token(token) => {
-                counter.fetch_add(1, Ordering::Relaxed);
+    let chunk = move |index, event| {
+        let choice = match event {
+            ChoiceEvent::Token(token) => {
                 let logprobs = with_logprobs.then(|| logprobs(&state, std::slice::from_ref(&token)));
                 let delta = Delta { role: None, content: Some(token.text) };
-                Some(
-                    chunk_meta.chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason: None }], None),
-                )
+                ChunkChoice { index, delta, logprobs, finish_reason: None }
             }
-            TokenEvent::Finished(done) => {
-                let finish_reason = Some(finish_reason_str(done.reason).to_string());
-                let choice = ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason };
-                Some(chunk_meta.chunk(vec![choice], None))
+            ChoiceEvent::Finished(reason) => {
+                let finish_reason = Some(finish_reason_str(reason).to_string());
+                ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason }
             }
-            TokenEvent::Error(err) if !failed => {
-                failed = true;
-                Some(serde_json::to_value(ApiError::from(err).to_response_body()).expect("errors serialize"))
-            }
-            TokenEvent::Error(_) => None,
         };
-        futures_util::future::ready(value)
-    });
-    let usage = futures_util::stream::once(async move {
-        let usage = Usage::new(num_prompt_tokens as u32, completion_tokens.load(Ordering::Relaxed));
-        include_usage.then(|| meta.chunk(Vec::new(), Some(usage)))
-    })
-    .filter_map(futures_util::future::ready);
-    sse(futures_util::stream::iter(opening).chain(events).chain(usage)).into_response()
+        chunk_meta.chunk(vec![choice], None)
+    };
+    let usage = include_usage.then_some(move |usage| meta.chunk(Vec::new(), Some(usage)));
+    let chunks = chunk_stream(streams, num_prompt_tokens, chunk, usage);
+    sse(futures_util::stream::iter(opening).chain(chunks)).into_response()
 }

@@ -1,7 +1,7 @@
 //! `POST /v1/completions`.
 
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect_all, merged, sse, submit, token_text, ChoiceOutput};
+use crate::generation::{chunk_stream, collect_all, sse, submit, token_text, ChoiceEvent, ChoiceOutput};
 use crate::models::check_model;
 use crate::params::{check_token_ids, num_choices, sampling_params, RequestParams};
 use crate::request_id::RequestId;
@@ -9,16 +9,14 @@ use crate::state::{unix_now, AppState};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use tessera_core::openai::{
     finish_reason_str, CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt,
     Usage, OBJECT_TEXT_COMPLETION,
 };
-use tessera_engine::{TokenEvent, TokenOutput};
+use tessera_engine::TokenOutput;
 
 /// OpenAI's default for completions.
 const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -135,41 +133,24 @@ fn stream_response(
     include_usage: bool,
     with_logprobs: bool,
 ) -> Response {
-    let completion_tokens = Arc::new(AtomicU32::new(0));
-    let counter = completion_tokens.clone();
     let mut offsets: HashMap<u32, u32> = HashMap::new();
-    let mut failed = false;
     let chunk_meta = meta.clone();
-    let events = merged(streams).filter_map(move |(index, event)| {
-        let value = match event {
-            TokenEvent::Token(token) => {
-                counter.fetch_add(1, Ordering::Relaxed);
+    let chunk = move |index, event| {
+        let choice = match event {
+            ChoiceEvent::Token(token) => {
                 let offset = offsets.entry(index).or_default();
                 let logprobs = with_logprobs.then(|| logprobs(&state, std::slice::from_ref(&token), *offset));
                 *offset += token.text.len() as u32;
-                let choice = CompletionChoice { index, text: token.text, logprobs, finish_reason: None };
-                Some(chunk_meta.chunk(vec![choice], None))
+                CompletionChoice { index, text: token.text, logprobs, finish_reason: None }
             }
-            TokenEvent::Finished(done) => {
-                let reason = Some(finish_reason_str(done.reason).to_string());
-                Some(chunk_meta.chunk(
-                    vec![CompletionChoice { index, finish_reason: reason, ..Default::default() }],
-                    None,
-                ))
-            }
-            // One error event, then the stream ends with [DONE] once every choice has ended.
-            TokenEvent::Error(err) if !failed => {
-                failed = true;
-                Some(serde_json::to_value(ApiError::from(err).to_response_body()).expect("errors serialize"))
-            }
-            TokenEvent::Error(_) => None,
+            ChoiceEvent::Finished(reason) => CompletionChoice {
+                index,
+                finish_reason: Some(finish_reason_str(reason).to_string()),
+                ..Default::default()
+            },
         };
-        futures_util::future::ready(value)
-    });
-    let usage = futures_util::stream::once(async move {
-        let usage = Usage::new(num_prompt_tokens as u32, completion_tokens.load(Ordering::Relaxed));
-        include_usage.then(|| meta.chunk(Vec::new(), Some(usage)))
-    })
-    .filter_map(futures_util::future::ready);
-    sse(events.chain(usage)).into_response()
+        chunk_meta.chunk(vec![choice], None)
+    };
+    let usage = include_usage.then_some(move |usage| meta.chunk(Vec::new(), Some(usage)));
+    sse(chunk_stream(streams, num_prompt_tokens, chunk, usage)).into_response()
 }

@@ -7,6 +7,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use tessera_core::{FinishReason, SamplingParams};
 use tessera_engine::{GenerateRequest, Prompt, RequestStream, TokenEvent, TokenOutput};
 
@@ -87,4 +89,53 @@ where
 /// The text of one token on its own (for logprobs).
 pub fn token_text(state: &AppState, token_id: u32) -> String {
     state.engine.tokenizer().decode(&[token_id], false).unwrap_or_default()
+}
+
+/// What one choice contributes to a streamed response.
+pub enum ChoiceEvent {
+    Token(TokenOutput),
+    Finished(FinishReason),
+}
+
+/// The JSON chunks of a streamed response: `chunk` renders each choice's events; a failed request
+/// becomes one error object in OpenAI's shape; with `usage` the last chunk carries the token
+/// counts. `[DONE]` is added by `sse`.
+pub fn chunk_stream<C, U>(
+    streams: Vec<RequestStream>,
+    num_prompt_tokens: usize,
+    mut chunk: C,
+    usage: Option<U>,
+) -> impl Stream<Item = serde_json::Value> + Send
+where
+    C: FnMut(u32, ChoiceEvent) -> serde_json::Value + Send + 'static,
+    U: FnOnce(tessera_core::openai::Usage) -> serde_json::Value + Send + 'static,
+{
+    let completion_tokens = Arc::new(AtomicU32::new(0));
+    let counter = completion_tokens.clone();
+    let mut failed = false;
+    let events = merged(streams).filter_map(move |(index, event)| {
+        let value = match event {
+            TokenEvent::Token(token) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+                Some(chunk(index, ChoiceEvent::Token(token)))
+            }
+            TokenEvent::Finished(done) => Some(chunk(index, ChoiceEvent::Finished(done.reason))),
+            // One error object, then the stream ends with [DONE] once every choice has ended.
+            TokenEvent::Error(err) if !failed => {
+                failed = true;
+                Some(serde_json::to_value(ApiError::from(err).to_response_body()).expect("errors serialize"))
+            }
+            TokenEvent::Error(_) => None,
+        };
+        futures_util::future::ready(value)
+    });
+    let last = futures_util::stream::once(async move {
+        let counts = tessera_core::openai::Usage::new(
+            num_prompt_tokens as u32,
+            completion_tokens.load(Ordering::Relaxed),
+        );
+        usage.map(|render| render(counts))
+    })
+    .filter_map(futures_util::future::ready);
+    events.chain(last)
 }
