@@ -93,7 +93,11 @@ impl SchedulerState {
 
     fn update(&mut self, plan: &StepPlan, result: &StepResult) {
         let now = Instant::now();
-        for out in self.scheduler.update(plan, result) {
+        let outputs = self.scheduler.update(plan, result);
+        self.num_steps += 1;
+        // Metrics first: whoever receives a token may read them at once.
+        self.report();
+        for out in outputs {
             let live = self.live.get_mut(&out.request_id).expect("the scheduler only reports live requests");
             match live.last_token {
                 None => metrics::time_to_first_token(now - live.arrival),
@@ -101,29 +105,30 @@ impl SchedulerState {
             }
             live.last_token = Some(now);
             metrics::generation_tokens(1);
-            let _ = live.tx.send(RawEvent::Token {
-                token_id: out.token_id,
-                logprobs: out.logprobs,
-                finish: out.finish_reason,
-            });
-            if let Some(reason) = out.finish_reason {
-                let live = self.live.remove(&out.request_id).expect("present");
-                metrics::request_finished(reason, now - live.arrival);
+            let event =
+                RawEvent::Token { token_id: out.token_id, logprobs: out.logprobs, finish: out.finish_reason };
+            match out.finish_reason {
+                Some(reason) => {
+                    let live = self.live.remove(&out.request_id).expect("present");
+                    metrics::request_finished(reason, now - live.arrival);
+                    let _ = live.tx.send(event);
+                }
+                None => {
+                    let _ = live.tx.send(event);
+                }
             }
         }
-        self.num_steps += 1;
-        self.report();
     }
 
     fn end(&mut self, id: RequestId, reason: FinishReason, event: Option<RawEvent>) {
         if self.scheduler.finish(id, reason) {
+            self.report();
             if let Some(live) = self.live.remove(&id) {
                 metrics::request_finished(reason, live.arrival.elapsed());
                 if let Some(event) = event {
                     let _ = live.tx.send(event);
                 }
             }
-            self.report();
         }
     }
 
