@@ -10,13 +10,32 @@
 // memory does not grow with the context. Scores, softmax and accumulation are f32.
 //
 // Limits (checked by the host): head_dim <= 256, group * head_dim <= ACC * THREADS.
+//
+// Fast path (head_dim / 8 divides 32, group <= GMAX; every Llama/Qwen shape): K and V are read
+// with 16-byte loads, head_dim / 8 lanes per key, so a warp covers 32 / (head_dim / 8) keys at
+// once and each thread accumulates its 8 dims for every head of the group in registers. The
+// scalar path kept keys serial per thread and re-read V once per head, which left decode latency
+// bound (few warps per SM, one 2-byte load in flight per thread). The fast path's per-thread
+// partial sums are reduced through shared memory once per block, after the last chunk. Other
+// head dims (not a multiple of 8, or over 256) and groups over GMAX take the scalar path.
 
 #define THREADS 128
 #define CHUNK 128
 #define ACC 16
+#define GMAX 8
+
+__device__ __forceinline__ void unpack8(uint4 raw, float* f) {
+    const u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
 
 // Grid: (num_kv_heads, rows, max_splits). Shared: q [group][head_dim], scores [group][CHUNK],
-// slots [CHUNK], per-head m / l / alpha [group] each.
+// per-head m / l / alpha [group] each, slots [CHUNK], and on the fast path the partial sums
+// [THREADS / (head_dim / 8)][group][head_dim].
 extern "C" __global__ void __launch_bounds__(THREADS) paged_attention(
     bf16* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
     const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
@@ -52,33 +71,89 @@ extern "C" __global__ void __launch_bounds__(THREADS) paged_attention(
     float acc[ACC];
 #pragma unroll
     for (int k = 0; k < ACC; k++) acc[k] = 0.0f;
+    // Fast-path lane roles: d8 lanes per key, kpw keys per warp; uniform over the block.
+    const u32 d8 = head_dim / 8;
+    const bool fast = head_dim % 8 == 0 && d8 > 0 && 32 % d8 == 0 && group <= GMAX;
+    const u32 kpw = fast ? 32 / d8 : 1, sub = fast ? lane / d8 : 0, dl = fast ? lane % d8 : 0;
+    float qr[GMAX][8], av[GMAX][8];
+#pragma unroll
+    for (u32 g = 0; g < GMAX; g++) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            av[g][e] = 0.0f;
+            qr[g][e] = 0.0f;
+        }
+    }
     __syncthreads();
+    if (fast) {
+#pragma unroll
+        for (u32 g = 0; g < GMAX; g++) {
+            if (g < group) {
+#pragma unroll
+                for (int e = 0; e < 8; e++) qr[g][e] = q_s[g * head_dim + dl * 8 + e];
+            }
+        }
+    }
 
     for (u32 c0 = start; c0 < end; c0 += CHUNK) {
         const u32 n = umin((u32)CHUNK, end - c0);
-        // Scores: one warp per key, lanes across head_dim.
-        for (u32 j = warp; j < n; j += nwarps) {
-            u32 pos = c0 + j;
-            u32 slot = table[pos / block_size] * block_size + pos % block_size;
-            const bf16* k = k_cache + (size_t)slot * kv_width + (size_t)kvh * head_dim;
-            float kr[8];
+        if (fast) {
+            // Scores: d8 lanes per key, 8 dims each (one 16-byte load), summed over the d8 lanes.
+            for (u32 j0 = warp * kpw; j0 < n; j0 += nwarps * kpw) {
+                const u32 j = j0 + sub;
+                const bool ok = j < n;
+                u32 slot = 0;
+                float kf[8];
+                if (ok) {
+                    u32 pos = c0 + j;
+                    slot = table[pos / block_size] * block_size + pos % block_size;
+                    const bf16* k =
+                        k_cache + (size_t)slot * kv_width + (size_t)kvh * head_dim + dl * 8;
+                    unpack8(*(const uint4*)k, kf);
+                } else {
 #pragma unroll
-            for (int t = 0; t < 8; t++) {
-                u32 d = lane + 32 * t;
-                kr[t] = d < head_dim ? bf2f(k[d]) : 0.0f;
+                    for (int e = 0; e < 8; e++) kf[e] = 0.0f;
+                }
+#pragma unroll
+                for (u32 g = 0; g < GMAX; g++) {
+                    if (g < group) {
+                        float dot = 0.0f;
+#pragma unroll
+                        for (int e = 0; e < 8; e++) dot += kf[e] * qr[g][e];
+                        for (u32 o = d8 >> 1; o > 0; o >>= 1)
+                            dot += __shfl_xor_sync(0xffffffffu, dot, o);
+                        if (ok && dl == 0) s_s[g * CHUNK + j] = dot;
+                    }
+                }
+                if (ok && dl == 0) slot_s[j] = slot;
             }
-            for (u32 g = 0; g < group; g++) {
-                float dot = 0.0f;
+        } else {
+            // Scores: one warp per key, lanes across head_dim.
+            for (u32 j = warp; j < n; j += nwarps) {
+                u32 pos = c0 + j;
+                u32 slot = table[pos / block_size] * block_size + pos % block_size;
+                const bf16* k = k_cache + (size_t)slot * kv_width + (size_t)kvh * head_dim;
+                float kr[8];
 #pragma unroll
                 for (int t = 0; t < 8; t++) {
                     u32 d = lane + 32 * t;
-                    if (d < head_dim) dot += kr[t] * q_s[g * head_dim + d];
+                    kr[t] = d < head_dim ? bf2f(k[d]) : 0.0f;
                 }
-                dot = warp_sum(dot);
-                if (lane == 0) s_s[g * CHUNK + j] = dot;
+                for (u32 g = 0; g < group; g++) {
+                    float dot = 0.0f;
+#pragma unroll
+                    for (int t = 0; t < 8; t++) {
+                        u32 d = lane + 32 * t;
+                        if (d < head_dim) dot += kr[t] * q_s[g * head_dim + d];
+                    }
+                    dot = warp_sum(dot);
+                    if (lane == 0) s_s[g * CHUNK + j] = dot;
+                }
+                if (lane == 0) slot_s[j] = slot;
             }
-            if (lane == 0) slot_s[j] = slot;
         }
+        // Every warp's scores and slots must be in shared memory before the softmax reads them
+        // (both paths write s_s / slot_s from one warp per key or per key group).
         __syncthreads();
         // Online softmax: one warp per query head of the group.
         for (u32 g = warp; g < group; g += nwarps) {
@@ -101,21 +176,71 @@ extern "C" __global__ void __launch_bounds__(THREADS) paged_attention(
             }
         }
         __syncthreads();
-        // Accumulate p @ V: each thread owns (head, dim) pairs; neighbouring threads read
-        // neighbouring V elements.
+        if (fast) {
+            // p @ V: this thread's 8 dims of every head, over its share of the chunk's keys.
+#pragma unroll
+            for (u32 g = 0; g < GMAX; g++) {
+                if (g < group) {
+                    const float a = a_s[g];
+#pragma unroll
+                    for (int e = 0; e < 8; e++) av[g][e] *= a;
+                }
+            }
+            for (u32 j = warp * kpw + sub; j < n; j += nwarps * kpw) {
+                float vf[8];
+                const bf16* v =
+                    v_cache + (size_t)slot_s[j] * kv_width + (size_t)kvh * head_dim + dl * 8;
+                unpack8(*(const uint4*)v, vf);
+#pragma unroll
+                for (u32 g = 0; g < GMAX; g++) {
+                    if (g < group) {
+                        const float p = s_s[g * CHUNK + j];
+#pragma unroll
+                        for (int e = 0; e < 8; e++) av[g][e] += p * vf[e];
+                    }
+                }
+            }
+        } else {
+            // Accumulate p @ V: each thread owns (head, dim) pairs; neighbouring threads read
+            // neighbouring V elements.
+#pragma unroll
+            for (int k = 0; k < ACC; k++) {
+                u32 idx = tid + k * THREADS;
+                if (idx < group * head_dim) {
+                    u32 g = idx / head_dim, d = idx % head_dim;
+                    float a = acc[k] * a_s[g];
+                    const float* p = s_s + g * CHUNK;
+                    const bf16* v = v_cache + (size_t)kvh * head_dim + d;
+                    for (u32 j = 0; j < n; j++) a += p[j] * bf2f(v[(size_t)slot_s[j] * kv_width]);
+                    acc[k] = a;
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    if (fast) {
+        // Sum the partials of the THREADS / d8 key slots into acc[], in the scalar path's layout.
+        float* red = (float*)(slot_s + CHUNK);  // [slots][group][head_dim]
+        const u32 key_slot = warp * kpw + sub, slots = nwarps * kpw;
+#pragma unroll
+        for (u32 g = 0; g < GMAX; g++) {
+            if (g < group) {
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    red[(key_slot * group + g) * head_dim + dl * 8 + e] = av[g][e];
+            }
+        }
+        __syncthreads();
 #pragma unroll
         for (int k = 0; k < ACC; k++) {
             u32 idx = tid + k * THREADS;
             if (idx < group * head_dim) {
-                u32 g = idx / head_dim, d = idx % head_dim;
-                float a = acc[k] * a_s[g];
-                const float* p = s_s + g * CHUNK;
-                const bf16* v = v_cache + (size_t)kvh * head_dim + d;
-                for (u32 j = 0; j < n; j++) a += p[j] * bf2f(v[(size_t)slot_s[j] * kv_width]);
+                float a = 0.0f;
+                for (u32 t = 0; t < slots; t++) a += red[t * group * head_dim + idx];
                 acc[k] = a;
             }
         }
-        __syncthreads();
     }
 
 #pragma unroll

@@ -246,6 +246,7 @@ pub fn write_kv(
 pub const ATTN_THREADS: usize = 128;
 pub const ATTN_CHUNK: usize = 128;
 pub const ATTN_ACC: usize = 16;
+pub const ATTN_GMAX: usize = 8;
 
 /// The per-row metadata `paged_attention` reads, and how the context is split.
 pub struct AttentionMeta<'a> {
@@ -284,7 +285,12 @@ pub fn paged_attention(
     if rows == 0 {
         return Ok(());
     }
-    let smem = (group * d + group * ATTN_CHUNK + 3 * group + ATTN_CHUNK) * 4;
+    // The kernel's fast path (16-byte K/V loads) adds a reduction area of one partial sum per
+    // key slot; its condition must match attention.cu's `fast`.
+    let d8 = d / 8;
+    let fast = d.is_multiple_of(8) && d8 > 0 && 32 % d8 == 0 && group <= ATTN_GMAX;
+    let reduce = if fast { (ATTN_THREADS / d8) * group * d } else { 0 };
+    let smem = (group * d + group * ATTN_CHUNK + 3 * group + ATTN_CHUNK + reduce) * 4;
     assert!(smem <= SHARED_LIMIT);
     let scale = 1.0 / (d as f32).sqrt();
     let mut b = device.stream.launch_builder(device.function("paged_attention"));
