@@ -17,7 +17,8 @@
 // scalar path kept keys serial per thread and re-read V once per head, which left decode latency
 // bound (few warps per SM, one 2-byte load in flight per thread). The fast path's per-thread
 // partial sums are reduced through shared memory once per block, after the last chunk. Other
-// head dims (not a multiple of 8, or over 256) and groups over GMAX take the scalar path.
+// head dims (those not 8, 16, 32, 64, 128 or 256, e.g. 80 or 96) and groups over GMAX take the
+// scalar path.
 
 #define THREADS 128
 #define CHUNK 128
