@@ -75,31 +75,35 @@ impl HostTensor {
     }
 
     /// Cuts out this rank's part; a shard that does not divide evenly is a caller bug.
+    #[cfg(test)]
     pub(crate) fn slice(self, shard: Shard) -> HostTensor {
-        let elem = self.dtype.size_bytes();
         match shard {
             Shard::Full => self,
+            _ => HostTensor::slice_of(self.dtype, &self.shape, &self.data, shard),
+        }
+    }
+
+    /// This rank's part of a full tensor held in `data` (e.g. memory-mapped), copied once.
+    pub(crate) fn slice_of(dtype: DType, shape: &[usize], data: &[u8], shard: Shard) -> HostTensor {
+        let elem = dtype.size_bytes();
+        let data = match shard {
+            Shard::Full => data.to_vec(),
             Shard::Rows { rank, world } => {
-                assert_eq!(self.shape[0] % world, 0, "rows of {:?} split {world} ways", self.shape);
-                let rows = self.shape[0] / world;
-                let row_bytes = self.numel() / self.shape[0] * elem;
-                let data = self.data[rank * rows * row_bytes..(rank + 1) * rows * row_bytes].to_vec();
-                HostTensor { data, shape: shard.shape(&self.shape), dtype: self.dtype }
+                assert_eq!(shape[0] % world, 0, "rows of {shape:?} split {world} ways");
+                let part = data.len() / world;
+                data[rank * part..(rank + 1) * part].to_vec()
             }
             Shard::Cols { rank, world } => {
-                assert_eq!(self.shape.len(), 2, "column split of a {}-D tensor", self.shape.len());
-                assert_eq!(self.shape[1] % world, 0, "cols of {:?} split {world} ways", self.shape);
-                let cols = self.shape[1] / world;
-                let (row_bytes, part_bytes) = (self.shape[1] * elem, cols * elem);
-                let data = self
-                    .data
-                    .chunks_exact(row_bytes)
+                assert_eq!(shape.len(), 2, "column split of a {}-D tensor", shape.len());
+                assert_eq!(shape[1] % world, 0, "cols of {shape:?} split {world} ways");
+                let (row_bytes, part_bytes) = (shape[1] * elem, shape[1] / world * elem);
+                data.chunks_exact(row_bytes)
                     .flat_map(|row| &row[rank * part_bytes..(rank + 1) * part_bytes])
                     .copied()
-                    .collect();
-                HostTensor { data, shape: shard.shape(&self.shape), dtype: self.dtype }
+                    .collect()
             }
-        }
+        };
+        HostTensor { dtype, shape: shard.shape(shape), data }
     }
 }
 

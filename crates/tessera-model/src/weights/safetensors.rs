@@ -121,12 +121,8 @@ impl WeightSource for SafetensorsSource {
                 found: view.shape().to_vec(),
             });
         }
-        let tensor = HostTensor {
-            dtype: dtype_of(path, name, view.dtype())?,
-            shape: view.shape().to_vec(),
-            data: view.data().to_vec(),
-        };
-        Ok(tensor.slice(shard))
+        // Slice straight from the mapped file: a rank copies only its own part.
+        Ok(HostTensor::slice_of(dtype_of(path, name, view.dtype())?, view.shape(), view.data(), shard))
     }
 
     fn contains(&self, name: &str) -> bool {
