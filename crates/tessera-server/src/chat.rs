@@ -2,11 +2,11 @@
 //! completions path with chat-shaped responses.
 
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{chunk_stream, collect_all, sse, submit, token_text, ChoiceEvent};
+use crate::generation::{chunk_stream, collect_all, sse, submit, token_text, ChoiceEvent, ResponseMeta};
 use crate::models::check_model;
 use crate::params::{num_choices, sampling_params, RequestParams};
 use crate::request_id::RequestId;
-use crate::state::{unix_now, AppState};
+use crate::state::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -55,25 +55,16 @@ fn logprobs(state: &AppState, tokens: &[TokenOutput]) -> ChatLogprobs {
     ChatLogprobs { content }
 }
 
-#[derive(Clone)]
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Meta {
-    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Value {
-        let chunk = ChatCompletionChunk {
-            id: self.id.clone(),
-            object: OBJECT_CHAT_COMPLETION_CHUNK.into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-        };
-        serde_json::to_value(chunk).expect("chunks serialize")
-    }
+fn chunk(meta: &ResponseMeta, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Value {
+    let chunk = ChatCompletionChunk {
+        id: meta.id.clone(),
+        object: OBJECT_CHAT_COMPLETION_CHUNK.into(),
+        created: meta.created,
+        model: meta.model.clone(),
+        choices,
+        usage,
+    };
+    serde_json::to_value(chunk).expect("chunks serialize")
 }
 
 pub async fn chat_completions(
@@ -89,11 +80,7 @@ pub async fn chat_completions(
     let sampling = sampling_params(&params, "messages", prompt.len(), max_len, vocab, None)?;
     let num_prompt_tokens = prompt.len();
     let streams = submit(&state, &[prompt], &sampling, n, req.priority.unwrap_or(0)).await?;
-    let meta = Meta {
-        id: format!("chatcmpl-{}", request_id.0),
-        created: unix_now(),
-        model: state.model_name.clone(),
-    };
+    let meta = ResponseMeta::new("chatcmpl", &request_id.0, &state.model_name);
     let with_logprobs = req.logprobs == Some(true);
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
@@ -125,7 +112,7 @@ pub async fn chat_completions(
 fn stream_response(
     state: Arc<AppState>,
     streams: Vec<tessera_engine::RequestStream>,
-    meta: Meta,
+    meta: ResponseMeta,
     num_prompt_tokens: usize,
     include_usage: bool,
     with_logprobs: bool,
@@ -134,11 +121,11 @@ fn stream_response(
     let opening: Vec<Value> = (0..streams.len() as u32)
         .map(|index| {
             let delta = Delta { role: Some(Role::Assistant), content: Some(String::new()) };
-            meta.chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
+            chunk(&meta, vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
         })
         .collect();
     let chunk_meta = meta.clone();
-    let chunk = move |index, event| {
+    let render = move |index, event| {
         let choice = match event {
             ChoiceEvent::Token(token) => {
                 let logprobs = with_logprobs.then(|| logprobs(&state, std::slice::from_ref(&token)));
@@ -150,9 +137,9 @@ fn stream_response(
                 ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason }
             }
         };
-        chunk_meta.chunk(vec![choice], None)
+        chunk(&chunk_meta, vec![choice], None)
     };
-    let usage = include_usage.then_some(move |usage| meta.chunk(Vec::new(), Some(usage)));
-    let chunks = chunk_stream(streams, num_prompt_tokens, chunk, usage);
+    let usage = include_usage.then_some(move |usage| chunk(&meta, Vec::new(), Some(usage)));
+    let chunks = chunk_stream(streams, num_prompt_tokens, render, usage);
     sse(futures_util::stream::iter(opening).chain(chunks)).into_response()
 }

@@ -1,11 +1,13 @@
 //! `POST /v1/completions`.
 
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{chunk_stream, collect_all, sse, submit, token_text, ChoiceEvent, ChoiceOutput};
+use crate::generation::{
+    chunk_stream, collect_all, sse, submit, token_text, ChoiceEvent, ChoiceOutput, ResponseMeta,
+};
 use crate::models::check_model;
 use crate::params::{check_token_ids, num_choices, sampling_params, RequestParams};
 use crate::request_id::RequestId;
-use crate::state::{unix_now, AppState};
+use crate::state::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -71,8 +73,7 @@ pub async fn completions(
     let num_prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
     let echo = req.echo.unwrap_or(false).then(|| prompt_texts(&state, &prompts));
     let streams = submit(&state, &prompts, &sampling, n, req.priority.unwrap_or(0)).await?;
-    let meta =
-        Meta { id: format!("cmpl-{}", request_id.0), created: unix_now(), model: state.model_name.clone() };
+    let meta = ResponseMeta::new("cmpl", &request_id.0, &state.model_name);
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
         let with_logprobs = req.logprobs.is_some();
@@ -94,7 +95,7 @@ pub async fn completions(
         })
         .collect();
     let usage = Some(Usage::new(num_prompt_tokens as u32, completion_tokens));
-    let Meta { id, created, model } = meta;
+    let ResponseMeta { id, created, model } = meta;
     Ok(Json(CompletionResponse { id, object: OBJECT_TEXT_COMPLETION.into(), created, model, choices, usage })
         .into_response())
 }
@@ -103,39 +104,29 @@ fn prompt_texts(state: &AppState, prompts: &[Vec<u32>]) -> Vec<String> {
     prompts.iter().map(|ids| state.engine.tokenizer().decode(ids, true).unwrap_or_default()).collect()
 }
 
-/// Identity of a response's chunks.
-#[derive(Clone)]
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Meta {
-    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Value {
-        let chunk = CompletionResponse {
-            id: self.id.clone(),
-            object: OBJECT_TEXT_COMPLETION.into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-        };
-        serde_json::to_value(chunk).expect("chunks serialize")
-    }
+fn chunk(meta: &ResponseMeta, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Value {
+    let chunk = CompletionResponse {
+        id: meta.id.clone(),
+        object: OBJECT_TEXT_COMPLETION.into(),
+        created: meta.created,
+        model: meta.model.clone(),
+        choices,
+        usage,
+    };
+    serde_json::to_value(chunk).expect("chunks serialize")
 }
 
 fn stream_response(
     state: Arc<AppState>,
     streams: Vec<tessera_engine::RequestStream>,
-    meta: Meta,
+    meta: ResponseMeta,
     num_prompt_tokens: usize,
     include_usage: bool,
     with_logprobs: bool,
 ) -> Response {
     let mut offsets: HashMap<u32, u32> = HashMap::new();
     let chunk_meta = meta.clone();
-    let chunk = move |index, event| {
+    let render = move |index, event| {
         let choice = match event {
             ChoiceEvent::Token(token) => {
                 let offset = offsets.entry(index).or_default();
@@ -149,8 +140,8 @@ fn stream_response(
                 ..Default::default()
             },
         };
-        chunk_meta.chunk(vec![choice], None)
+        chunk(&chunk_meta, vec![choice], None)
     };
-    let usage = include_usage.then_some(move |usage| meta.chunk(Vec::new(), Some(usage)));
-    sse(chunk_stream(streams, num_prompt_tokens, chunk, usage)).into_response()
+    let usage = include_usage.then_some(move |usage| chunk(&meta, Vec::new(), Some(usage)));
+    sse(chunk_stream(streams, num_prompt_tokens, render, usage)).into_response()
 }

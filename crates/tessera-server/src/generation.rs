@@ -12,6 +12,25 @@ use std::sync::Arc;
 use tessera_core::{FinishReason, SamplingParams};
 use tessera_engine::{GenerateRequest, Prompt, RequestStream, TokenEvent, TokenOutput};
 
+/// What every response and chunk of one request repeats: its id, creation time and model.
+#[derive(Clone)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl ResponseMeta {
+    /// `id_prefix` is OpenAI's (`cmpl`, `chatcmpl`); the rest is the request's id.
+    pub fn new(id_prefix: &str, request_id: &str, model: &str) -> Self {
+        ResponseMeta {
+            id: format!("{id_prefix}-{request_id}"),
+            created: crate::state::unix_now(),
+            model: model.into(),
+        }
+    }
+}
+
 /// One engine request per choice. If any is refused, those already admitted are dropped (and so
 /// aborted) and the refusal is returned.
 pub async fn submit(
