@@ -5,6 +5,10 @@
 use super::{HostTensor, Shard, WeightSource};
 use crate::error::Result;
 use crate::spec::DType;
+use rayon::prelude::*;
+
+/// Elements generated per parallel task.
+const CHUNK_ELEMS: usize = 1 << 16;
 
 pub struct DummySource {
     seed: u64,
@@ -56,18 +60,24 @@ impl WeightSource for DummySource {
             Shard::Cols { rank, .. } => (0, rank * cols),
         };
         let numel: usize = shape.iter().product();
-        let mut data = Vec::with_capacity(numel * dtype.size_bytes());
-        for i in 0..numel {
-            let global = (row0 + i / cols) * full_cols + col0 + i % cols;
-            // 24 random bits mapped to [-1, 1).
-            let unit = (splitmix64(base ^ global as u64) >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-            let value = center + half_width * unit;
-            match dtype {
-                DType::F32 => data.extend_from_slice(&value.to_le_bytes()),
-                DType::F16 => data.extend_from_slice(&half::f16::from_f32(value).to_le_bytes()),
-                DType::Bf16 => data.extend_from_slice(&half::bf16::from_f32(value).to_le_bytes()),
+        let elem = dtype.size_bytes();
+        let mut data = vec![0u8; numel * elem];
+        // A 70B shape is ~140 GB of values: generate in parallel, chunk by chunk. Each value depends
+        // only on its global index, so the split does not change the result.
+        data.par_chunks_mut(CHUNK_ELEMS * elem).enumerate().for_each(|(chunk, out)| {
+            for (j, bytes) in out.chunks_exact_mut(elem).enumerate() {
+                let i = chunk * CHUNK_ELEMS + j;
+                let global = (row0 + i / cols) * full_cols + col0 + i % cols;
+                // 24 random bits mapped to [-1, 1).
+                let unit = (splitmix64(base ^ global as u64) >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                let value = center + half_width * unit;
+                match dtype {
+                    DType::F32 => bytes.copy_from_slice(&value.to_le_bytes()),
+                    DType::F16 => bytes.copy_from_slice(&half::f16::from_f32(value).to_le_bytes()),
+                    DType::Bf16 => bytes.copy_from_slice(&half::bf16::from_f32(value).to_le_bytes()),
+                }
             }
-        }
+        });
         Ok(HostTensor { dtype, shape, data })
     }
 
@@ -93,6 +103,18 @@ mod tests {
         ];
         for shard in shards {
             let part = source.get("w", &[4, 6], shard, DType::F32).unwrap();
+            assert_eq!(part, full.clone().slice(shard), "{shard:?}");
+        }
+    }
+
+    #[test]
+    fn shards_spanning_several_parallel_chunks_are_slices() {
+        // 4 x 50_000 elements: several CHUNK_ELEMS chunks, with chunk borders inside rows.
+        let source = DummySource::new(3);
+        let shape = [4, 50_000];
+        let full = source.get("w", &shape, Shard::Full, DType::Bf16).unwrap();
+        for shard in [Shard::Rows { rank: 1, world: 2 }, Shard::Cols { rank: 1, world: 4 }] {
+            let part = source.get("w", &shape, shard, DType::Bf16).unwrap();
             assert_eq!(part, full.clone().slice(shard), "{shard:?}");
         }
     }
