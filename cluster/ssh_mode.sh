@@ -158,7 +158,8 @@ wait_node() {
     NODE_STATUS=""
     [ -n "${PIDS[i]:-}" ] || return 0
     while kill -0 "${PIDS[i]}" 2>/dev/null && [ "$tenths" -gt 0 ]; do
-        sleep 0.1
+        # A Ctrl-C kills sleep too; that must not end the launcher (set -e) mid-stop.
+        sleep 0.1 || true
         tenths=$((tenths - 1))
     done
     kill -0 "${PIDS[i]}" 2>/dev/null && return 0
@@ -222,7 +223,7 @@ monitor() {
             stop_nodes
             exit 1
         fi
-        sleep 0.2
+        sleep 0.2 || true
     done
 }
 

@@ -61,15 +61,17 @@ tessera_node() {
     # Asynchronous commands get /dev/null as stdin, so the watcher reads the lifeline through fd 3.
     exec 3<&0
     (
+        # If the connection dropped, stdout and stderr are broken pipes: a message must not kill
+        # the watcher before it has stopped the process.
+        trap '' PIPE
         while IFS= read -r _ <&3; do :; done
-        kill -0 "$child" 2>/dev/null || exit 0
-        echo "tessera-launch: $(hostname): launcher gone or stopping; SIGTERM to $role (pid $child)" >&2
-        kill -TERM "$child" 2>/dev/null
+        kill -TERM "$child" 2>/dev/null || exit 0
+        echo "tessera-launch: $(hostname): launcher gone or stopping; sent SIGTERM to $role (pid $child)" >&2
         local tenths=0
         while kill -0 "$child" 2>/dev/null; do
             if [ "$tenths" -ge $((grace_s * 10)) ]; then
-                echo "tessera-launch: $(hostname): $role still running after ${grace_s}s; SIGKILL" >&2
                 kill -KILL "$child" 2>/dev/null
+                echo "tessera-launch: $(hostname): $role still running after ${grace_s}s; sent SIGKILL" >&2
                 exit 0
             fi
             sleep 0.1
