@@ -2,6 +2,7 @@
 
 use crate::device::{backend_err, Device, MemoryStats};
 use crate::launch::{self, AttentionMeta, Heads, ATTN_CHUNK};
+use crate::nccl::{CommConfig, NcclComm};
 use crate::tensor::{CudaKvCache, CudaRope, CudaTensor};
 use cudarc::driver::{CudaSlice, CudaView};
 use half::bf16;
@@ -12,6 +13,8 @@ use tessera_model::{Backend, DType, KvCacheShape, ModelError, ModelInput, QkvLay
 pub struct CudaBackend {
     pub(crate) device: Device,
     ordinal: usize,
+    /// The rank's tensor-parallel communicator; `None` on a single GPU.
+    pub(crate) comm: Option<NcclComm>,
 }
 
 /// A step's `ModelInput` on the device: every index array in one buffer (one host-to-device
@@ -62,7 +65,21 @@ fn to_bf16(tensor: &HostTensor) -> Vec<bf16> {
 impl CudaBackend {
     /// A backend on GPU `ordinal`: creates its context and stream and loads every kernel.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { device: Device::new(ordinal)?, ordinal })
+        Ok(CudaBackend { device: Device::new(ordinal)?, ordinal, comm: None })
+    }
+
+    /// A backend on GPU `ordinal` that is rank `config.rank` of a tensor-parallel group: creates
+    /// the NCCL communicator (bounded by `config.init_timeout`), so every rank of the group must
+    /// call this at about the same time.
+    pub fn new_in_group(ordinal: usize, config: &CommConfig) -> Result<Self> {
+        let mut backend = Self::new(ordinal)?;
+        backend.comm = Some(NcclComm::from_rank(backend.device.stream.clone(), config)?);
+        Ok(backend)
+    }
+
+    /// Ranks in this backend's tensor-parallel group (1 on a single GPU).
+    pub fn world(&self) -> usize {
+        self.comm.as_ref().map_or(1, NcclComm::world)
     }
 
     pub fn ordinal(&self) -> usize {
@@ -73,20 +90,31 @@ impl CudaBackend {
         self.device.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
     }
 
+    // The device's own synchronisations below find the stream idle: `synchronize` has waited,
+    // within the collective deadline when there is a group.
     pub fn memory_stats(&self) -> Result<MemoryStats> {
+        self.synchronize()?;
         self.device.memory_stats()
     }
 
     pub fn reset_peak_memory(&self) -> Result<()> {
+        self.synchronize()?;
         self.device.reset_peak()
     }
 
     pub fn trim_memory_pool(&self) -> Result<()> {
+        self.synchronize()?;
         self.device.trim_pool()
     }
 
+    /// Waits for everything enqueued so far. In a group it polls against
+    /// `parallel.collective_timeout_ms` instead of blocking in the driver, which would wait
+    /// forever behind a collective whose peer never comes.
     pub fn synchronize(&self) -> Result<()> {
-        self.device.stream.synchronize().map_err(backend_err("synchronize"))
+        match &self.comm {
+            Some(comm) => comm.wait_idle("waiting for the GPU's work"),
+            None => self.device.stream.synchronize().map_err(backend_err("synchronize")),
+        }
     }
 
     /// Copies host values (rounded to bf16) into a new device tensor.
@@ -97,7 +125,7 @@ impl CudaBackend {
         Ok(CudaTensor { rows, cols, data })
     }
 
-    fn alloc(&self, len: usize) -> Result<CudaSlice<bf16>> {
+    pub(crate) fn alloc(&self, len: usize) -> Result<CudaSlice<bf16>> {
         // SAFETY: every caller hands the buffer to a kernel or GEMM that writes all of it.
         unsafe { self.device.stream.alloc::<bf16>(len.max(1)) }.map_err(backend_err("alloc"))
     }
@@ -108,7 +136,7 @@ impl CudaBackend {
     }
 
     /// A tensor of rows x cols (its buffer holds one element when that is zero).
-    fn tensor(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+    pub(crate) fn tensor(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
         Ok(CudaTensor { rows, cols, data: self.alloc(rows * cols)? })
     }
 
@@ -368,18 +396,24 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
-    fn all_reduce(&self, _x: &mut CudaTensor) -> Result<()> {
-        // A single-GPU backend: the sum over a group of one is the tensor itself.
-        Ok(())
+    fn all_reduce(&self, x: &mut CudaTensor) -> Result<()> {
+        self.all_reduce_sum(x)
     }
 
     fn all_gather_cols(&self, x: &CudaTensor) -> Result<CudaTensor> {
-        let data = self.device.stream.clone_dtod(&x.data).map_err(backend_err("copy"))?;
-        Ok(CudaTensor { rows: x.rows, cols: x.cols, data })
+        self.gather_cols(x)
     }
 
     fn to_host(&self, x: &CudaTensor) -> Result<Vec<f32>> {
+        if self.comm.is_some() {
+            // The copy would block in the driver until the stream gets there; wait boundedly first.
+            self.synchronize()?;
+        }
         let host = self.device.stream.clone_dtoh(&x.data).map_err(backend_err("copy to host"))?;
         Ok(host[..x.len()].iter().map(|v| v.to_f32()).collect())
+    }
+
+    fn end_step(&self) -> Result<()> {
+        self.synchronize()
     }
 }

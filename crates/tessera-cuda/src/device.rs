@@ -42,6 +42,12 @@ pub fn check_libraries() -> Result<()> {
     )))
 }
 
+/// How many CUDA devices this process sees.
+pub fn device_count() -> Result<usize> {
+    check_libraries()?;
+    CudaContext::device_count().map(|n| n as usize).map_err(backend_err("device count"))
+}
+
 /// Device memory, in bytes. The pool figures cover everything the backend allocates (weights,
 /// activations, KV cache all come from the device's stream-ordered memory pool).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +72,7 @@ const ENTRIES: [(&str, &[&str]); 6] = [
     ("embedding", &["embedding"]),
     ("norm", &["rms_norm", "add_rms_norm", "qk_norm"]),
     ("rope", &["rope"]),
-    ("activation", &["silu_mul", "add_bias", "gather_rows"]),
+    ("activation", &["silu_mul", "add_bias", "gather_rows", "concat_cols"]),
     ("kv_cache", &["write_kv"]),
     ("attention", &["paged_attention", "attention_reduce"]),
 ];

@@ -218,6 +218,27 @@ pub fn gather_rows(
         .map_err(backend_err("gather_rows"))
 }
 
+/// `out[r, p * cols + c] = parts[p, r, c]` for `num_parts` blocks of `rows x cols`.
+pub fn concat_cols(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    parts: &CudaSlice<bf16>,
+    num_parts: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let total = num_parts * rows * cols;
+    if total == 0 {
+        return Ok(());
+    }
+    assert!(out.len() >= total && parts.len() >= total, "concat_cols shapes");
+    let (n, r, c) = (num_parts as u32, rows as u32, cols as u32);
+    let mut b = device.stream.launch_builder(device.function("concat_cols"));
+    b.arg(out).arg(parts).arg(&n).arg(&r).arg(&c);
+    // SAFETY: both buffers hold at least num_parts x rows x cols values.
+    unsafe { b.launch(elementwise(device, total)) }.map(drop).map_err(backend_err("concat_cols"))
+}
+
 pub fn write_kv(
     device: &Device,
     k_cache: &mut CudaSlice<bf16>,

@@ -7,11 +7,18 @@
 //! libcuda, libnvrtc and libcublas at run time (`dynamic-loading`), so the build needs no CUDA
 //! toolkit; `CudaBackend::new` names any library it cannot find.
 //!
+//! Tensor parallelism: `CudaBackend::new_in_group` joins an NCCL group (`nccl/`); its all-reduce
+//! and logits gather then run over NCCL, and every host wait on the group's work is bounded by
+//! the collective deadline.
+//!
 //! Architecture invariant: the only crate with CUDA `unsafe`, and within it only `launch.rs`
-//! (kernel launches), `gemm.rs` (cuBLAS) and `device.rs` (driver calls cudarc leaves unsafe).
+//! (kernel launches), `gemm.rs` (cuBLAS), `device.rs` (driver calls cudarc leaves unsafe) and
+//! `nccl/ffi.rs` (NCCL calls).
 
 #[cfg(feature = "cuda")]
 mod backend;
+#[cfg(feature = "cuda")]
+mod collective;
 #[cfg(feature = "cuda")]
 mod compile;
 #[cfg(feature = "cuda")]
@@ -20,6 +27,8 @@ mod device;
 mod gemm;
 #[cfg(feature = "cuda")]
 mod launch;
+#[cfg(feature = "cuda")]
+mod nccl;
 #[cfg(feature = "cuda")]
 mod profile;
 #[cfg(feature = "cuda")]
@@ -30,7 +39,9 @@ mod timing;
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, CudaBatch};
 #[cfg(feature = "cuda")]
-pub use device::{check_libraries, MemoryStats};
+pub use device::{check_libraries, device_count, MemoryStats};
+#[cfg(feature = "cuda")]
+pub use nccl::{nccl_version, AbortSignal, CommConfig, NcclComm, NcclId};
 #[cfg(feature = "cuda")]
 pub use profile::{profile_num_blocks, ProfileLimits, ProfileReport};
 #[cfg(feature = "cuda")]

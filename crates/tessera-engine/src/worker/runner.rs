@@ -141,6 +141,8 @@ where
             let batch = self.backend.prepare(&input).map_err(|e| e.to_string())?;
             let logits =
                 self.model.forward(&self.backend, &batch, &mut self.cache).map_err(|e| e.to_string())?;
+            // Every rank's reply means its step (collectives included) is done, or it failed.
+            self.backend.end_step().map_err(|e| e.to_string())?;
             if self.samples {
                 let host = self.backend.to_host(&logits).map_err(|e| e.to_string())?;
                 result.sampled = self.sample_all(&scheduled, &host);
