@@ -8,7 +8,7 @@ use cudarc::driver::{CudaSlice, CudaView};
 use half::bf16;
 use std::ops::Range;
 use tessera_model::weights::HostTensor;
-use tessera_model::{Backend, DType, KvCacheShape, ModelError, ModelInput, QkvLayout, Result};
+use tessera_model::{Backend, DType, KvCacheShape, ModelError, ModelInput, QkvLayout, Result, TpRank};
 
 pub struct CudaBackend {
     pub(crate) device: Device,
@@ -77,9 +77,10 @@ impl CudaBackend {
         Ok(backend)
     }
 
-    /// Ranks in this backend's tensor-parallel group (1 on a single GPU).
-    pub fn world(&self) -> usize {
-        self.comm.as_ref().map_or(1, NcclComm::world)
+    /// This backend's place in its tensor-parallel group (`TpRank::SINGLE` on a single GPU), as
+    /// `Model::load` takes it.
+    pub fn tp_rank(&self) -> TpRank {
+        self.comm.as_ref().map_or(TpRank::SINGLE, |c| TpRank { rank: c.rank(), world: c.world() })
     }
 
     pub fn ordinal(&self) -> usize {
