@@ -1,7 +1,7 @@
 //! `CudaBackend`: the model's operations on one GPU, in bf16 with f32 accumulation.
 
 use crate::device::{backend_err, Device, MemoryStats};
-use crate::launch::{self, AttentionMeta, Heads, ATTN_CHUNK};
+use crate::launch::{self, AttentionMeta, Heads, PrefillTiles, ATTN_CHUNK, PREFILL_TILE_ROWS};
 use crate::nccl::{CommConfig, NcclComm};
 use crate::tensor::{CudaKvCache, CudaRope, CudaTensor};
 use cudarc::driver::{CudaSlice, CudaView};
@@ -28,6 +28,11 @@ pub struct CudaBatch {
     block_tables: Range<usize>,
     row_table_start: Range<usize>,
     row_kv_len: Range<usize>,
+    /// `prefill_attention`'s tiles: first row and row count of each.
+    tile_row_start: Range<usize>,
+    tile_num_rows: Range<usize>,
+    /// The most tokens any sequence computes this step (1 for pure decode).
+    max_query_len: usize,
     block_size: usize,
     max_kv_len: usize,
     /// Largest position, slot and block id in the batch (0 when empty).
@@ -44,7 +49,23 @@ impl CudaBatch {
     pub fn num_tokens(&self) -> usize {
         self.token_ids.len()
     }
+
+    fn attention_meta(&self, part_size: usize, max_splits: usize) -> AttentionMeta<'_> {
+        AttentionMeta {
+            block_tables: self.view(&self.block_tables),
+            row_table_start: self.view(&self.row_table_start),
+            row_kv_len: self.view(&self.row_kv_len),
+            block_size: self.block_size as u32,
+            part_size: part_size as u32,
+            max_splits: max_splits as u32,
+        }
+    }
 }
+
+/// Steps where some sequence computes at least this many tokens run attention on tensor cores,
+/// tile by tile (`prefill_attention`); pure decode steps keep `paged_attention`, whose split along
+/// the context fills the GPU when there are few rows.
+const PREFILL_MIN_QUERY_LEN: usize = 8;
 
 fn heads(layout: QkvLayout) -> Heads {
     Heads {
@@ -231,6 +252,15 @@ impl Backend for CudaBackend {
         }
         let row_table_start = push(&mut meta, &mut table_start.into_iter());
         let row_kv_len = push(&mut meta, &mut kv_len.iter().copied());
+        let (mut tile_starts, mut tile_rows) = (Vec::new(), Vec::new());
+        for seq in &input.seqs {
+            for first in (0..seq.query_len).step_by(PREFILL_TILE_ROWS) {
+                tile_starts.push((seq.query_start + first) as u32);
+                tile_rows.push((seq.query_len - first).min(PREFILL_TILE_ROWS) as u32);
+            }
+        }
+        let tile_row_start = push(&mut meta, &mut tile_starts.into_iter());
+        let tile_num_rows = push(&mut meta, &mut tile_rows.into_iter());
         let meta_dev = self.device.stream.clone_htod(&meta).map_err(backend_err("batch upload"))?;
         Ok(CudaBatch {
             max_kv_len: kv_len.iter().copied().max().unwrap_or(0) as usize,
@@ -246,6 +276,9 @@ impl Backend for CudaBackend {
             block_tables,
             row_table_start,
             row_kv_len,
+            tile_row_start,
+            tile_num_rows,
+            max_query_len: input.seqs.iter().map(|s| s.query_len).max().unwrap_or(0),
             block_size: input.block_size,
         })
     }
@@ -353,21 +386,33 @@ impl Backend for CudaBackend {
             "block beyond the cache"
         );
         let rows = qkv.rows;
+        let (k, v) = &cache.layers[layer];
+        if batch.max_query_len >= PREFILL_MIN_QUERY_LEN && launch::prefill_attention_supports(heads(layout)) {
+            let mut out = self.tensor(rows, layout.q_width())?;
+            let meta = batch.attention_meta(0, 1);
+            let tiles = PrefillTiles {
+                row_start: batch.view(&batch.tile_row_start),
+                num_rows: batch.view(&batch.tile_num_rows),
+            };
+            launch::prefill_attention(
+                &self.device,
+                &mut out.data,
+                &qkv.data,
+                k,
+                v,
+                &meta,
+                &tiles,
+                heads(layout),
+            )?;
+            return Ok(out);
+        }
         let part_size = self.part_size(rows, layout.num_kv_heads, batch.max_kv_len);
         let max_splits = batch.max_kv_len.div_ceil(part_size).max(1);
         let partials = if max_splits > 1 { rows * layout.num_heads * max_splits } else { 0 };
         let mut part_o = self.alloc_f32(partials * layout.head_dim)?;
         let mut part_ml = self.alloc_f32(partials * 2)?;
         let mut out = self.tensor(rows, layout.q_width())?;
-        let meta = AttentionMeta {
-            block_tables: batch.view(&batch.block_tables),
-            row_table_start: batch.view(&batch.row_table_start),
-            row_kv_len: batch.view(&batch.row_kv_len),
-            block_size: batch.block_size as u32,
-            part_size: part_size as u32,
-            max_splits: max_splits as u32,
-        };
-        let (k, v) = &cache.layers[layer];
+        let meta = batch.attention_meta(part_size, max_splits);
         launch::paged_attention(
             &self.device,
             &mut out.data,

@@ -68,13 +68,14 @@ pub(crate) struct Device {
 }
 
 /// Kernel entry points of each family (their `extern "C"` names).
-const ENTRIES: [(&str, &[&str]); 6] = [
+const ENTRIES: [(&str, &[&str]); 7] = [
     ("embedding", &["embedding"]),
     ("norm", &["rms_norm", "add_rms_norm", "qk_norm"]),
     ("rope", &["rope"]),
     ("activation", &["silu_mul", "add_bias", "gather_rows", "concat_cols"]),
     ("kv_cache", &["write_kv"]),
     ("attention", &["paged_attention", "attention_reduce"]),
+    ("prefill_attention", &["prefill_attention_d64", "prefill_attention_d128"]),
 ];
 
 impl Device {
