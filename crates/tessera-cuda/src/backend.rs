@@ -129,6 +129,16 @@ impl CudaBackend {
         self.device.trim_pool()
     }
 
+    /// In a group, returns once every rank has called it too, waiting at most `timeout` (for
+    /// points where peers may lag by more than the collective deadline, such as after loading
+    /// weights); on one GPU it returns at once.
+    pub fn wait_for_group(&self, timeout: std::time::Duration) -> Result<()> {
+        match &self.comm {
+            Some(comm) => comm.barrier(timeout, "waiting for the other ranks to load"),
+            None => Ok(()),
+        }
+    }
+
     /// Waits for everything enqueued so far. In a group it polls against
     /// `parallel.collective_timeout_ms` instead of blocking in the driver, which would wait
     /// forever behind a collective whose peer never comes.

@@ -71,6 +71,11 @@ fn load_rank(
     let files = open_model(&config.model).map_err(|e| e.to_string())?;
     let model = Model::load(&backend, &files.spec, files.source.as_ref(), dtype(config), tp, max_model_len)
         .map_err(|e| e.to_string())?;
+    // Ranks finish loading at different times; the first collectives must not count that against
+    // the collective deadline.
+    if let Some(comm) = comm {
+        backend.wait_for_group(comm.init_timeout).map_err(|e| e.to_string())?;
+    }
     Ok((backend, model))
 }
 

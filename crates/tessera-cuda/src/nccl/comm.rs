@@ -178,11 +178,25 @@ impl NcclComm {
     /// Waits, within the collective deadline, until everything enqueued on the stream so far has
     /// run. `what` names the wait in errors.
     pub fn wait_idle(&self, what: &str) -> Result<()> {
+        self.wait_idle_within(self.timeout, what)
+    }
+
+    /// Returns once every rank has reached its `barrier` (a one-value all-reduce), waiting at
+    /// most `timeout`: for points where peers may legitimately lag by more than the collective
+    /// deadline, such as the end of loading weights.
+    pub fn barrier(&self, timeout: Duration, what: &str) -> Result<()> {
+        let mut one =
+            self.stream.alloc_zeros::<bf16>(1).map_err(|e| backend(format!("barrier alloc: {e}")))?;
+        self.all_reduce_sum(&mut one, 1)?;
+        self.wait_idle_within(timeout, what)
+    }
+
+    fn wait_idle_within(&self, timeout: Duration, what: &str) -> Result<()> {
         let mut state = self.lock();
         self.check_usable(&mut state)?;
         let event = self.event(&mut state)?;
         event.record(&self.stream).map_err(|e| self.fail(&mut state, format!("CUDA event: {e}")))?;
-        self.wait_event(&mut state, &event, what)?;
+        self.wait_event(&mut state, &event, what, timeout)?;
         // Everything before `event` has completed, so every mark has too.
         let done: Vec<CudaEvent> = state.marks.drain(..).chain([event]).collect();
         state.spare.extend(done);
@@ -232,12 +246,13 @@ impl NcclComm {
         self.check_usable(&mut state)?;
         if state.marks.len() >= MAX_MARKS {
             let oldest = state.marks.pop_front().expect("marks are pending");
-            self.wait_event(
-                &mut state,
-                &oldest,
-                &format!("waiting for earlier collectives before an {what}"),
-            )?;
+            let waiting = format!("waiting for earlier collectives before an {what}");
+            self.wait_event(&mut state, &oldest, &waiting, self.timeout)?;
             state.spare.push(oldest);
+        }
+        // NCCL enqueues on the thread's current device; the rank's thread may have changed.
+        if let Err(e) = self.stream.context().bind_to_thread() {
+            return Err(self.fail(&mut state, format!("CUDA context: {e}")));
         }
         let raw = state.raw.as_ref().expect("a usable communicator is not aborted");
         if let Err(err) = op(raw, self.stream.cu_stream()) {
@@ -263,12 +278,15 @@ impl NcclComm {
         }
     }
 
-    fn wait_event(&self, state: &mut State, event: &CudaEvent, what: &str) -> Result<()> {
+    fn wait_event(&self, state: &mut State, event: &CudaEvent, what: &str, timeout: Duration) -> Result<()> {
+        let name = if timeout == self.timeout {
+            "parallel.collective_timeout_ms"
+        } else {
+            "the wait's own deadline"
+        };
         let waited = {
             let raw = state.raw.as_ref().expect("a usable communicator is not aborted");
-            poll_until(self.timeout, "parallel.collective_timeout_ms", &self.signal, what, || {
-                probe_of(raw, event)
-            })
+            poll_until(timeout, name, &self.signal, what, || probe_of(raw, event))
         };
         waited.map_err(|err| self.fail(state, err.to_string()))
     }
