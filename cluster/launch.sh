@@ -140,11 +140,11 @@ read_layout() {
 # Reads the config with the binary on this machine (slurm and k8s modes run on the node itself).
 load_local_settings() {
     local out
-    command -v "$BIN" >/dev/null 2>&1 || die "no tessera binary '$BIN' on $(hostname) (pass --bin PATH)"
-    [ -r "$CONFIG" ] || die "cannot read the config file $CONFIG on $(hostname)"
+    command -v "$BIN" >/dev/null 2>&1 || die "no tessera binary '$BIN' on $HOSTNAME (pass --bin PATH)"
+    [ -r "$CONFIG" ] || die "cannot read the config file $CONFIG on $HOSTNAME"
     out=$("$BIN" --config "$CONFIG" config show) || die "$BIN rejected $CONFIG (message above)"
     parse_settings <<<"$out"
-    read_layout "$CONFIG on $(hostname)"
+    read_layout "$CONFIG on $HOSTNAME"
 }
 
 # HOST:PORT for --join, with brackets around an IPv6 address.
@@ -174,7 +174,7 @@ node_command() {
 # Replaces this shell with node RANK's process, so it gets the scheduler's signals directly.
 exec_node() {
     node_command "$1" "$2"
-    say "node $1 of $NODES on $(hostname): ${NODE_CMD[*]}"
+    say "node $1 of $NODES on $HOSTNAME: ${NODE_CMD[*]}"
     if [ -n "$DRY_RUN" ]; then
         printf '%q ' "${NODE_CMD[@]}"
         echo

@@ -52,12 +52,12 @@ tessera_node() {
     shift 4
     [ "${1:-}" = -- ] && shift
     if ! command -v "$1" >/dev/null 2>&1; then
-        echo "tessera-launch: $(hostname): no executable '$1' (pass --bin with its path on this host)" >&2
+        echo "tessera-launch: $HOSTNAME: no executable '$1' (pass --bin with its path on this host)" >&2
         return 127
     fi
     "$@" </dev/null &
     child=$!
-    echo "tessera-launch: $(hostname): started $role (pid $child): $*" >&2
+    echo "tessera-launch: $HOSTNAME: started $role (pid $child): $*" >&2
     # Asynchronous commands get /dev/null as stdin, so the watcher reads the lifeline through fd 3.
     exec 3<&0
     (
@@ -66,12 +66,12 @@ tessera_node() {
         trap '' PIPE
         while IFS= read -r _ <&3; do :; done
         kill -TERM "$child" 2>/dev/null || exit 0
-        echo "tessera-launch: $(hostname): launcher gone or stopping; sent SIGTERM to $role (pid $child)" >&2
+        echo "tessera-launch: $HOSTNAME: launcher gone or stopping; sent SIGTERM to $role (pid $child)" >&2
         local tenths=0
         while kill -0 "$child" 2>/dev/null; do
             if [ "$tenths" -ge $((grace_s * 10)) ]; then
                 kill -KILL "$child" 2>/dev/null
-                echo "tessera-launch: $(hostname): $role still running after ${grace_s}s; sent SIGKILL" >&2
+                echo "tessera-launch: $HOSTNAME: $role still running after ${grace_s}s; sent SIGKILL" >&2
                 exit 0
             fi
             sleep 0.1
@@ -87,6 +87,6 @@ tessera_node() {
     local status=0
     wait "$child" || status=$?
     kill "$watcher" ${poller:+"$poller"} 2>/dev/null || true
-    echo "tessera-launch: $(hostname): $role exited with status $status" >&2
+    echo "tessera-launch: $HOSTNAME: $role exited with status $status" >&2
     return "$status"
 }
