@@ -5,6 +5,7 @@ mod bench;
 mod generate;
 mod serve;
 mod settings;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ enum Command {
     /// Benchmarks: load a server (`serve`), or time the in-process engine (`latency`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Join a multi-node deployment as one of its worker nodes.
+    Worker(worker::WorkerArgs),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
             let config = settings::load(cli.config.as_deref(), &args.overrides())?;
             generate::run(*args, config)
         }
+        Command::Worker(args) => worker::run(args, cli.config.as_deref()),
         Command::Bench(command) => bench::run(command, cli.config.as_deref()),
         Command::Config(ConfigCommand::Show) => {
             print!("{}", settings::show(&settings::load(cli.config.as_deref(), &[])?)?);

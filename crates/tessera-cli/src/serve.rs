@@ -6,9 +6,10 @@ use crate::settings::Override;
 use anyhow::Context;
 use clap::Args;
 use std::time::Duration;
+use tessera_cluster::Head;
 use tessera_core::config::LogFormat;
 use tessera_core::EngineConfig;
-use tessera_engine::{Engine, HealthState};
+use tessera_engine::{Engine, EngineOptions, HealthState};
 use tokio::sync::watch;
 
 #[derive(Args, Debug)]
@@ -89,9 +90,50 @@ async fn engine_stopped(engine: Engine) {
     tracing::error!(reason = ?engine.health().reason(), "engine stopped; exiting");
 }
 
+/// Resolves when a lost node must stop the deployment (`cluster.on_node_failure = "exit"`).
+fn cluster_failed(head: Option<&Head>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let fatal = head.map(Head::fatal);
+    async move {
+        match fatal {
+            Some(fatal) => {
+                let reason = fatal.await;
+                tracing::error!(%reason, "cluster.on_node_failure = \"exit\"; exiting");
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// With a `cluster` section, waits for every worker node to join and pass pre-flight (before
+/// any weight is loaded); the engine's group then spans the nodes.
+async fn start_cluster(config: &EngineConfig) -> anyhow::Result<Option<Head>> {
+    if !config.cluster.is_multi_node() {
+        return Ok(None);
+    }
+    let head = Head::start(config).await.map_err(anyhow::Error::msg).context("starting the cluster head")?;
+    if let Err(err) = head.wait_for_nodes().await {
+        head.shutdown("the head could not start").await;
+        return Err(anyhow::Error::msg(err).context("waiting for the cluster's nodes"));
+    }
+    Ok(Some(head))
+}
+
 async fn serve(config: EngineConfig) -> anyhow::Result<i32> {
     tracing::info!(config = ?config.redacted(), "starting");
-    let engine = Engine::start(config.clone()).await.context("starting the engine")?;
+    let head = start_cluster(&config).await?;
+    let options = EngineOptions { group: head.as_ref().map(Head::group_provider), ..Default::default() };
+    let engine = match Engine::start_with(config.clone(), options).await {
+        Ok(engine) => engine,
+        Err(err) => {
+            if let Some(head) = &head {
+                head.shutdown("the head's engine could not start").await;
+            }
+            return Err(anyhow::Error::new(err).context("starting the engine"));
+        }
+    };
+    if let Some(head) = &head {
+        head.fail_engine_on_node_loss(engine.clone());
+    }
     let state =
         tessera_server::build_state(engine.clone(), config.server.clone()).map_err(anyhow::Error::msg)?;
     let address = (config.server.host.as_str(), config.server.port);
@@ -100,14 +142,19 @@ async fn serve(config: EngineConfig) -> anyhow::Result<i32> {
         .with_context(|| format!("binding {}:{}", config.server.host, config.server.port))?;
     tracing::info!(address = %listener.local_addr()?, model = engine.model_name(), "serving");
     let (exit_tx, exit_rx) = watch::channel(0);
+    let node_failure = cluster_failed(head.as_ref());
     let shutdown = async move {
         tokio::select! {
             _ = termination() => {}
             _ = engine_stopped(engine) => { let _ = exit_tx.send(1); }
+            _ = node_failure => { let _ = exit_tx.send(1); }
         }
     };
     tessera_server::serve(listener, state, shutdown).await?;
     let code = *exit_rx.borrow();
+    if let Some(head) = &head {
+        head.shutdown("the head is shutting down").await;
+    }
     tracing::info!(code, "stopped");
     Ok(code)
 }

@@ -57,6 +57,7 @@ pub fn load_with_env(
         .try_parsing(true)
         .list_separator(",")
         .with_list_parse_key("server.api_keys")
+        .with_list_parse_key("cluster.ranks_per_node")
         .source(Some(config_env(env)?));
     builder = builder.add_source(env);
     for (key, value) in overrides {
@@ -156,6 +157,22 @@ mod tests {
             }
         }
         assert!(count >= 4, "expected the example configs, found {count}");
+    }
+
+    #[test]
+    fn cluster_keys_layer_from_env() {
+        let toml =
+            file(".toml", "[parallel]\ntensor_parallel_size = 4\n[cluster]\nnodes = 3\ncookie = \"c\"\n");
+        let config = load_with_env(
+            Some(toml.path()),
+            &[],
+            env(&[("TESSERA_CLUSTER__RANKS_PER_NODE", "2,1,1"), ("TESSERA_CLUSTER__COOKIE", "from-env")]),
+        )
+        .unwrap();
+        assert_eq!(config.cluster.ranks_per_node, Some(vec![2, 1, 1]));
+        assert_eq!(config.cluster.cookie, "from-env");
+        let shown = show(&config).unwrap();
+        assert!(!shown.contains("from-env"), "{shown}");
     }
 
     #[test]

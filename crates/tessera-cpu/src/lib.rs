@@ -8,11 +8,13 @@ pub mod collective;
 mod gemm;
 pub mod local_group;
 mod ops;
+pub mod tcp_group;
 pub mod tensor;
 
 pub use attention::CpuKvCache;
 pub use collective::{Collective, SingleRank};
 pub use local_group::{LocalComm, LocalGroup};
+pub use tcp_group::{tcp_connect, TcpComm, TcpHub, TcpPoison};
 pub use tensor::CpuTensor;
 
 use std::sync::Arc;

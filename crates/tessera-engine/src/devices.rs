@@ -13,6 +13,19 @@ use tessera_model::{KvCacheShape, ModelSpec};
 #[cfg(feature = "cuda")]
 #[path = "cuda_group.rs"]
 mod cuda_group;
+#[cfg(feature = "cuda")]
+pub use cuda_group::cuda_rank_executor;
+
+/// Supplies the worker group in place of device selection: a multi-node deployment, whose
+/// ranks are partly in other processes (tessera-cluster).
+pub trait GroupProvider: Send + Sync {
+    fn provide(
+        &self,
+        config: &EngineConfig,
+        spec: &ModelSpec,
+        max_model_len: usize,
+    ) -> Result<DeviceGroup, EngineError>;
+}
 
 /// A device's worker group and its KV cache size in blocks (the same on every rank).
 pub struct DeviceGroup {
@@ -49,7 +62,7 @@ pub fn device_group(
 }
 
 /// KV blocks per rank: from the config, else from the CPU cache budget.
-fn cpu_num_blocks(config: &EngineConfig, spec: &ModelSpec) -> Result<usize, EngineError> {
+pub fn cpu_num_blocks(config: &EngineConfig, spec: &ModelSpec) -> Result<usize, EngineError> {
     if let Some(n) = config.cache.num_blocks {
         return Ok(n);
     }

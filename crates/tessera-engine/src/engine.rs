@@ -4,7 +4,7 @@
 use crate::actors::coordinator::{CoordinatorActor, CoordinatorArgs, CoordinatorMsg};
 use crate::actors::kv_manager::{KvManagerActor, KvManagerMsg, KvSnapshot};
 use crate::actors::scheduler::{EngineStats, SchedulerActor, SchedulerArgs, SchedulerMsg};
-use crate::devices::{device_group, DeviceGroup};
+use crate::devices::{device_group, DeviceGroup, GroupProvider};
 use crate::error::EngineError;
 use crate::health::{Health, HealthState};
 use crate::stream::RequestStream;
@@ -39,10 +39,22 @@ impl GenerateRequest {
     }
 }
 
-/// Options that are not configuration: test hooks.
-#[derive(Clone, Debug, Default)]
+/// Options that are not configuration: test hooks, and the worker group of a multi-node
+/// deployment.
+#[derive(Clone, Default)]
 pub struct EngineOptions {
     pub fault: Option<FaultInjection>,
+    /// Builds the worker group instead of device selection (`fault` then does not apply).
+    pub group: Option<Arc<dyn GroupProvider>>,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("fault", &self.fault)
+            .field("group", &self.group.as_ref().map(|_| "external"))
+            .finish()
+    }
 }
 
 struct Inner {
@@ -93,7 +105,10 @@ impl Engine {
         check_tensor_parallel(&files.spec, config.parallel.tensor_parallel_size)?;
         let max_model_len = max_model_len(&config.model, &files.spec).map_err(startup)?;
         let fault = options.fault.map(|fault| ArmedFault { fault, fired: Default::default() });
-        let DeviceGroup { factory, num_blocks } = device_group(&config, &files.spec, max_model_len, fault)?;
+        let DeviceGroup { factory, num_blocks } = match &options.group {
+            Some(provider) => provider.provide(&config, &files.spec, max_model_len)?,
+            None => device_group(&config, &files.spec, max_model_len, fault)?,
+        };
         let health = Arc::new(Health::default());
 
         let (kv_manager, _) = Actor::spawn(None, KvManagerActor, ()).await.map_err(startup)?;
@@ -238,6 +253,15 @@ impl Engine {
     /// Runs the scheduler's and KV manager's invariant checks (tests, debugging).
     pub async fn check_invariants(&self) -> Result<(), String> {
         ractor::call!(self.inner.scheduler, SchedulerMsg::CheckInvariants).map_err(|e| e.to_string())?
+    }
+
+    /// Fails the worker group now (in-flight requests get errors, `/ready` turns 503, then the
+    /// group is rebuilt or the engine stops, per `engine.on_worker_failure`), unless
+    /// `still_broken` says otherwise when the coordinator gets to it. For a group whose ranks can
+    /// break while idle (a lost node of a multi-node group).
+    pub fn fail_workers_if(&self, reason: String, still_broken: impl FnOnce() -> bool + Send + 'static) {
+        let message = CoordinatorMsg::FailGroup { reason, still_broken: Box::new(still_broken) };
+        let _ = self.inner.coordinator.cast(message);
     }
 
     /// Stops the workers and fails anything in flight. The engine refuses requests afterwards.

@@ -23,6 +23,10 @@ pub mod worker;
 
 pub use actors::kv_manager::KvSnapshot;
 pub use actors::scheduler::EngineStats;
+pub use cpu_group::cpu_rank_executor;
+#[cfg(feature = "cuda")]
+pub use devices::cuda_rank_executor;
+pub use devices::{cpu_num_blocks, DeviceGroup, GroupProvider};
 pub use engine::{Engine, EngineOptions, GenerateRequest, Prompt};
 pub use error::EngineError;
 pub use health::HealthState;

@@ -16,7 +16,7 @@ async fn start_faulty(policy: OnWorkerFailure, kind: FaultKind) -> Engine {
     config.engine.step_timeout_ms = 1_000;
     config.engine.on_worker_failure = policy;
     let fault = FaultInjection { rank: 1, at_step: 5, kind };
-    Engine::start_with(config, EngineOptions { fault: Some(fault) }).await.unwrap()
+    Engine::start_with(config, EngineOptions { fault: Some(fault), ..Default::default() }).await.unwrap()
 }
 
 /// Starts eight long requests and returns how each ended.

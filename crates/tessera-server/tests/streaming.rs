@@ -95,7 +95,7 @@ async fn a_hung_engine_is_not_ready() {
     config.server.ready_max_step_age_ms = 300;
     config.engine.step_timeout_ms = 60_000;
     let fault = FaultInjection { rank: 0, at_step: 2, kind: FaultKind::Hang(Duration::from_secs(3)) };
-    let server = start_with(config, EngineOptions { fault: Some(fault) }).await;
+    let server = start_with(config, EngineOptions { fault: Some(fault), ..Default::default() }).await;
     let http = client();
     assert_eq!(http.get(server.url("/ready")).send().await.unwrap().status(), 200, "idle engine is ready");
     let body = json!({"model": "tiny", "prompt": "hello", "max_tokens": 20});

@@ -3,6 +3,7 @@
 //! bad value. Layering (defaults < file < env < flags) happens in the binary, not here.
 
 mod cache;
+mod cluster;
 mod engine;
 mod model;
 mod parallel;
@@ -10,6 +11,7 @@ mod scheduler;
 mod server;
 
 pub use cache::CacheConfig;
+pub use cluster::{ClusterConfig, OnNodeFailure};
 pub use engine::{EngineSection, OnWorkerFailure};
 pub use model::{Device, LoadFormat, ModelConfig, WeightDtype};
 pub use parallel::ParallelConfig;
@@ -46,16 +48,18 @@ pub struct EngineConfig {
     pub engine: EngineSection,
     pub server: ServerConfig,
     pub logging: LoggingConfig,
+    /// Several processes (machines) serving as one deployment.
+    pub cluster: ClusterConfig,
 }
 
 impl EngineConfig {
     /// Top-level keys, for layers that must tell config keys from other variables.
-    pub const SECTIONS: [&'static str; 8] =
-        ["device", "model", "parallel", "cache", "scheduler", "engine", "server", "logging"];
+    pub const SECTIONS: [&'static str; 9] =
+        ["device", "model", "parallel", "cache", "scheduler", "engine", "server", "logging", "cluster"];
 
     /// A copy safe to print or log: secrets replaced by a marker.
     pub fn redacted(&self) -> Self {
-        EngineConfig { server: self.server.redacted(), ..self.clone() }
+        EngineConfig { server: self.server.redacted(), cluster: self.cluster.redacted(), ..self.clone() }
     }
 
     /// Checks every section; the error carries the full key path.
@@ -66,6 +70,7 @@ impl EngineConfig {
         self.scheduler.validate("scheduler")?;
         self.engine.validate("engine")?;
         self.server.validate("server")?;
+        self.cluster.validate("cluster", self.parallel.tensor_parallel_size)?;
         Ok(())
     }
 }

@@ -28,6 +28,13 @@ pub enum CoordinatorMsg {
     /// A request arrived: start stepping if idle.
     Wake,
     Step,
+    /// Fail the group outside a step if `still_broken()` says so when this is handled: a node of
+    /// a multi-node group lost while idle. (A step that already failed for it has rebuilt the
+    /// group by then, and the check says no.)
+    FailGroup {
+        reason: String,
+        still_broken: Box<dyn FnOnce() -> bool + Send>,
+    },
     Shutdown(RpcReplyPort<()>),
 }
 
@@ -221,6 +228,11 @@ impl Actor for CoordinatorActor {
                         // Requests that arrived meanwhile wait in the new scheduler.
                         myself.cast(CoordinatorMsg::Step)?;
                     }
+                }
+            }
+            CoordinatorMsg::FailGroup { reason, still_broken } => {
+                if !state.stopped && still_broken() {
+                    state.fail(&myself, reason).await;
                 }
             }
             CoordinatorMsg::Shutdown(reply) => {

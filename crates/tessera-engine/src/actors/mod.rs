@@ -11,3 +11,10 @@ pub mod coordinator;
 pub mod kv_manager;
 pub mod scheduler;
 pub mod worker;
+
+// With ractor's `cluster` feature (needed by tessera-cluster) messages implement `Message`
+// explicitly; these never leave the process, so the default (not serializable) is right.
+impl ractor::Message for coordinator::CoordinatorMsg {}
+impl ractor::Message for kv_manager::KvManagerMsg {}
+impl ractor::Message for scheduler::SchedulerMsg {}
+impl ractor::Message for worker::WorkerMsg {}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Multi-node on one host with two GPUs: two processes, one GPU each (CUDA_VISIBLE_DEVICES), form
+# one TP=2 group over NCCL through the cluster path (`serve` head + `worker --join`), and must
+# give the same greedy completions as a single-process TP=2 run on the same GPUs. No ssh.
+#
+#   scripts/gpu/cluster_tp2.sh [path/to/tessera]      (default .gpu/tessera)
+#
+# Logs and the compared outputs go to $OUT (or ./gpu-logs/cluster_tp2). Exit status 0 when the
+# outputs match.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=$(realpath "${1:-.gpu/tessera}")
+LOGS="${OUT:-$PWD/gpu-logs}/cluster_tp2"
+mkdir -p "$LOGS"
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export NCCL_NVLS_ENABLE=0
+export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
+export RUST_BACKTRACE=1
+
+[ -x "$BIN" ] || { echo "no tessera binary at $BIN (build with --features cuda)" >&2; exit 2; }
+gpus=$(nvidia-smi --list-gpus | wc -l)
+if [ "$gpus" -lt 2 ]; then
+    echo "SKIPPED: cluster_tp2 needs 2 GPUs, this machine has $gpus"
+    exit 0
+fi
+
+SHAPE=${SHAPE:-llama-3.2-1b}
+HTTP_REF=18710
+HTTP_HEAD=18711
+CLUSTER_PORT=18712
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# Multi-node CUDA groups need an explicit KV cache size (no cross-node profiling yet).
+cat >"$LOGS/cluster.toml" <<EOF
+device = "cuda"
+[model]
+load_format = "dummy"
+dummy_shape = "$SHAPE"
+max_model_len = 1024
+[parallel]
+tensor_parallel_size = 2
+[cache]
+num_blocks = 2048
+[server]
+host = "127.0.0.1"
+port = $HTTP_HEAD
+[cluster]
+nodes = 2
+listen = "127.0.0.1:$CLUSTER_PORT"
+cookie = "gpu-check"
+ranks_per_node = [1, 1]
+heartbeat_interval_ms = 500
+heartbeat_timeout_ms = 5000
+join_timeout_ms = 120000
+EOF
+
+wait_ready() { # port, pid, name
+    for _ in $(seq 1 600); do
+        if curl -sf "http://127.0.0.1:$1/ready" >/dev/null; then return 0; fi
+        if ! kill -0 "$2" 2>/dev/null; then echo "$3 exited; see $LOGS/$3.log" >&2; return 1; fi
+        sleep 0.5
+    done
+    echo "$3 not ready after 300 s" >&2
+    return 1
+}
+
+# Greedy completions of fixed prompts, one JSON line each: text and token count.
+complete() { # port, output file
+    : >"$2"
+    for prompt in "Hello" "The capital of France is" "1 2 3 4 5" "Multi-node tensor parallel"; do
+        curl -sf "http://127.0.0.1:$1/v1/completions" -H 'content-type: application/json' \
+            -d "{\"model\": \"$SHAPE\", \"prompt\": \"$prompt\", \"max_tokens\": 32, \"temperature\": 0, \"ignore_eos\": true}" |
+            python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"text": r["choices"][0]["text"], "tokens": r["usage"]["completion_tokens"]}))' >>"$2"
+    done
+}
+
+echo "== single process, TP=2 on GPUs 0 and 1"
+start=$SECONDS
+CUDA_VISIBLE_DEVICES=0,1 "$BIN" serve --device cuda --dummy "$SHAPE" --tensor-parallel-size 2 \
+    --max-model-len 1024 --port "$HTTP_REF" >"$LOGS/reference.log" 2>&1 &
+pids+=($!)
+wait_ready "$HTTP_REF" "${pids[0]}" reference
+echo "ready in $((SECONDS - start)) s"
+complete "$HTTP_REF" "$LOGS/reference.jsonl"
+kill -TERM "${pids[0]}"; wait "${pids[0]}" || true
+
+echo "== two processes (head on GPU 0, worker on GPU 1), one TP=2 group over NCCL"
+start=$SECONDS
+CUDA_VISIBLE_DEVICES=0 "$BIN" serve --config "$LOGS/cluster.toml" >"$LOGS/head.log" 2>&1 &
+head_pid=$!
+pids+=("$head_pid")
+CUDA_VISIBLE_DEVICES=1 "$BIN" worker --join "127.0.0.1:$CLUSTER_PORT" --node-rank 1 \
+    --config "$LOGS/cluster.toml" >"$LOGS/worker.log" 2>&1 &
+worker_pid=$!
+pids+=("$worker_pid")
+wait_ready "$HTTP_HEAD" "$head_pid" head
+echo "ready in $((SECONDS - start)) s"
+complete "$HTTP_HEAD" "$LOGS/cluster.jsonl"
+grep -m1 "nccl\|NCCL" "$LOGS/head.log" "$LOGS/worker.log" || true
+
+echo "== clean shutdown: SIGTERM to the head; both exit 0"
+kill -TERM "$head_pid"
+head_status=0; wait "$head_pid" || head_status=$?
+worker_status=0; wait "$worker_pid" || worker_status=$?
+echo "head exit $head_status, worker exit $worker_status"
+
+echo "== compare"
+paste -d'\n' "$LOGS/reference.jsonl" "$LOGS/cluster.jsonl"
+if cmp -s "$LOGS/reference.jsonl" "$LOGS/cluster.jsonl" && [ "$head_status" = 0 ] && [ "$worker_status" = 0 ]; then
+    echo "PASS: two-process TP=2 over the cluster path matches single-process TP=2 ($(wc -l <"$LOGS/cluster.jsonl") prompts)"
+else
+    echo "FAIL: outputs differ or a process did not exit 0 (logs in $LOGS)"
+    exit 1
+fi
