@@ -9,7 +9,8 @@
 // Within a partition keys are processed in chunks of CHUNK with an online softmax, so shared
 // memory does not grow with the context. Scores, softmax and accumulation are f32.
 //
-// Limits (checked by the host): head_dim <= 256, group * head_dim <= ACC * THREADS.
+// Limits (checked by the host): head_dim <= 256, group * head_dim <= ACC * THREADS. A row of KV
+// length 0 (padding) gets zeros.
 //
 // Fast path (head_dim / 8 divides 32, group <= GMAX; every Llama/Qwen shape): K and V are read
 // with 16-byte loads, head_dim / 8 lanes per key, so a warp covers 32 / (head_dim / 8) keys at
@@ -48,6 +49,13 @@ extern "C" __global__ void __launch_bounds__(THREADS) paged_attention(
     const u32 kvh = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
     const u32 group = num_heads / num_kv_heads;
     const u32 kv_len = row_kv_len[row];
+    if (kv_len == 0) {
+        // A padding row of a CUDA-graph batch: no keys, so a zero output and nothing to merge.
+        bf16* o = out + (size_t)row * num_heads * head_dim + (size_t)kvh * group * head_dim;
+        if (split == 0)
+            for (u32 i = threadIdx.x; i < group * head_dim; i += THREADS) o[i] = 0;
+        return;
+    }
     const u32 start = split * part_size;
     if (start >= kv_len) return;
     const u32 end = umin(start + part_size, kv_len);

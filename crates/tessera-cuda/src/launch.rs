@@ -313,3 +313,28 @@ pub fn paged_attention(
     }
     Ok(())
 }
+
+/// Threads of `argmax_rows` (sampling.cu's ARGMAX_THREADS).
+const ARGMAX_THREADS: u32 = 1024;
+
+/// `out[r]` = the greedy choice of row `r` of `logits` (`rows x cols`), for the first `out.len()`
+/// rows.
+pub fn argmax_rows(
+    device: &Device,
+    out: &mut CudaSlice<u32>,
+    logits: &CudaSlice<bf16>,
+    cols: usize,
+) -> Result<()> {
+    let rows = out.len();
+    assert!(cols > 0 && logits.len() >= rows * cols, "argmax_rows over {rows} rows of {cols}");
+    if rows == 0 {
+        return Ok(());
+    }
+    let cols32 = cols as u32;
+    let mut b = device.stream.launch_builder(device.function("argmax_rows"));
+    b.arg(out).arg(logits).arg(&cols32);
+    // SAFETY: one block per row, each reading its own `cols` values of `logits`.
+    unsafe { b.launch(cfg((rows as u32, 1, 1), ARGMAX_THREADS, 0)) }
+        .map(drop)
+        .map_err(backend_err("argmax_rows"))
+}

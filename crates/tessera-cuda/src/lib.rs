@@ -7,11 +7,18 @@
 //! libcuda, libnvrtc and libcublas at run time (`dynamic-loading`), so the build needs no CUDA
 //! toolkit; `CudaBackend::new` names any library it cannot find.
 //!
-//! Architecture invariant: the only crate with CUDA `unsafe`, and within it only `launch.rs`
-//! (kernel launches), `gemm.rs` (cuBLAS) and `device.rs` (driver calls cudarc leaves unsafe).
+//! Decode steps replay CUDA graphs captured at startup (`graphs.rs`); greedy tokens can be chosen
+//! on the device (`sampling.rs`).
+//!
+//! Architecture invariant: the only crate with CUDA `unsafe`: kernel launches (`launch.rs`),
+//! cuBLAS (`gemm.rs`), driver calls cudarc leaves unsafe (`device.rs`), uninitialised
+//! allocations that a kernel fills (`backend.rs`, `sampling.rs`), and `Send` for captured graphs
+//! (`graphs.rs`).
 
 #[cfg(feature = "cuda")]
 mod backend;
+#[cfg(feature = "cuda")]
+mod batch;
 #[cfg(feature = "cuda")]
 mod compile;
 #[cfg(feature = "cuda")]
@@ -19,18 +26,26 @@ mod device;
 #[cfg(feature = "cuda")]
 mod gemm;
 #[cfg(feature = "cuda")]
+mod graphs;
+#[cfg(feature = "cuda")]
 mod launch;
 #[cfg(feature = "cuda")]
 mod profile;
+#[cfg(feature = "cuda")]
+mod sampling;
 #[cfg(feature = "cuda")]
 mod tensor;
 #[cfg(feature = "cuda")]
 mod timing;
 
 #[cfg(feature = "cuda")]
-pub use backend::{CudaBackend, CudaBatch};
+pub use backend::CudaBackend;
+#[cfg(feature = "cuda")]
+pub use batch::{CudaBatch, PAD_SLOT};
 #[cfg(feature = "cuda")]
 pub use device::{check_libraries, MemoryStats};
+#[cfg(feature = "cuda")]
+pub use graphs::{DecodeGraphs, GraphReport};
 #[cfg(feature = "cuda")]
 pub use profile::{profile_num_blocks, ProfileLimits, ProfileReport};
 #[cfg(feature = "cuda")]

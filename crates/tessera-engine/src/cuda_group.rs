@@ -8,7 +8,7 @@
 
 use crate::actors::coordinator::WorkerGroupFactory;
 use crate::error::EngineError;
-use crate::worker::{ArmedFault, ExecutorFactoryArgs, ModelRunner, StepExecutor};
+use crate::worker::{ArmedFault, CudaAccel, DeviceAccel, ExecutorFactoryArgs, ModelRunner, StepExecutor};
 use std::sync::{Arc, Mutex};
 use tessera_core::config::WeightDtype;
 use tessera_core::EngineConfig;
@@ -34,6 +34,11 @@ fn dtype(config: &EngineConfig) -> DType {
         WeightDtype::F32 => DType::F32,
         WeightDtype::Auto | WeightDtype::Bf16 => DType::Bf16,
     }
+}
+
+/// The decode batch sizes captured as CUDA graphs (none when `engine.cuda_graphs` is off).
+fn graph_batch_sizes(config: &EngineConfig) -> Vec<usize> {
+    config.engine.graph_batch_sizes(config.scheduler.max_num_seqs)
 }
 
 fn load(config: &EngineConfig, rank: usize, max_model_len: usize) -> Result<Loaded, String> {
@@ -70,6 +75,7 @@ impl CudaGroupFactory {
                     max_model_len,
                     block_size: config.cache.block_size,
                     gpu_memory_utilization: config.cache.gpu_memory_utilization,
+                    max_graph_batch: graph_batch_sizes(config).last().copied().unwrap_or(0),
                 };
                 let report = profile_num_blocks(&backend, &model, &limits)
                     .map_err(|e| EngineError::Startup(format!("profiling GPU memory: {e}")))?;
@@ -100,7 +106,13 @@ impl WorkerGroupFactory for CudaGroupFactory {
                 Some(loaded) => loaded,
                 None => load(&config, rank, max_model_len)?,
             };
-            let runner = ModelRunner::new(backend, model, num_blocks, config.cache.block_size, true)?;
+            let sizes = graph_batch_sizes(&config);
+            let runner = ModelRunner::new(backend, model, num_blocks, config.cache.block_size, true)?
+                .with_accel(|backend, model, cache| {
+                    let accel: Box<dyn DeviceAccel<CudaBackend>> =
+                        Box::new(CudaAccel::capture(backend, model, cache, &sizes)?);
+                    Ok(accel)
+                })?;
             Ok(Box::new(runner))
         };
         vec![ExecutorFactoryArgs {

@@ -74,6 +74,12 @@ fn argmax(values: &[f32]) -> u32 {
     best as u32
 }
 
+/// Whether the token is just the argmax of the raw logits (greedy, no penalties, no logprobs), so
+/// a device can choose it without sending the logits to the host.
+pub fn is_plain_greedy(params: &SamplingParams) -> bool {
+    params.is_greedy() && params.logprobs.is_none() && !has_penalties(params)
+}
+
 fn has_penalties(params: &SamplingParams) -> bool {
     params.repetition_penalty != 1.0 || params.frequency_penalty != 0.0 || params.presence_penalty != 0.0
 }

@@ -10,7 +10,7 @@ mod scheduler;
 mod server;
 
 pub use cache::CacheConfig;
-pub use engine::{EngineSection, OnWorkerFailure};
+pub use engine::{EngineSection, OnWorkerFailure, DEFAULT_GRAPH_BATCH_SIZES};
 pub use model::{Device, LoadFormat, ModelConfig, WeightDtype};
 pub use parallel::ParallelConfig;
 pub use scheduler::SchedulerConfig;

@@ -1,8 +1,11 @@
 //! Executes step plans on one rank: keeps the mirror of every sequence the plans describe (see
-//! `tessera_core::step`), builds the flattened batch, runs the model, and on rank 0 samples.
+//! `tessera_core::step`), builds the flattened batch, runs the model (replaying a captured graph
+//! when the device has one for the batch), and on rank 0 samples: on the device when every
+//! sampled sequence is plain greedy and the device can pick tokens, else on the host.
 
+use super::accel::DeviceAccel;
 use super::StepExecutor;
-use crate::sampler::{sample, SamplingContext};
+use crate::sampler::{is_plain_greedy, sample, SamplingContext};
 use std::collections::HashMap;
 use tessera_core::step::{SampledToken, StepPlan, StepResult};
 use tessera_core::{RequestId, SamplingParams};
@@ -25,6 +28,9 @@ struct Scheduled {
 }
 
 pub struct ModelRunner<B: Backend> {
+    /// First, so it is dropped first: captured graphs point into the model's weights and the
+    /// cache below, which must outlive them.
+    accel: Option<Box<dyn DeviceAccel<B>>>,
     backend: B,
     model: Model<B>,
     cache: B::KvCache,
@@ -45,7 +51,18 @@ impl<B: Backend> ModelRunner<B> {
         let cache = backend
             .alloc_kv_cache(model.kv_cache_shape(num_blocks, block_size))
             .map_err(|e| e.to_string())?;
-        Ok(ModelRunner { backend, model, cache, block_size, mirrors: HashMap::new(), samples })
+        Ok(ModelRunner { accel: None, backend, model, cache, block_size, mirrors: HashMap::new(), samples })
+    }
+
+    /// Adds the device's shortcuts, built over this runner's model and KV cache (CUDA graphs are
+    /// captured here, so after the cache exists).
+    pub fn with_accel(
+        mut self,
+        build: impl FnOnce(&B, &Model<B>, &mut B::KvCache) -> tessera_model::Result<Box<dyn DeviceAccel<B>>>,
+    ) -> Result<Self, String> {
+        let accel = build(&self.backend, &self.model, &mut self.cache).map_err(|e| e.to_string())?;
+        self.accel = Some(accel);
+        Ok(self)
     }
 
     /// Steps 1-3 of the mirror protocol; returns the scheduled sequences in plan order.
@@ -107,11 +124,45 @@ impl<B: Backend> ModelRunner<B> {
         ModelInput::build(self.block_size, &chunks)
     }
 
-    fn sample_all(&self, scheduled: &[Scheduled], logits: &[f32]) -> Vec<SampledToken> {
+    /// Runs the model over `input`: the logits of an eager run, or `None` when a captured graph
+    /// ran it (its logits are then `accel.replayed_logits()`).
+    fn run_model(&mut self, input: &ModelInput) -> tessera_model::Result<Option<B::Tensor>> {
+        if let Some(accel) = self.accel.as_mut() {
+            if accel.replay(&self.backend, input)? {
+                return Ok(None);
+            }
+        }
+        let batch = self.backend.prepare(input)?;
+        self.model.forward(&self.backend, &batch, &mut self.cache).map(Some)
+    }
+
+    /// One token per sampled sequence, from `logits` (a row per sampled sequence, in plan order,
+    /// possibly followed by padding rows).
+    fn sample_step(
+        &self,
+        scheduled: &[Scheduled],
+        logits: &B::Tensor,
+    ) -> tessera_model::Result<Vec<SampledToken>> {
+        let sampled: Vec<&Scheduled> = scheduled.iter().filter(|s| s.sample).collect();
+        if let Some(accel) = &self.accel {
+            if sampled.iter().all(|s| is_plain_greedy(&self.mirrors[&s.id].params)) {
+                let ids = accel.argmax_rows(&self.backend, logits, sampled.len())?;
+                let tokens = sampled.iter().zip(ids);
+                return Ok(tokens
+                    .map(|(s, token_id)| SampledToken { request_id: s.id, token_id, logprobs: None })
+                    .collect());
+            }
+            let host = accel.rows_to_host(&self.backend, logits, sampled.len())?;
+            return Ok(self.sample_all(&sampled, &host));
+        }
+        let host = self.backend.to_host(logits)?;
+        Ok(self.sample_all(&sampled, &host))
+    }
+
+    fn sample_all(&self, sampled: &[&Scheduled], logits: &[f32]) -> Vec<SampledToken> {
         let vocab = self.model.spec().vocab_size;
-        scheduled
+        sampled
             .iter()
-            .filter(|s| s.sample)
             .zip(logits.chunks_exact(vocab))
             .map(|(s, row)| {
                 let mirror = &self.mirrors[&s.id];
@@ -138,12 +189,15 @@ where
         let mut result = StepResult { step_id: plan.step_id, sampled: Vec::new() };
         if !scheduled.is_empty() {
             let input = self.build_input(&scheduled);
-            let batch = self.backend.prepare(&input).map_err(|e| e.to_string())?;
-            let logits =
-                self.model.forward(&self.backend, &batch, &mut self.cache).map_err(|e| e.to_string())?;
+            let eager = self.run_model(&input).map_err(|e| e.to_string())?;
             if self.samples {
-                let host = self.backend.to_host(&logits).map_err(|e| e.to_string())?;
-                result.sampled = self.sample_all(&scheduled, &host);
+                let logits = match &eager {
+                    Some(logits) => logits,
+                    None => {
+                        self.accel.as_ref().expect("a replay needs a device accelerator").replayed_logits()
+                    }
+                };
+                result.sampled = self.sample_step(&scheduled, logits).map_err(|e| e.to_string())?;
             }
         }
         Ok(self.samples.then_some(result))
