@@ -2,6 +2,8 @@
 //  - silu_mul: out = silu(gate) * up over a fused [rows, 2n] gate|up tensor, in f32.
 //  - add_bias: x[r, c] += bias[c] (q|k|v and o_proj biases; cuBLAS GEMMs here have no epilogue).
 //  - gather_rows: out[i] = x[indices[i]] (the rows whose logits are wanted).
+//  - concat_cols: out[r, p * cols + c] = parts[p, r, c]: the blocks an all-gather stacks rank
+//    after rank, laid side by side as columns (vocab-parallel logits).
 
 extern "C" __global__ void silu_mul(bf16* __restrict__ out, const bf16* __restrict__ gate_up,
                                    u32 rows, u32 n) {
@@ -29,4 +31,14 @@ extern "C" __global__ void gather_rows(bf16* __restrict__ out, const bf16* __res
     const bf16* src = x + (size_t)indices[blockIdx.x] * cols;
     bf16* dst = out + (size_t)blockIdx.x * cols;
     for (u32 i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
+}
+
+extern "C" __global__ void concat_cols(bf16* __restrict__ out, const bf16* __restrict__ parts,
+                                      u32 num_parts, u32 rows, u32 cols) {
+    size_t block = (size_t)rows * cols, total = block * num_parts;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        size_t p = idx / block, r = idx % block / cols, c = idx % cols;
+        out[(r * num_parts + p) * cols + c] = parts[idx];
+    }
 }

@@ -1,61 +1,43 @@
-//! Decode speed against the memory-bandwidth roofline on one GPU.
+//! Decode speed against the memory-bandwidth roofline, on one GPU or a tensor-parallel group.
 //!
 //! Loads a dummy-weight model of a named shape (default Llama 3 8B) in bf16, fills the KV cache of
 //! every sequence by a real prefill of `context - 1` tokens, then times decode steps (one new token
 //! per sequence, the full forward including batch upload and logits) at each batch size, and
 //! measures the device-to-device copy bandwidth in the same run.
 //!
+//! With `--tp N` the model is split over N ranks, threads of this process with rank r on GPU r,
+//! joined by NCCL exactly as the engine joins them; rank 0 reports. The step's collectives are
+//! timed on their own too: the all-reduce of one `[batch, hidden]` activation (two per layer, one
+//! more for a vocab-parallel embedding) and the gather of `[batch, vocab / N]` logits.
+//!
 //! Roofline: a decode step must read every weight it uses once and each sequence's K/V once. The
 //! input embedding table is excluded (a step reads only `batch` of its rows); the lm_head is
-//! included. Bytes over the copy bandwidth (read + written bytes per second) is the floor.
+//! included. Per GPU that is (weights / N + KV / N) over the copy bandwidth (read + written bytes
+//! per second), plus the measured collective time of one step.
 //!
-//! Usage: decode_bench [--shape NAME] [--batches 1,64] [--context 1024] [--iters 30]
+//! Prints a markdown table and, per measurement, one `BENCH key=value ...` line for scripts.
+//! Usage: decode_bench [--shape NAME] [--tp N] [--batches 1,64] [--context 1024] [--iters 30]
 
-use std::time::Instant;
-use tessera_cuda::CudaBackend;
+use std::time::{Duration, Instant};
+use tessera_cuda::{AbortSignal, CommConfig, CudaBackend, NcclId};
 use tessera_model::shapes::dummy_spec;
-use tessera_model::weights::{DummySource, HostTensor, Shard, WeightSource};
-use tessera_model::{DType, Model, ModelInput, SeqChunk, TpRank};
+use tessera_model::weights::DummySource;
+use tessera_model::{Backend, DType, Model, ModelInput, ModelSpec, SeqChunk};
 
 const BLOCK_SIZE: usize = 16;
+/// Collectives timed back to back, per size.
+const COLLECTIVE_ITERS: usize = 50;
+/// Generous: one wait may span a whole 70B prefill step.
+const COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// `DummySource`, generated on every core: a full 2-D tensor is produced as row shards of the
-/// same source in parallel threads, then concatenated. The values are exactly `DummySource`'s
-/// (a shard indexes the full tensor's global positions), only sooner: 8B values on one core take
-/// minutes.
-struct ParallelDummy(DummySource);
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
-impl WeightSource for ParallelDummy {
-    fn get(
-        &self,
-        name: &str,
-        full: &[usize],
-        shard: Shard,
-        dtype: DType,
-    ) -> tessera_model::Result<HostTensor> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
-        let parts = (1..=threads).rev().find(|w| full.len() == 2 && full[0].is_multiple_of(*w)).unwrap_or(1);
-        if !matches!(shard, Shard::Full) || parts == 1 {
-            return self.0.get(name, full, shard, dtype);
-        }
-        let pieces: Vec<HostTensor> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..parts)
-                .map(|rank| {
-                    s.spawn(move || self.0.get(name, full, Shard::Rows { rank, world: parts }, dtype))
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("generator thread")).collect::<Result<_, _>>()
-        })?;
-        let mut data = Vec::with_capacity(pieces.iter().map(|p| p.data.len()).sum());
-        for p in pieces {
-            data.extend_from_slice(&p.data);
-        }
-        Ok(HostTensor { dtype, shape: full.to_vec(), data })
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.0.contains(name)
-    }
+struct Args {
+    shape: String,
+    tp: usize,
+    batches: Vec<usize>,
+    context: usize,
+    iters: usize,
 }
 
 fn arg(args: &[String], flag: &str, default: &str) -> String {
@@ -66,37 +48,62 @@ fn arg(args: &[String], flag: &str, default: &str) -> String {
         .unwrap_or_else(|| default.into())
 }
 
+fn parse_args() -> Result<Args, Error> {
+    let args: Vec<String> = std::env::args().collect();
+    let batches: Vec<usize> =
+        arg(&args, "--batches", "1,64").split(',').map(|b| b.parse()).collect::<Result<_, _>>()?;
+    if batches.is_empty() {
+        return Err("no batch sizes".into());
+    }
+    Ok(Args {
+        shape: arg(&args, "--shape", "llama-3-8b"),
+        tp: arg(&args, "--tp", "1").parse()?,
+        batches,
+        context: arg(&args, "--context", "1024").parse()?,
+        iters: arg(&args, "--iters", "30").parse()?,
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let shape = arg(&args, "--shape", "llama-3-8b");
-    let batches: Vec<usize> =
-        arg(&args, "--batches", "1,64").split(',').map(|b| b.parse()).collect::<Result<_, _>>()?;
-    let context: usize = arg(&args, "--context", "1024").parse()?;
-    let iters: usize = arg(&args, "--iters", "30").parse()?;
-    let max_batch = *batches.iter().max().ok_or("no batch sizes")?;
+/// One batch size's figures, as rank 0 measured them.
+struct Row {
+    batch: usize,
+    wall_ms: f64,
+    device_ms: f64,
+    all_reduce_us: f64,
+    gather_us: f64,
+}
 
-    let spec = dummy_spec(&shape)?;
-    let backend = CudaBackend::new(0)?;
+/// What the whole run measured (rank 0's view).
+struct Report {
+    device: String,
+    load_s: f64,
+    prefill_s: f64,
+    bandwidth: f64,
+    rows: Vec<Row>,
+}
+
+/// Device time of one collective, from `COLLECTIVE_ITERS` back to back.
+fn collective_us(b: &CudaBackend, mut op: impl FnMut() -> tessera_model::Result<()>) -> Result<f64, Error> {
+    op()?;
+    let ms = b.time_ms(|| (0..COLLECTIVE_ITERS).try_for_each(|_| op()))?;
+    Ok(ms * 1e3 / COLLECTIVE_ITERS as f64)
+}
+
+/// Everything one rank does; every rank runs the same steps, so their collectives pair up.
+fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Error> {
+    let (context, max_batch) = (args.context, *args.batches.iter().max().expect("batches"));
     let t = Instant::now();
-    let source = ParallelDummy(DummySource::new(0));
-    let model = Model::load(&backend, &spec, &source, DType::Bf16, TpRank::SINGLE, context + 16)?;
-    backend.synchronize()?;
-    println!(
-        "{shape} on {}: {:.2e} parameters loaded in {:.1} s",
-        backend.device_name(),
-        spec.num_params() as f64,
-        t.elapsed().as_secs_f64()
-    );
+    let model = Model::load(b, spec, &DummySource::new(0), DType::Bf16, b.tp_rank(), context + 16)?;
+    b.synchronize()?;
+    let load_s = t.elapsed().as_secs_f64();
 
     let blocks_per_seq = context.div_ceil(BLOCK_SIZE);
-    let num_blocks = max_batch * blocks_per_seq;
-    let mut cache =
-        tessera_model::Backend::alloc_kv_cache(&backend, model.kv_cache_shape(num_blocks, BLOCK_SIZE))?;
+    let mut cache = b.alloc_kv_cache(model.kv_cache_shape(max_batch * blocks_per_seq, BLOCK_SIZE))?;
     // Sequence s owns blocks s, s + max_batch, ...: interleaved, so paging is not contiguous.
     let tables: Vec<Vec<u32>> =
         (0..max_batch).map(|s| (0..blocks_per_seq).map(|j| (j * max_batch + s) as u32).collect()).collect();
@@ -118,28 +125,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 wants_logits: true,
             })
             .collect();
-        let batch = tessera_model::Backend::prepare(&backend, &ModelInput::build(BLOCK_SIZE, &chunks))?;
-        model.forward(&backend, &batch, &mut cache)?;
+        let batch = b.prepare(&ModelInput::build(BLOCK_SIZE, &chunks))?;
+        model.forward(b, &batch, &mut cache)?;
     }
-    backend.synchronize()?;
+    b.synchronize()?;
     let prefill_s = t.elapsed().as_secs_f64();
-    println!(
-        "prefill: {} x {} tokens in {:.2} s ({:.0} tokens/s)",
-        max_batch,
-        context - 1,
-        prefill_s,
-        (max_batch * (context - 1)) as f64 / prefill_s
-    );
+    let bandwidth = b.copy_bandwidth(1 << 30, 20)?;
 
-    let bandwidth = backend.copy_bandwidth(1 << 30, 20)?;
-    println!("device-to-device copy: {:.0} GB/s (read + write)", bandwidth / 1e9);
-
-    let weight_bytes =
-        (spec.num_params() - spec.vocab_size * spec.hidden_size * usize::from(!spec.tie_word_embeddings)) * 2;
-    println!("| batch | context | step (wall) ms | step (device) ms | weights GB | KV GB | roofline ms | fraction of roofline | tokens/s |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for &b in &batches {
-        let chunks: Vec<SeqChunk> = (0..b)
+    let world = b.tp_rank().world;
+    let mut rows = Vec::new();
+    for &batch_size in &args.batches {
+        let chunks: Vec<SeqChunk> = (0..batch_size)
             .map(|s| SeqChunk {
                 new_tokens: &tokens[s][context - 1..],
                 num_computed_tokens: context - 1,
@@ -149,28 +145,143 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         let input = ModelInput::build(BLOCK_SIZE, &chunks);
         let (mut wall, mut device) = (Vec::new(), Vec::new());
-        for i in 0..iters + 3 {
-            backend.synchronize()?;
+        for i in 0..args.iters + 3 {
+            b.synchronize()?;
             let t = Instant::now();
-            let ms = backend.time_ms(|| {
-                let batch = tessera_model::Backend::prepare(&backend, &input)?;
-                model.forward(&backend, &batch, &mut cache)
+            let ms = b.time_ms(|| {
+                let batch = b.prepare(&input)?;
+                model.forward(b, &batch, &mut cache)
             })?;
             if i >= 3 {
                 wall.push(t.elapsed().as_secs_f64() * 1e3);
                 device.push(ms);
             }
         }
-        let kv_bytes = b * context * spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 2;
-        let roofline_ms = (weight_bytes + kv_bytes) as f64 / bandwidth * 1e3;
-        let (wall, device) = (median(wall), median(device));
-        println!(
-            "| {b} | {context} | {wall:.2} | {device:.2} | {:.2} | {:.2} | {roofline_ms:.2} | {:.1}% | {:.0} |",
-            weight_bytes as f64 / 1e9,
-            kv_bytes as f64 / 1e9,
-            100.0 * roofline_ms / wall,
-            b as f64 / wall * 1e3
-        );
+        let (mut all_reduce_us, mut gather_us) = (0.0, 0.0);
+        if world > 1 {
+            let ones = vec![1.0; batch_size * spec.hidden_size];
+            let mut x = b.tensor_from_host(batch_size, spec.hidden_size, &ones)?;
+            all_reduce_us = collective_us(b, || b.all_reduce(&mut x))?;
+            let shard = spec.vocab_size / world;
+            let logits = b.tensor_from_host(batch_size, shard, &vec![0.5; batch_size * shard])?;
+            gather_us = collective_us(b, || b.all_gather_cols(&logits).map(drop))?;
+        }
+        rows.push(Row {
+            batch: batch_size,
+            wall_ms: median(wall),
+            device_ms: median(device),
+            all_reduce_us,
+            gather_us,
+        });
     }
+    Ok(Report { device: b.device_name(), load_s, prefill_s, bandwidth, rows })
+}
+
+/// Runs every rank (threads, rank r on GPU r) and returns rank 0's report.
+fn run_group(spec: &ModelSpec, args: &Args) -> Result<Report, Error> {
+    if args.tp == 1 {
+        return run_rank(&CudaBackend::new(0)?, spec, args);
+    }
+    let (id, signal) = (NcclId::new()?, AbortSignal::new());
+    let mut reports: Vec<Result<Report, Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..args.tp)
+            .map(|rank| {
+                let signal = signal.clone();
+                s.spawn(move || {
+                    let config = CommConfig::new(id, rank, args.tp, COLLECTIVE_TIMEOUT, signal.clone());
+                    let result = CudaBackend::new_in_group(rank, &config)
+                        .map_err(Error::from)
+                        .and_then(|b| run_rank(&b, spec, args));
+                    if let Err(err) = &result {
+                        signal.abort(&format!("rank {rank}: {err}"));
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("rank thread")).collect()
+    });
+    if let Some(reason) = signal.reason() {
+        return Err(reason.into());
+    }
+    reports.swap_remove(0)
+}
+
+fn main() -> Result<(), Error> {
+    let args = parse_args()?;
+    let spec = dummy_spec(&args.shape)?;
+    let tp = args.tp;
+    if tp == 0 || spec.num_kv_heads % tp != 0 || spec.num_heads % tp != 0 {
+        return Err(format!(
+            "--tp {tp} must divide the heads ({}) and KV heads ({})",
+            spec.num_heads, spec.num_kv_heads
+        )
+        .into());
+    }
+    let report = run_group(&spec, &args)?;
+    let context = args.context;
+    let max_batch = *args.batches.iter().max().expect("batches");
+    println!(
+        "{} at TP={tp} on {}: {:.2e} parameters loaded in {:.1} s",
+        args.shape,
+        report.device,
+        spec.num_params() as f64,
+        report.load_s
+    );
+    println!(
+        "prefill: {max_batch} x {} tokens in {:.2} s ({:.0} tokens/s)",
+        context - 1,
+        report.prefill_s,
+        (max_batch * (context - 1)) as f64 / report.prefill_s
+    );
+    println!("device-to-device copy: {:.0} GB/s (read + write)", report.bandwidth / 1e9);
+
+    let weight_bytes =
+        (spec.num_params() - spec.vocab_size * spec.hidden_size * usize::from(!spec.tie_word_embeddings)) * 2;
+    // The model's rule: the embedding and lm_head are split over the ranks when the vocabulary
+    // divides evenly; then the embedding costs one more all-reduce and the logits one gather.
+    let vocab_parallel = tp > 1 && spec.vocab_size.is_multiple_of(tp);
+    let num_all_reduces = if tp > 1 { 2 * spec.num_layers + usize::from(vocab_parallel) } else { 0 };
+    println!(
+        "| TP | batch | context | step (wall) ms | step (device) ms | weights GB/GPU | KV GB/GPU | all-reduce us | \
+         gather us | roofline ms | fraction of roofline | tokens/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut lines = Vec::new();
+    for row in &report.rows {
+        let b = row.batch;
+        let kv_bytes = b * context * spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 2;
+        let (weights_gpu, kv_gpu) = (weight_bytes as f64 / tp as f64, kv_bytes as f64 / tp as f64);
+        let gather_us = if vocab_parallel { row.gather_us } else { 0.0 };
+        let collectives_ms = (num_all_reduces as f64 * row.all_reduce_us + gather_us) / 1e3;
+        let roofline_ms = (weights_gpu + kv_gpu) / report.bandwidth * 1e3 + collectives_ms;
+        let fraction = roofline_ms / row.wall_ms;
+        let tokens_per_s = b as f64 / row.wall_ms * 1e3;
+        println!(
+            "| {tp} | {b} | {context} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {roofline_ms:.2} | {:.1}% | {:.0} |",
+            row.wall_ms,
+            row.device_ms,
+            weights_gpu / 1e9,
+            kv_gpu / 1e9,
+            row.all_reduce_us,
+            gather_us,
+            100.0 * fraction,
+            tokens_per_s
+        );
+        lines.push(format!(
+            "BENCH shape={} tp={tp} batch={b} context={context} wall_ms={:.3} device_ms={:.3} \
+             weights_gb_per_gpu={:.3} kv_gb_per_gpu={:.3} copy_gbps={:.0} allreduce_us={:.2} allreduces={num_all_reduces} \
+             gather_us={:.2} roofline_ms={roofline_ms:.3} fraction={fraction:.4} tokens_per_s={tokens_per_s:.1}",
+            args.shape,
+            row.wall_ms,
+            row.device_ms,
+            weights_gpu / 1e9,
+            kv_gpu / 1e9,
+            report.bandwidth / 1e9,
+            row.all_reduce_us,
+            gather_us,
+        ));
+    }
+    lines.iter().for_each(|line| println!("{line}"));
     Ok(())
 }

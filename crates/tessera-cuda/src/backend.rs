@@ -2,17 +2,25 @@
 
 use crate::batch::{encode, CudaBatch};
 use crate::device::{backend_err, Device, MemoryStats};
-use crate::launch::{self, AttentionMeta, Heads, ATTN_CHUNK};
+use crate::launch::{self, Heads, PrefillTiles, ATTN_CHUNK};
+use crate::nccl::{CommConfig, NcclComm};
 use crate::tensor::{CudaKvCache, CudaRope, CudaTensor};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use tessera_model::weights::HostTensor;
-use tessera_model::{Backend, DType, KvCacheShape, ModelError, ModelInput, QkvLayout, Result};
+use tessera_model::{Backend, DType, KvCacheShape, ModelError, ModelInput, QkvLayout, Result, TpRank};
 
 pub struct CudaBackend {
     pub(crate) device: Device,
     ordinal: usize,
+    /// The rank's tensor-parallel communicator; `None` on a single GPU.
+    pub(crate) comm: Option<NcclComm>,
 }
+
+/// Steps where some sequence computes at least this many tokens run attention on tensor cores,
+/// tile by tile (`prefill_attention`); pure decode steps keep `paged_attention`, whose split along
+/// the context fills the GPU when there are few rows.
+const PREFILL_MIN_QUERY_LEN: usize = 8;
 
 fn heads(layout: QkvLayout) -> Heads {
     Heads {
@@ -33,7 +41,22 @@ fn to_bf16(tensor: &HostTensor) -> Vec<bf16> {
 impl CudaBackend {
     /// A backend on GPU `ordinal`: creates its context and stream and loads every kernel.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { device: Device::new(ordinal)?, ordinal })
+        Ok(CudaBackend { device: Device::new(ordinal)?, ordinal, comm: None })
+    }
+
+    /// A backend on GPU `ordinal` that is rank `config.rank` of a tensor-parallel group: creates
+    /// the NCCL communicator (bounded by `config.init_timeout`), so every rank of the group must
+    /// call this at about the same time.
+    pub fn new_in_group(ordinal: usize, config: &CommConfig) -> Result<Self> {
+        let mut backend = Self::new(ordinal)?;
+        backend.comm = Some(NcclComm::from_rank(backend.device.stream.clone(), config)?);
+        Ok(backend)
+    }
+
+    /// This backend's place in its tensor-parallel group (`TpRank::SINGLE` on a single GPU), as
+    /// `Model::load` takes it.
+    pub fn tp_rank(&self) -> TpRank {
+        self.comm.as_ref().map_or(TpRank::SINGLE, |c| TpRank { rank: c.rank(), world: c.world() })
     }
 
     pub fn ordinal(&self) -> usize {
@@ -44,20 +67,41 @@ impl CudaBackend {
         self.device.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
     }
 
+    // The device's own synchronisations below find the stream idle: `synchronize` has waited,
+    // within the collective deadline when there is a group.
     pub fn memory_stats(&self) -> Result<MemoryStats> {
+        self.synchronize()?;
         self.device.memory_stats()
     }
 
     pub fn reset_peak_memory(&self) -> Result<()> {
+        self.synchronize()?;
         self.device.reset_peak()
     }
 
     pub fn trim_memory_pool(&self) -> Result<()> {
+        self.synchronize()?;
         self.device.trim_pool()
     }
 
+    /// In a group, returns once every rank has called it too, waiting at most `timeout` (for
+    /// points where peers may lag by more than the collective deadline, such as after loading
+    /// weights); on one GPU it returns at once.
+    pub fn wait_for_group(&self, timeout: std::time::Duration) -> Result<()> {
+        match &self.comm {
+            Some(comm) => comm.barrier(timeout, "waiting for the other ranks to load"),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for everything enqueued so far. In a group it polls against
+    /// `parallel.collective_timeout_ms` instead of blocking in the driver, which would wait
+    /// forever behind a collective whose peer never comes.
     pub fn synchronize(&self) -> Result<()> {
-        self.device.stream.synchronize().map_err(backend_err("synchronize"))
+        match &self.comm {
+            Some(comm) => comm.wait_idle("waiting for the GPU's work"),
+            None => self.device.stream.synchronize().map_err(backend_err("synchronize")),
+        }
     }
 
     /// Copies host values (rounded to bf16) into a new device tensor.
@@ -68,7 +112,7 @@ impl CudaBackend {
         Ok(CudaTensor { rows, cols, data })
     }
 
-    fn alloc(&self, len: usize) -> Result<CudaSlice<bf16>> {
+    pub(crate) fn alloc(&self, len: usize) -> Result<CudaSlice<bf16>> {
         // SAFETY: every caller hands the buffer to a kernel or GEMM that writes all of it.
         unsafe { self.device.stream.alloc::<bf16>(len.max(1)) }.map_err(backend_err("alloc"))
     }
@@ -79,7 +123,7 @@ impl CudaBackend {
     }
 
     /// A tensor of rows x cols (its buffer holds one element when that is zero).
-    fn tensor(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+    pub(crate) fn tensor(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
         Ok(CudaTensor { rows, cols, data: self.alloc(rows * cols)? })
     }
 
@@ -256,21 +300,35 @@ impl Backend for CudaBackend {
             "block beyond the cache"
         );
         let rows = qkv.rows;
+        let (k, v) = &cache.layers[layer];
+        if batch.bounds.max_query_len >= PREFILL_MIN_QUERY_LEN
+            && launch::prefill_attention_supports(heads(layout))
+        {
+            let mut out = self.tensor(rows, layout.q_width())?;
+            let meta = batch.attention_meta(0, 1);
+            let tiles = PrefillTiles {
+                row_start: batch.view(&batch.layout.tile_row_start),
+                num_rows: batch.view(&batch.layout.tile_num_rows),
+            };
+            launch::prefill_attention(
+                &self.device,
+                &mut out.data,
+                &qkv.data,
+                k,
+                v,
+                &meta,
+                &tiles,
+                heads(layout),
+            )?;
+            return Ok(out);
+        }
         let part_size = self.part_size(rows, layout.num_kv_heads, batch.bounds.max_kv_len);
         let max_splits = batch.bounds.max_kv_len.div_ceil(part_size).max(1);
         let partials = if max_splits > 1 { rows * layout.num_heads * max_splits } else { 0 };
         let mut part_o = self.alloc_f32(partials * layout.head_dim)?;
         let mut part_ml = self.alloc_f32(partials * 2)?;
         let mut out = self.tensor(rows, layout.q_width())?;
-        let meta = AttentionMeta {
-            block_tables: batch.view(&batch.layout.block_tables),
-            row_table_start: batch.view(&batch.layout.row_table_start),
-            row_kv_len: batch.view(&batch.layout.row_kv_len),
-            block_size: batch.block_size as u32,
-            part_size: part_size as u32,
-            max_splits: max_splits as u32,
-        };
-        let (k, v) = &cache.layers[layer];
+        let meta = batch.attention_meta(part_size, max_splits);
         launch::paged_attention(
             &self.device,
             &mut out.data,
@@ -300,18 +358,24 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
-    fn all_reduce(&self, _x: &mut CudaTensor) -> Result<()> {
-        // A single-GPU backend: the sum over a group of one is the tensor itself.
-        Ok(())
+    fn all_reduce(&self, x: &mut CudaTensor) -> Result<()> {
+        self.all_reduce_sum(x)
     }
 
     fn all_gather_cols(&self, x: &CudaTensor) -> Result<CudaTensor> {
-        let data = self.device.stream.clone_dtod(&x.data).map_err(backend_err("copy"))?;
-        Ok(CudaTensor { rows: x.rows, cols: x.cols, data })
+        self.gather_cols(x)
     }
 
     fn to_host(&self, x: &CudaTensor) -> Result<Vec<f32>> {
+        if self.comm.is_some() {
+            // The copy would block in the driver until the stream gets there; wait boundedly first.
+            self.synchronize()?;
+        }
         let host = self.device.stream.clone_dtoh(&x.data).map_err(backend_err("copy to host"))?;
         Ok(host[..x.len()].iter().map(|v| v.to_f32()).collect())
+    }
+
+    fn end_step(&self) -> Result<()> {
+        self.synchronize()
     }
 }

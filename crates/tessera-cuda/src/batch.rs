@@ -2,11 +2,13 @@
 //! uploads its metadata with one copy, plus the host-side bounds the launchers check against.
 //!
 //! Layout, for `rows` token rows: token ids, positions, slots, logits indices, each row's offset
-//! into the block tables, each row's KV length, then the block tables themselves. The tables go
-//! last because their length varies from step to step while everything before them is `rows`
-//! long, which is what lets a CUDA graph captured for `rows` rows read any later batch padded to
-//! that size from the same buffer (`graphs.rs`).
+//! into the block tables, each row's KV length, then the block tables themselves, then the tiles
+//! of `prefill_attention` (first row and row count of each). Everything before the tables is
+//! `rows` long, which is what lets a CUDA graph captured for `rows` rows read any later batch
+//! padded to that size from the same buffer (`graphs.rs`); the tables vary in length from step to
+//! step, and the tiles after them serve prefill steps only, which graphs never run.
 
+use crate::launch::{AttentionMeta, PREFILL_TILE_ROWS};
 use cudarc::driver::{CudaSlice, CudaView};
 use std::ops::Range;
 use tessera_model::ModelInput;
@@ -25,6 +27,8 @@ pub struct Layout {
     pub row_table_start: Range<usize>,
     pub row_kv_len: Range<usize>,
     pub block_tables: Range<usize>,
+    pub tile_row_start: Range<usize>,
+    pub tile_num_rows: Range<usize>,
 }
 
 /// The largest values of the real (non-padding) rows, for host-side checks; 0 when there are none.
@@ -34,6 +38,8 @@ pub struct Bounds {
     pub max_position: usize,
     pub max_slot: usize,
     pub max_block: usize,
+    /// The most tokens any sequence computes this step (1 for pure decode).
+    pub max_query_len: usize,
 }
 
 /// A batch's metadata on the host, ready to upload.
@@ -63,7 +69,7 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
         })
         .collect();
     let table_len: usize = tables.iter().map(|t| t.len()).sum();
-    let mut meta = Vec::with_capacity(5 * rows + num_logits + table_len);
+    let mut meta = Vec::with_capacity(7 * rows + num_logits + table_len);
     let section = |meta: &mut Vec<u32>, values: &mut dyn Iterator<Item = u32>, len: usize| {
         let start = meta.len();
         meta.extend(values);
@@ -101,10 +107,21 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
         max_position: input.positions.iter().copied().max().unwrap_or(0) as usize,
         max_slot: input.slot_mapping.iter().copied().max().unwrap_or(0) as usize,
         max_block: tables.iter().flat_map(|t| t.iter().copied()).max().unwrap_or(0) as usize,
+        max_query_len: input.seqs.iter().map(|s| s.query_len).max().unwrap_or(0),
     };
     let row_table_start = section(&mut meta, &mut table_start.into_iter(), rows);
     let row_kv_len = section(&mut meta, &mut kv_len.into_iter(), rows);
     let block_tables = section(&mut meta, &mut tables.iter().flat_map(|t| t.iter().copied()), table_len);
+    let (mut tile_starts, mut tile_rows) = (Vec::new(), Vec::new());
+    for seq in &input.seqs {
+        for first in (0..seq.query_len).step_by(PREFILL_TILE_ROWS) {
+            tile_starts.push((seq.query_start + first) as u32);
+            tile_rows.push((seq.query_len - first).min(PREFILL_TILE_ROWS) as u32);
+        }
+    }
+    let num_tiles = tile_starts.len();
+    let tile_row_start = section(&mut meta, &mut tile_starts.into_iter(), num_tiles);
+    let tile_num_rows = section(&mut meta, &mut tile_rows.into_iter(), num_tiles);
     Encoded {
         meta,
         layout: Layout {
@@ -115,6 +132,8 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
             row_table_start,
             row_kv_len,
             block_tables,
+            tile_row_start,
+            tile_num_rows,
         },
         bounds,
     }
@@ -124,8 +143,8 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
 ///
 /// An eager batch's bounds are those of its rows. A graph's batch (`graphs.rs`) carries capacity
 /// bounds instead: `max_kv_len` is the longest context any replay may bring (so attention splits
-/// its partitions for that, whatever the context of a later step), the others 0; the graph code
-/// checks each replayed batch against the cache before uploading it.
+/// its partitions for that, whatever the context of a later step), `max_query_len` 1 (decode),
+/// the others 0; the graph code checks each replayed batch against the cache before uploading it.
 pub struct CudaBatch {
     pub(crate) meta: CudaSlice<u32>,
     pub(crate) layout: Layout,
@@ -140,6 +159,17 @@ impl CudaBatch {
 
     pub fn num_tokens(&self) -> usize {
         self.layout.token_ids.len()
+    }
+
+    pub(crate) fn attention_meta(&self, part_size: usize, max_splits: usize) -> AttentionMeta<'_> {
+        AttentionMeta {
+            block_tables: self.view(&self.layout.block_tables),
+            row_table_start: self.view(&self.layout.row_table_start),
+            row_kv_len: self.view(&self.layout.row_kv_len),
+            block_size: self.block_size as u32,
+            part_size: part_size as u32,
+            max_splits: max_splits as u32,
+        }
     }
 
     /// Gives the metadata buffer back (a graph's static buffer outlives each capture's batch).
@@ -178,8 +208,11 @@ mod tests {
         assert_eq!(e.meta[e.layout.row_table_start.clone()], [0, 2]);
         assert_eq!(e.meta[e.layout.row_kv_len.clone()], [6, 1]);
         assert_eq!(e.meta[e.layout.block_tables.clone()], [3, 9, 4]);
-        assert_eq!(e.layout.block_tables.end, e.meta.len());
-        assert_eq!(e.bounds, Bounds { max_kv_len: 6, max_position: 5, max_slot: 37, max_block: 9 });
+        assert_eq!(e.meta[e.layout.tile_row_start.clone()], [0, 1]);
+        assert_eq!(e.meta[e.layout.tile_num_rows.clone()], [1, 1]);
+        assert_eq!(e.layout.tile_num_rows.end, e.meta.len());
+        let bounds = Bounds { max_kv_len: 6, max_position: 5, max_slot: 37, max_block: 9, max_query_len: 1 };
+        assert_eq!(e.bounds, bounds);
     }
 
     #[test]
@@ -225,5 +258,8 @@ mod tests {
         let e = encode(&input, 3);
         assert_eq!(e.meta[e.layout.row_kv_len.clone()], [3, 4, 5]);
         assert!(e.layout.logits_indices.is_empty());
+        assert_eq!(e.meta[e.layout.tile_row_start.clone()], [0]);
+        assert_eq!(e.meta[e.layout.tile_num_rows.clone()], [3]);
+        assert_eq!(e.bounds.max_query_len, 3);
     }
 }

@@ -42,6 +42,12 @@ pub fn check_libraries() -> Result<()> {
     )))
 }
 
+/// How many CUDA devices this process sees.
+pub fn device_count() -> Result<usize> {
+    check_libraries()?;
+    CudaContext::device_count().map(|n| n as usize).map_err(backend_err("device count"))
+}
+
 /// Device memory, in bytes. The pool figures cover everything the backend allocates (weights,
 /// activations, KV cache all come from the device's stream-ordered memory pool).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,13 +89,14 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
 }
 
 /// Kernel entry points of each family (their `extern "C"` names).
-const ENTRIES: [(&str, &[&str]); 7] = [
+const ENTRIES: [(&str, &[&str]); 8] = [
     ("embedding", &["embedding"]),
     ("norm", &["rms_norm", "add_rms_norm", "qk_norm"]),
     ("rope", &["rope"]),
-    ("activation", &["silu_mul", "add_bias", "gather_rows"]),
+    ("activation", &["silu_mul", "add_bias", "gather_rows", "concat_cols"]),
     ("kv_cache", &["write_kv"]),
     ("attention", &["paged_attention", "attention_reduce"]),
+    ("prefill_attention", &["prefill_attention_d64", "prefill_attention_d128"]),
     ("sampling", &["argmax_rows"]),
 ];
 

@@ -74,7 +74,8 @@ fn capture_batch(meta: CudaSlice<u32>, rows: usize, block_size: usize, max_model
     let mut layout: Layout = encode(&ModelInput { block_size, ..Default::default() }, rows).layout;
     layout.block_tables = layout.block_tables.start..layout.block_tables.start + rows * table_width;
     assert!(layout.block_tables.end <= meta.len(), "graph metadata buffer too small");
-    CudaBatch { meta, layout, bounds: Bounds { max_kv_len: max_model_len, ..Bounds::default() }, block_size }
+    let bounds = Bounds { max_kv_len: max_model_len, max_query_len: 1, ..Bounds::default() };
+    CudaBatch { meta, layout, bounds, block_size }
 }
 
 /// Uploads the all-padding metadata of `rows` rows into the front of `meta`.

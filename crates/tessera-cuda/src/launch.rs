@@ -218,6 +218,27 @@ pub fn gather_rows(
         .map_err(backend_err("gather_rows"))
 }
 
+/// `out[r, p * cols + c] = parts[p, r, c]` for `num_parts` blocks of `rows x cols`.
+pub fn concat_cols(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    parts: &CudaSlice<bf16>,
+    num_parts: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let total = num_parts * rows * cols;
+    if total == 0 {
+        return Ok(());
+    }
+    assert!(out.len() >= total && parts.len() >= total, "concat_cols shapes");
+    let (n, r, c) = (num_parts as u32, rows as u32, cols as u32);
+    let mut b = device.stream.launch_builder(device.function("concat_cols"));
+    b.arg(out).arg(parts).arg(&n).arg(&r).arg(&c);
+    // SAFETY: both buffers hold at least num_parts x rows x cols values.
+    unsafe { b.launch(elementwise(device, total)) }.map(drop).map_err(backend_err("concat_cols"))
+}
+
 pub fn write_kv(
     device: &Device,
     k_cache: &mut CudaSlice<bf16>,
@@ -311,6 +332,59 @@ pub fn paged_attention(
         unsafe { b.launch(cfg((heads.num_heads, rows as u32, 1), row_threads(d).min(128), 0)) }
             .map_err(backend_err("attention_reduce"))?;
     }
+    Ok(())
+}
+
+/// Query rows per tile of `prefill_attention` (one mma row block).
+pub const PREFILL_TILE_ROWS: usize = 16;
+
+/// Whether `prefill_attention` handles this head layout: head_dim 64 or 128 and one warp per
+/// query head of a KV group (at most 8).
+pub fn prefill_attention_supports(heads: Heads) -> bool {
+    let group = heads.num_heads / heads.num_kv_heads;
+    matches!(heads.head_dim, 64 | 128) && (1..=8).contains(&group)
+}
+
+/// Tiles of up to `PREFILL_TILE_ROWS` consecutive rows of one sequence: their first rows and row
+/// counts.
+pub struct PrefillTiles<'a> {
+    pub row_start: CudaView<'a, u32>,
+    pub num_rows: CudaView<'a, u32>,
+}
+
+/// Tensor-core attention for every row of the batch, tile by tile (see prefill_attention.cu).
+#[allow(clippy::too_many_arguments)]
+pub fn prefill_attention(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    qkv: &CudaSlice<bf16>,
+    k_cache: &CudaSlice<bf16>,
+    v_cache: &CudaSlice<bf16>,
+    meta: &AttentionMeta<'_>,
+    tiles: &PrefillTiles<'_>,
+    heads: Heads,
+) -> Result<()> {
+    let rows = meta.row_kv_len.len();
+    heads.check(qkv.len(), rows);
+    assert!(prefill_attention_supports(heads), "prefill_attention: head_dim {}", heads.head_dim);
+    assert_eq!(out.len(), rows * (heads.num_heads * heads.head_dim) as usize);
+    let num_tiles = tiles.row_start.len();
+    assert!(num_tiles <= 65535, "prefill attention over {num_tiles} tiles exceeds the grid");
+    if num_tiles == 0 {
+        return Ok(());
+    }
+    let group = heads.num_heads / heads.num_kv_heads;
+    let scale = 1.0 / (heads.head_dim as f32).sqrt();
+    let name = if heads.head_dim == 64 { "prefill_attention_d64" } else { "prefill_attention_d128" };
+    let mut b = device.stream.launch_builder(device.function(name));
+    b.arg(&mut *out).arg(qkv).arg(k_cache).arg(v_cache);
+    b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
+    b.arg(&tiles.row_start).arg(&tiles.num_rows).arg(&scale);
+    b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width).arg(&meta.block_size);
+    // SAFETY: tiles cover rows of the batch within one sequence each (built by `prepare`), and
+    // block tables, lengths and slots were validated on the host.
+    unsafe { b.launch(cfg((heads.num_kv_heads, num_tiles as u32, 1), 32 * group, 0)) }
+        .map_err(backend_err("prefill_attention"))?;
     Ok(())
 }
 

@@ -7,18 +7,24 @@
 //! libcuda, libnvrtc and libcublas at run time (`dynamic-loading`), so the build needs no CUDA
 //! toolkit; `CudaBackend::new` names any library it cannot find.
 //!
+//! Tensor parallelism: `CudaBackend::new_in_group` joins an NCCL group (`nccl/`); its all-reduce
+//! and logits gather then run over NCCL, and every host wait on the group's work is bounded by
+//! the collective deadline.
+//!
 //! Decode steps replay CUDA graphs captured at startup (`graphs.rs`); greedy tokens can be chosen
 //! on the device (`sampling.rs`).
 //!
 //! Architecture invariant: the only crate with CUDA `unsafe`: kernel launches (`launch.rs`),
-//! cuBLAS (`gemm.rs`), driver calls cudarc leaves unsafe (`device.rs`), uninitialised
-//! allocations that a kernel fills (`backend.rs`, `sampling.rs`), and `Send` for captured graphs
-//! (`graphs.rs`).
+//! cuBLAS (`gemm.rs`), driver calls cudarc leaves unsafe (`device.rs`), NCCL calls
+//! (`nccl/ffi.rs`), uninitialised allocations that a kernel fills (`backend.rs`, `sampling.rs`),
+//! and `Send` for captured graphs (`graphs.rs`).
 
 #[cfg(feature = "cuda")]
 mod backend;
 #[cfg(feature = "cuda")]
 mod batch;
+#[cfg(feature = "cuda")]
+mod collective;
 #[cfg(feature = "cuda")]
 mod compile;
 #[cfg(feature = "cuda")]
@@ -29,6 +35,8 @@ mod gemm;
 mod graphs;
 #[cfg(feature = "cuda")]
 mod launch;
+#[cfg(feature = "cuda")]
+mod nccl;
 #[cfg(feature = "cuda")]
 mod profile;
 #[cfg(feature = "cuda")]
@@ -43,9 +51,11 @@ pub use backend::CudaBackend;
 #[cfg(feature = "cuda")]
 pub use batch::{CudaBatch, PAD_SLOT};
 #[cfg(feature = "cuda")]
-pub use device::{check_libraries, MemoryStats};
+pub use device::{check_libraries, device_count, MemoryStats};
 #[cfg(feature = "cuda")]
 pub use graphs::{DecodeGraphs, GraphReport};
+#[cfg(feature = "cuda")]
+pub use nccl::{nccl_version, AbortSignal, CommConfig, NcclComm, NcclId};
 #[cfg(feature = "cuda")]
 pub use profile::{profile_num_blocks, ProfileLimits, ProfileReport};
 #[cfg(feature = "cuda")]

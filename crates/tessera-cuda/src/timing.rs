@@ -37,6 +37,8 @@ impl CudaBackend {
         let start = stream.record_event(flags).map_err(backend_err("event"))?;
         f()?;
         let end = stream.record_event(flags).map_err(backend_err("event"))?;
+        // Bounded by the collective deadline when the work includes collectives.
+        self.synchronize()?;
         Ok(start.elapsed_ms(&end).map_err(backend_err("event timing"))? as f64)
     }
 }

@@ -275,6 +275,17 @@ fn paged_attention_prefill_chunks_and_decode() {
             32,
         ),
         (
+            // Tensor-core prefill with the largest group (8 warps), tiles cut by sequence ends.
+            "group 8 prefill chunks over prefix hits",
+            QkvLayout { num_heads: 64, num_kv_heads: 8, head_dim: 128 },
+            vec![
+                Seq { computed: 100, query: 40 },
+                Seq { computed: 7, query: 17 },
+                Seq { computed: 0, query: 1 },
+            ],
+            16,
+        ),
+        (
             "MHA head_dim 64, block 8",
             QkvLayout { num_heads: 4, num_kv_heads: 4, head_dim: 64 },
             vec![Seq { computed: 70, query: 2 }],

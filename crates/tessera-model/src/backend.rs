@@ -135,4 +135,10 @@ pub trait Backend {
     fn all_gather_cols(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// Copies a tensor to host memory, row-major.
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+    /// Returns once the step's device work, collectives included, has finished, or fails if it
+    /// cannot: a backend with a collective deadline never waits past it. Workers call it at the
+    /// end of every step, so a rank's reply means its step is done.
+    fn end_step(&self) -> Result<()> {
+        Ok(())
+    }
 }

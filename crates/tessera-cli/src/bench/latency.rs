@@ -140,8 +140,8 @@ fn elem_bytes(config: &EngineConfig, spec: &tessera_model::ModelSpec) -> (usize,
     }
 }
 
-/// The device's limits: given by flags, else measured on the CPU; a GPU needs both flags (its
-/// datasheet figures), since nothing here can probe one.
+/// The device's limits: given by flags, else measured here (on the CPU, or on GPU 0 in a build
+/// with the `cuda` feature).
 fn hardware(config: &EngineConfig, opts: &Options) -> anyhow::Result<Option<Hardware>> {
     let tp = config.parallel.tensor_parallel_size;
     let (bw, tflops) = match (config.device, opts.bandwidth_gbps, opts.matrix_tflops) {
@@ -152,6 +152,15 @@ fn hardware(config: &EngineConfig, opts: &Options) -> anyhow::Result<Option<Hard
             eprintln!("CPU: {bw:.1} GB/s copy bandwidth, {:.1} GFLOP/s f32 GEMM", tf * 1e3);
             (bw, tf)
         }
+        #[cfg(feature = "cuda")]
+        (Device::Cuda, bw, tf) => {
+            let (measured_bw, measured_tf) = super::gpu_probe::measure()?;
+            eprintln!(
+                "GPU 0: {measured_bw:.0} GB/s copy bandwidth, {measured_tf:.0} TFLOP/s bf16 GEMM (measured)"
+            );
+            (bw.unwrap_or(measured_bw), tf.unwrap_or(measured_tf))
+        }
+        #[cfg(not(feature = "cuda"))]
         (Device::Cuda, _, _) => {
             eprintln!(
                 "no roofline: pass --bandwidth-gbps and --tflops for the GPU (e.g. H100 SXM: 3350, 989)"

@@ -4,6 +4,8 @@
 
 mod arrivals;
 mod dataset;
+#[cfg(feature = "cuda")]
+mod gpu_probe;
 mod latency;
 mod metrics;
 mod probe;
@@ -80,10 +82,10 @@ pub struct LatencyArgs {
     num_iters: usize,
     #[arg(long, default_value_t = 1)]
     num_iters_warmup: usize,
-    /// Memory bandwidth per device in GB/s; measured when omitted on the CPU.
+    /// Memory bandwidth per device in GB/s; measured (CPU, or GPU 0 with `cuda`) when omitted.
     #[arg(long)]
     bandwidth_gbps: Option<f64>,
-    /// Dense matrix rate per device in TFLOP/s at the compute dtype; measured when omitted on the CPU.
+    /// Dense matrix rate per device in TFLOP/s at the compute dtype; measured when omitted.
     #[arg(long)]
     tflops: Option<f64>,
     #[arg(long, default_value_t = 0)]

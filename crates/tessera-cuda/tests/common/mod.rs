@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod group;
+
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::path::PathBuf;

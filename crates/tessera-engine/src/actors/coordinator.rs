@@ -9,7 +9,10 @@ use crate::health::{Health, HealthState};
 use crate::metrics;
 use crate::worker::{ExecutorFactoryArgs, WorkerReply};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tessera_core::config::{EngineSection, OnWorkerFailure};
 use tessera_core::step::StepResult;
@@ -74,6 +77,22 @@ async fn spawn_workers(
     }
 }
 
+/// The first of the pending replies to arrive, removed from `pending`, with its rank.
+async fn next_reply(
+    pending: &mut Vec<(usize, oneshot::Receiver<WorkerReply>)>,
+) -> (usize, Result<WorkerReply, oneshot::error::RecvError>) {
+    std::future::poll_fn(|cx| {
+        for i in 0..pending.len() {
+            if let Poll::Ready(reply) = Pin::new(&mut pending[i].1).poll(cx) {
+                let (rank, _) = pending.swap_remove(i);
+                return Poll::Ready((rank, reply));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 impl CoordinatorState {
     /// Runs one step; `Err` carries why the group failed.
     async fn step(&mut self) -> Result<bool, String> {
@@ -90,18 +109,24 @@ impl CoordinatorState {
                 .map_err(|e| format!("worker gone: {e}"))?;
             replies.push(rx);
         }
+        // Replies are taken as they come, so the first rank to fail fails the step at once,
+        // even while a lower rank is still stuck (it would otherwise hold the error back until
+        // the step deadline).
+        let mut pending: Vec<(usize, oneshot::Receiver<WorkerReply>)> =
+            replies.into_iter().enumerate().collect();
         let mut result: Option<StepResult> = None;
-        for (rank, rx) in replies.into_iter().enumerate() {
-            match timeout_at(deadline, rx).await {
+        while !pending.is_empty() {
+            match timeout_at(deadline, next_reply(&mut pending)).await {
                 Err(_) => {
+                    let waiting: Vec<usize> = pending.iter().map(|(rank, _)| *rank).collect();
                     return Err(format!(
-                        "step {} exceeded step_timeout_ms ({} ms) waiting for rank {rank}",
+                        "step {} exceeded step_timeout_ms ({} ms) waiting for rank(s) {waiting:?}",
                         plan.step_id, self.args.config.step_timeout_ms
-                    ))
+                    ));
                 }
-                Ok(Err(_)) => return Err(format!("rank {rank} stopped without replying")),
-                Ok(Ok(Err(err))) => return Err(err),
-                Ok(Ok(Ok(reply))) => result = result.or(reply),
+                Ok((rank, Err(_))) => return Err(format!("rank {rank} stopped without replying")),
+                Ok((_, Ok(Err(err)))) => return Err(err),
+                Ok((_, Ok(Ok(reply)))) => result = result.or(reply),
             }
         }
         let result = result.ok_or("rank 0 returned no step result")?;
@@ -221,5 +246,33 @@ impl Actor for CoordinatorActor {
             tracing::warn!(actor = %cell.get_id(), %err, "worker actor failed");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replies_are_taken_in_arrival_order_not_rank_order() {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..3).map(|_| oneshot::channel::<WorkerReply>()).unzip();
+        let mut pending: Vec<(usize, oneshot::Receiver<WorkerReply>)> =
+            receivers.into_iter().enumerate().collect();
+        let mut senders: Vec<Option<oneshot::Sender<WorkerReply>>> = senders.into_iter().map(Some).collect();
+        // Rank 0 is stuck; rank 2 fails first.
+        senders[2].take().unwrap().send(Err("rank 2: collective timed out".into())).unwrap();
+        let (rank, reply) = next_reply(&mut pending).await;
+        assert_eq!(rank, 2);
+        assert_eq!(reply.unwrap(), Err("rank 2: collective timed out".to_string()));
+        senders[1].take().unwrap().send(Ok(None)).unwrap();
+        let (rank, reply) = next_reply(&mut pending).await;
+        assert_eq!((rank, reply.unwrap()), (1, Ok(None)));
+        // A dropped sender is a rank that stopped without replying.
+        drop(senders[0].take());
+        let (rank, reply) = next_reply(&mut pending).await;
+        assert_eq!(rank, 0);
+        assert!(reply.is_err());
+        assert!(pending.is_empty());
     }
 }

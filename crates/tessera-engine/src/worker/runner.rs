@@ -190,6 +190,8 @@ where
         if !scheduled.is_empty() {
             let input = self.build_input(&scheduled);
             let eager = self.run_model(&input).map_err(|e| e.to_string())?;
+            // Every rank's reply means its step (collectives included) is done, or it failed.
+            self.backend.end_step().map_err(|e| e.to_string())?;
             if self.samples {
                 let logits = match &eager {
                     Some(logits) => logits,

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The benchmark issue's GPU runs, Llama-3-8B shape with dummy weights on GPU 0:
+#   tessera   - `bench latency` at batch 1 and 64 (1024 in / 128 out), then `tessera serve` and
+#               `bench serve` at max concurrency 256, 64, 16 (256 prompts each) and 1;
+#   baseline  - scripts/bench/transformers_baseline.py on the same shape and workloads.
+# Run both modes back to back on one machine so that they are measured in one session. JSON and
+# logs go to $OUT/bench (or ./gpu-logs/bench); a table is printed by scripts/gpu/bench_table.py.
+#
+#   scripts/gpu/bench_8b.sh tessera|baseline [BIN]
+#
+# CONC1_PROMPTS (default 32) sets the prompts at concurrency 1: there every request runs alone, so
+# 32 give the same per-request figures as 256 in an eighth of the device time.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+MODE=${1:?usage: bench_8b.sh tessera|baseline [BIN]}
+BIN=${2:-.gpu/tessera}
+LOGS="${OUT:-$PWD/gpu-logs}/bench"
+PORT=${PORT:-8021}
+CONC1_PROMPTS=${CONC1_PROMPTS:-32}
+mkdir -p "$LOGS"
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export NCCL_NVLS_ENABLE=0
+export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
+status=0
+
+tessera() {
+    for b in 1 64; do
+        "$BIN" bench latency --device cuda --dummy llama-3-8b --max-model-len 2048 --batch-size "$b" \
+            --input-len 1024 --output-len 128 --num-iters 3 --json "$LOGS/latency-b$b.json" \
+            >"$LOGS/latency-b$b.log" 2>&1 || { echo "bench latency batch $b failed"; status=1; }
+        tail -n 15 "$LOGS/latency-b$b.log"
+    done
+
+    "$BIN" serve --device cuda --dummy llama-3-8b --max-model-len 2048 --max-num-seqs 256 \
+        --host 127.0.0.1 --port "$PORT" >"$LOGS/serve.log" 2>&1 &
+    local pid=$!
+    trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' RETURN
+    for _ in $(seq 1 600); do
+        curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break
+        kill -0 $pid 2>/dev/null || { echo "server exited before ready"; tail -n 20 "$LOGS/serve.log"; return 1; }
+        sleep 0.5
+    done
+    for c in 256 64 16 1; do
+        local n=256
+        [ "$c" = 1 ] && n=$CONC1_PROMPTS
+        "$BIN" bench serve --url "http://127.0.0.1:$PORT" --num-prompts "$n" --input-len 1024 \
+            --output-len 128 --max-concurrency "$c" --seed 0 --json "$LOGS/serve-c$c.json" \
+            >"$LOGS/serve-c$c.log" 2>&1 || { echo "bench serve concurrency $c failed"; status=1; }
+        tail -n 25 "$LOGS/serve-c$c.log"
+    done
+}
+
+baseline() {
+    PYTHONUNBUFFERED=1 python3 scripts/bench/transformers_baseline.py --shape llama-3-8b \
+        --num-prompts 256 --latency-iters 1 >"$LOGS/transformers.json" 2>"$LOGS/transformers.log" \
+        || { echo "baseline failed"; tail -n 30 "$LOGS/transformers.log"; status=1; }
+    cat "$LOGS/transformers.json"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOGS/gpu-$MODE.txt"
+case $MODE in
+    tessera) tessera ;;
+    baseline) baseline ;;
+    *) echo "unknown mode $MODE"; exit 2 ;;
+esac
+python3 scripts/gpu/bench_table.py "$LOGS" || status=1
+exit $status

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Prints the benchmark issue's results table (markdown) from the JSON files bench_8b.sh writes.
+
+Rooflines use the GPU limits `bench latency` measured in the same run (copy bandwidth, bf16 GEMM
+rate). For `bench serve` the roofline is the workload's lower bound on duration: every prompt's
+prefill at the GEMM rate, plus ceil(N / C) waves of (output_len - 1) decode steps each reading the
+weights once and each sequence's KV at its mean context at the copy bandwidth (no overlap of
+prefill with decode, which a real engine can exploit only partly).
+"""
+
+import json
+import math
+import pathlib
+import sys
+
+
+def load(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def main(logs):
+    logs = pathlib.Path(logs)
+    base = load(logs / "transformers.json") or {}
+    base_lat = {r["batch_size"]: r for r in base.get("latency", [])}
+    lat = {b: load(logs / f"latency-b{b}.json") for b in (1, 64)}
+    print("| workload | Tessera | transformers | roofline | Tessera / roofline | Tessera / transformers |")
+    print("|---|---|---|---|---|---|")
+    for b, r in lat.items():
+        if not r:
+            continue
+        ours = r["median_decode_step_ms"]
+        roof = r.get("roofline_decode_step_ms")
+        theirs = base_lat.get(b, {}).get("median_decode_step_ms")
+        print(
+            f"| decode step, batch {b}, {r['input_len']} in / {r['output_len']} out (ms) | {ours:.2f} | "
+            f"{theirs and f'{theirs:.2f}' or '-'} | {roof and f'{roof:.2f}' or '-'} | "
+            f"{roof and f'{roof / ours:.1%}' or '-'} | {theirs and f'{theirs / ours:.1f}x' or '-'} |"
+        )
+    ref = lat.get(1)
+    for c in (1, 16, 64, 256):
+        s = load(logs / f"serve-c{c}.json")
+        if not s:
+            continue
+        n, out = s["completed"], s["total_output_tokens"]
+        roof = None
+        if ref and ref.get("hardware") and n:
+            hw, cost = ref["hardware"], ref["cost"]
+            input_len, output_len = ref["input_len"], ref["output_len"]
+            mean_ctx = input_len + output_len / 2
+            kv_per_token = cost["kv_bytes_per_decode_step"] / mean_ctx
+            prefill = n * cost["prefill_flops"] / (hw["matrix_tflops"] * 1e12)
+            waves = math.ceil(n / c)
+            per_wave = min(c, n)
+            step = (cost["weight_bytes"] + per_wave * mean_ctx * kv_per_token) / (hw["bandwidth_gbps"] * 1e9)
+            duration = prefill + waves * (output_len - 1) * step
+            roof = out / duration
+        theirs = base.get("throughput", {}).get("output_throughput") if c == 256 else None
+        ours = s["output_throughput"]
+        print(
+            f"| serve {n} prompts, concurrency {c}: output tok/s (TTFT {s['median_ttft_ms']:.0f} ms, "
+            f"TPOT {s['median_tpot_ms']:.2f} ms, failed {s['failed']}) | {ours:.0f} | "
+            f"{theirs and f'{theirs:.0f}' or '-'} | {roof and f'{roof:.0f}' or '-'} | "
+            f"{roof and f'{ours / roof:.1%}' or '-'} | {theirs and f'{ours / theirs:.1f}x' or '-'} |"
+        )
+    if base:
+        print(f"\nbaseline: transformers {base.get('transformers_version')}, torch {base.get('torch_version')}, "
+              f"throughput mode: {base.get('throughput', {}).get('mode')}")
+    if ref and ref.get("hardware"):
+        hw = ref["hardware"]
+        print(f"measured: {hw['bandwidth_gbps']:.0f} GB/s copy, {hw['matrix_tflops']:.0f} TFLOP/s bf16 GEMM")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "gpu-logs/bench")
