@@ -205,3 +205,150 @@ where
         Ok(self.samples.then_some(result))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tessera_core::step::{CachedSequence, NewSequence};
+    use tessera_core::BlockId;
+    use tessera_cpu::{CpuBackend, CpuTensor};
+    use tessera_model::shapes::dummy_spec;
+    use tessera_model::weights::DummySource;
+    use tessera_model::{DType, TpRank};
+
+    const VOCAB: usize = 512;
+    /// Rows of the fake graph's logits: a batch of two or one is padded to this.
+    const PADDED: usize = 4;
+
+    #[derive(Debug, Default, PartialEq)]
+    struct Calls {
+        replays: usize,
+        argmax: usize,
+        to_host: usize,
+    }
+
+    /// "Replays" every decode step with logits whose row `r` peaks at token `10 + r` (padding
+    /// rows included), and records what the runner asked of it.
+    struct FakeAccel {
+        calls: Arc<Mutex<Calls>>,
+        logits: CpuTensor,
+    }
+
+    impl DeviceAccel<CpuBackend> for FakeAccel {
+        fn replay(&mut self, _: &CpuBackend, input: &ModelInput) -> tessera_model::Result<bool> {
+            let decode = input.seqs.iter().all(|s| s.query_len == 1) && input.seqs.len() <= PADDED;
+            self.calls.lock().unwrap().replays += usize::from(decode);
+            Ok(decode)
+        }
+
+        fn replayed_logits(&self) -> &CpuTensor {
+            &self.logits
+        }
+
+        fn rows_to_host(
+            &self,
+            _: &CpuBackend,
+            logits: &CpuTensor,
+            rows: usize,
+        ) -> tessera_model::Result<Vec<f32>> {
+            self.calls.lock().unwrap().to_host += 1;
+            Ok(logits.data[..rows * logits.cols].to_vec())
+        }
+
+        fn argmax_rows(
+            &self,
+            _: &CpuBackend,
+            logits: &CpuTensor,
+            rows: usize,
+        ) -> tessera_model::Result<Vec<u32>> {
+            self.calls.lock().unwrap().argmax += 1;
+            Ok((0..rows).map(|r| tessera_model::argmax(logits.row(r))).collect())
+        }
+    }
+
+    fn runner(calls: Option<Arc<Mutex<Calls>>>) -> ModelRunner<CpuBackend> {
+        let backend = CpuBackend::new();
+        let spec = dummy_spec("tiny").unwrap();
+        assert_eq!(spec.vocab_size, VOCAB);
+        let model =
+            Model::load(&backend, &spec, &DummySource::new(1), DType::F32, TpRank::SINGLE, 64).unwrap();
+        let runner = ModelRunner::new(backend, model, 16, 4, true).unwrap();
+        let Some(calls) = calls else { return runner };
+        let mut logits = CpuTensor::zeros(PADDED, VOCAB);
+        (0..PADDED).for_each(|r| logits.row_mut(r)[10 + r] = 5.0);
+        runner.with_accel(|_, _, _| Ok(Box::new(FakeAccel { calls, logits }))).unwrap()
+    }
+
+    fn params(logprobs: Option<u32>) -> SamplingParams {
+        SamplingParams { logprobs, seed: Some(7), ..SamplingParams::greedy(8) }
+    }
+
+    fn new_seq(id: u64, params: SamplingParams, first_block: u32) -> NewSequence {
+        NewSequence {
+            request_id: RequestId(id),
+            prompt_token_ids: vec![5, 6, 7],
+            output_token_ids: Vec::new(),
+            sampling_params: params,
+            block_table: vec![BlockId(first_block), BlockId(first_block + 2)],
+            num_computed_tokens: 0,
+            num_scheduled_tokens: 3,
+            sample: true,
+        }
+    }
+
+    fn decode(id: u64, token: u32, num_computed_tokens: usize) -> CachedSequence {
+        CachedSequence {
+            request_id: RequestId(id),
+            new_token_ids: vec![token],
+            new_block_ids: Vec::new(),
+            num_computed_tokens,
+            num_scheduled_tokens: 1,
+            sample: true,
+        }
+    }
+
+    fn tokens(result: &StepResult) -> Vec<u32> {
+        result.sampled.iter().map(|s| s.token_id).collect()
+    }
+
+    #[test]
+    fn replayed_steps_sample_their_own_rows_on_the_device_only_when_plain_greedy() {
+        let calls = Arc::new(Mutex::new(Calls::default()));
+        let (mut fast, mut plain) = (runner(Some(calls.clone())), runner(None));
+        // A prefill runs eagerly; one sequence wants logprobs, so both sample on the host, and
+        // exactly as a runner without shortcuts does.
+        let prefill = StepPlan {
+            step_id: 0,
+            new_sequences: vec![new_seq(1, params(None), 0), new_seq(2, params(Some(2)), 1)],
+            ..Default::default()
+        };
+        let first = fast.execute(&prefill).unwrap().unwrap();
+        assert_eq!(first.sampled, plain.execute(&prefill).unwrap().unwrap().sampled);
+        assert_eq!(*calls.lock().unwrap(), Calls { replays: 0, argmax: 0, to_host: 1 });
+        let (t1, t2) = (first.sampled[0].token_id, first.sampled[1].token_id);
+
+        // A decode step of both is replayed; the host samples rows 0 and 1 of the padded logits.
+        let step = StepPlan {
+            step_id: 1,
+            cached_sequences: vec![decode(1, t1, 3), decode(2, t2, 3)],
+            ..Default::default()
+        };
+        let second = fast.execute(&step).unwrap().unwrap();
+        assert_eq!(tokens(&second), [10, 11]);
+        assert!(second.sampled[1].logprobs.is_some(), "logprobs come from the host sampler");
+        assert_eq!(*calls.lock().unwrap(), Calls { replays: 1, argmax: 0, to_host: 2 });
+
+        // Only plain greedy left: the device picks the token, padding rows are not sampled.
+        let step = StepPlan {
+            step_id: 2,
+            cached_sequences: vec![decode(1, 10, 4)],
+            finished_ids: vec![RequestId(2)],
+            ..Default::default()
+        };
+        let third = fast.execute(&step).unwrap().unwrap();
+        assert_eq!(tokens(&third), [10]);
+        assert!(third.sampled[0].logprobs.is_none());
+        assert_eq!(*calls.lock().unwrap(), Calls { replays: 2, argmax: 1, to_host: 2 });
+    }
+}
