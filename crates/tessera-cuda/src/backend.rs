@@ -127,17 +127,19 @@ impl CudaBackend {
         Ok(CudaTensor { rows, cols, data: self.alloc(rows * cols)? })
     }
 
-    /// Keys per partition: a row is split along its context only when rows x KV heads alone
-    /// would leave the GPU's multiprocessors idle (small decode batches with long contexts).
-    fn part_size(&self, rows: usize, num_kv_heads: usize, max_kv_len: usize) -> usize {
+    /// Partitions per row in `paged_attention`'s grid: a row is split along its context only when
+    /// rows x KV heads alone would leave the multiprocessors idle (small decode batches with long
+    /// contexts), into at most as many partitions as `max_kv_len` has chunks. The kernels size
+    /// the partitions from the batch's longest context on the device (attention.cu's
+    /// `partition_size`), so for a graph's batch, whose `max_kv_len` is a capacity bound, a short
+    /// context is split as an eager step of as many rows would split it.
+    fn max_splits(&self, rows: usize, num_kv_heads: usize, max_kv_len: usize) -> usize {
         let blocks = rows * num_kv_heads;
         let target = 2 * self.device.num_sms as usize;
-        let whole = max_kv_len.div_ceil(ATTN_CHUNK).max(1) * ATTN_CHUNK;
         if blocks >= target {
-            return whole;
+            return 1;
         }
-        let splits = target.div_ceil(blocks.max(1));
-        (max_kv_len.div_ceil(splits).div_ceil(ATTN_CHUNK).max(1) * ATTN_CHUNK).min(whole)
+        target.div_ceil(blocks.max(1)).min(max_kv_len.div_ceil(ATTN_CHUNK)).max(1)
     }
 }
 
@@ -305,7 +307,7 @@ impl Backend for CudaBackend {
             && launch::prefill_attention_supports(heads(layout))
         {
             let mut out = self.tensor(rows, layout.q_width())?;
-            let meta = batch.attention_meta(0, 1);
+            let meta = batch.attention_meta(1);
             let tiles = PrefillTiles {
                 row_start: batch.view(&batch.layout.tile_row_start),
                 num_rows: batch.view(&batch.layout.tile_num_rows),
@@ -322,13 +324,12 @@ impl Backend for CudaBackend {
             )?;
             return Ok(out);
         }
-        let part_size = self.part_size(rows, layout.num_kv_heads, batch.bounds.max_kv_len);
-        let max_splits = batch.bounds.max_kv_len.div_ceil(part_size).max(1);
+        let max_splits = self.max_splits(rows, layout.num_kv_heads, batch.bounds.max_kv_len);
         let partials = if max_splits > 1 { rows * layout.num_heads * max_splits } else { 0 };
         let mut part_o = self.alloc_f32(partials * layout.head_dim)?;
         let mut part_ml = self.alloc_f32(partials * 2)?;
         let mut out = self.tensor(rows, layout.q_width())?;
-        let meta = batch.attention_meta(part_size, max_splits);
+        let meta = batch.attention_meta(max_splits);
         launch::paged_attention(
             &self.device,
             &mut out.data,

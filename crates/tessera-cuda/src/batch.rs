@@ -1,8 +1,9 @@
 //! A step's `ModelInput` as the kernels read it: every index array in one `u32` buffer, so a step
 //! uploads its metadata with one copy, plus the host-side bounds the launchers check against.
 //!
-//! Layout, for `rows` token rows: token ids, positions, slots, logits indices, each row's offset
-//! into the block tables, each row's KV length, then the block tables themselves, then the tiles
+//! Layout, for `rows` token rows: the batch's longest KV length (one value, which attention
+//! partitions by), token ids, positions, slots, logits indices, each row's offset into the block
+//! tables, each row's KV length, then the block tables themselves, then the tiles
 //! of `prefill_attention` (first row and row count of each). Everything before the tables is
 //! `rows` long, which is what lets a CUDA graph captured for `rows` rows read any later batch
 //! padded to that size from the same buffer (`graphs.rs`); the tables vary in length from step to
@@ -20,6 +21,7 @@ pub const PAD_SLOT: u32 = u32::MAX;
 /// Where each array lives in the metadata buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
+    pub max_kv_len: Range<usize>,
     pub token_ids: Range<usize>,
     pub positions: Range<usize>,
     pub slot_mapping: Range<usize>,
@@ -69,7 +71,7 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
         })
         .collect();
     let table_len: usize = tables.iter().map(|t| t.len()).sum();
-    let mut meta = Vec::with_capacity(7 * rows + num_logits + table_len);
+    let mut meta = Vec::with_capacity(1 + 7 * rows + num_logits + table_len);
     let section = |meta: &mut Vec<u32>, values: &mut dyn Iterator<Item = u32>, len: usize| {
         let start = meta.len();
         meta.extend(values);
@@ -77,6 +79,8 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
         start..meta.len()
     };
     let pad = rows - n;
+    // Filled in once the rows' KV lengths are known.
+    let max_kv_len = section(&mut meta, &mut std::iter::once(0), 1);
     let token_ids =
         section(&mut meta, &mut input.token_ids.iter().copied().chain(std::iter::repeat_n(0, pad)), rows);
     let positions =
@@ -109,6 +113,7 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
         max_block: tables.iter().flat_map(|t| t.iter().copied()).max().unwrap_or(0) as usize,
         max_query_len: input.seqs.iter().map(|s| s.query_len).max().unwrap_or(0),
     };
+    meta[max_kv_len.start] = bounds.max_kv_len as u32;
     let row_table_start = section(&mut meta, &mut table_start.into_iter(), rows);
     let row_kv_len = section(&mut meta, &mut kv_len.into_iter(), rows);
     let block_tables = section(&mut meta, &mut tables.iter().flat_map(|t| t.iter().copied()), table_len);
@@ -125,6 +130,7 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
     Encoded {
         meta,
         layout: Layout {
+            max_kv_len,
             token_ids,
             positions,
             slot_mapping,
@@ -142,9 +148,10 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
 /// A batch on the device: the metadata buffer, its layout, and the bounds launchers check.
 ///
 /// An eager batch's bounds are those of its rows. A graph's batch (`graphs.rs`) carries capacity
-/// bounds instead: `max_kv_len` is the longest context any replay may bring (so attention splits
-/// its partitions for that, whatever the context of a later step), `max_query_len` 1 (decode),
-/// the others 0; the graph code checks each replayed batch against the cache before uploading it.
+/// bounds instead: `max_kv_len` is the longest context any replay may bring (so attention's grid
+/// has room for the partitions of any later step; each replay's own longest context is in the
+/// metadata), `max_query_len` 1 (decode), the others 0; the graph code checks each replayed
+/// batch against the cache before uploading it.
 pub struct CudaBatch {
     pub(crate) meta: CudaSlice<u32>,
     pub(crate) layout: Layout,
@@ -161,13 +168,13 @@ impl CudaBatch {
         self.layout.token_ids.len()
     }
 
-    pub(crate) fn attention_meta(&self, part_size: usize, max_splits: usize) -> AttentionMeta<'_> {
+    pub(crate) fn attention_meta(&self, max_splits: usize) -> AttentionMeta<'_> {
         AttentionMeta {
             block_tables: self.view(&self.layout.block_tables),
             row_table_start: self.view(&self.layout.row_table_start),
             row_kv_len: self.view(&self.layout.row_kv_len),
             block_size: self.block_size as u32,
-            part_size: part_size as u32,
+            max_kv_len: self.view(&self.layout.max_kv_len),
             max_splits: max_splits as u32,
         }
     }
@@ -201,6 +208,7 @@ mod tests {
     #[test]
     fn unpadded_layout_is_compact_with_tables_last() {
         let e = encode(&decode_input(), 2);
+        assert_eq!(e.meta[e.layout.max_kv_len.clone()], [6]);
         assert_eq!(e.meta[e.layout.token_ids.clone()], [7, 8]);
         assert_eq!(e.meta[e.layout.positions.clone()], [5, 0]);
         assert_eq!(e.meta[e.layout.slot_mapping.clone()], [9 * 4 + 1, 4 * 4]);
@@ -220,7 +228,8 @@ mod tests {
         let e = encode(&decode_input(), 4);
         let l = &e.layout;
         // Everything but the tables sits at the same place for any batch padded to 4 rows.
-        assert_eq!((l.token_ids.start, l.row_kv_len.end, l.block_tables.start), (0, 24, 24));
+        assert_eq!((l.token_ids.start, l.row_kv_len.end, l.block_tables.start), (1, 25, 25));
+        assert_eq!(e.meta[l.max_kv_len.clone()], [6], "padding rows do not count");
         assert_eq!(e.meta[l.token_ids.clone()], [7, 8, 0, 0]);
         assert_eq!(e.meta[l.slot_mapping.clone()], [37, 16, PAD_SLOT, PAD_SLOT]);
         assert_eq!(e.meta[l.logits_indices.clone()], [0, 1, 2, 3]);

@@ -9,8 +9,9 @@
 //!   copied into `meta`, laid out for the captured size (`batch.rs`: every array but the block
 //!   tables is `rows` long, the tables go last and may be any length up to the capacity).
 //! - Launch shapes: the row count, so a batch is padded up to the next captured size (padding
-//!   rows write no KV and read none); attention's context partitions, sized at capture for
-//!   `max_model_len` (the batch's capacity bound), so any later context fits.
+//!   rows write no KV and read none); attention's grid, with room for the partitions of a context
+//!   of `max_model_len` (the kernels size the partitions from each replay's longest context, which
+//!   is in `meta`, so a short context is not split coarser than an eager step would split it).
 //!
 //! Everything else a step varies (tokens, positions, slots, block tables, context lengths) is data
 //! in `meta`. Prefill and mixed steps run eagerly; so do decode batches larger than the largest
@@ -30,11 +31,11 @@ use cudarc::driver::{CudaGraph, CudaSlice};
 use std::time::Instant;
 use tessera_model::{Model, ModelError, ModelInput, Result};
 
-/// `u32` entries of the metadata of `rows` decode rows with up to `table_width` blocks each:
-/// six per-row arrays (tokens, positions, slots, logits indices, table offsets, KV lengths), then
-/// the tables.
+/// `u32` entries of the metadata of `rows` decode rows with up to `table_width` blocks each: the
+/// batch's longest context, six per-row arrays (tokens, positions, slots, logits indices, table
+/// offsets, KV lengths), then the tables (`batch.rs`).
 fn meta_capacity(rows: usize, table_width: usize) -> usize {
-    rows * (6 + table_width)
+    1 + rows * (6 + table_width)
 }
 
 /// What one capture measured.

@@ -275,8 +275,10 @@ pub struct AttentionMeta<'a> {
     pub row_table_start: CudaView<'a, u32>,
     pub row_kv_len: CudaView<'a, u32>,
     pub block_size: u32,
-    /// Keys per partition (a multiple of the chunk), and the most partitions of any row.
-    pub part_size: u32,
+    /// The batch's longest context (one value on the device): the kernels split it `max_splits`
+    /// ways, in whole chunks, so a captured graph partitions each replay for its own contexts.
+    pub max_kv_len: CudaView<'a, u32>,
+    /// The grid's partitions per row: the most any row may use.
     pub max_splits: u32,
 }
 
@@ -298,6 +300,7 @@ pub fn paged_attention(
     assert!(d <= 256 && group * d <= ATTN_ACC * ATTN_THREADS, "attention: head_dim {d}, group {group}");
     assert!(rows <= 65535, "attention over {rows} rows exceeds the grid");
     assert_eq!(out.len(), rows * heads.num_heads as usize * d);
+    assert!(meta.max_kv_len.len() == 1 && meta.max_splits >= 1, "attention: the batch's context bound");
     let splits = meta.max_splits as usize;
     if splits > 1 {
         assert!(part_o.len() >= rows * heads.num_heads as usize * splits * d, "partials too small");
@@ -318,7 +321,7 @@ pub fn paged_attention(
     b.arg(&mut *out).arg(&mut *part_o).arg(&mut *part_ml).arg(qkv).arg(k_cache).arg(v_cache);
     b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len).arg(&scale);
     b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim).arg(&heads.row_width);
-    b.arg(&meta.block_size).arg(&meta.part_size).arg(&meta.max_splits);
+    b.arg(&meta.block_size).arg(&meta.max_kv_len).arg(&meta.max_splits);
     let grid = (heads.num_kv_heads, rows as u32, meta.max_splits);
     // SAFETY: block tables, lengths and slots were validated on the host (`prepare`); partials
     // hold max_splits entries per (row, head) when rows are split.
@@ -327,7 +330,7 @@ pub fn paged_attention(
     if splits > 1 {
         let mut b = device.stream.launch_builder(device.function("attention_reduce"));
         b.arg(out).arg(&*part_o).arg(&*part_ml).arg(&meta.row_kv_len).arg(&heads.num_heads);
-        b.arg(&heads.head_dim).arg(&meta.part_size).arg(&meta.max_splits);
+        b.arg(&heads.head_dim).arg(&meta.max_kv_len).arg(&meta.max_splits);
         // SAFETY: reads the partials written above for rows with more than one partition.
         unsafe { b.launch(cfg((heads.num_heads, rows as u32, 1), row_threads(d).min(128), 0)) }
             .map_err(backend_err("attention_reduce"))?;
