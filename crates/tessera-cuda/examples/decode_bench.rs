@@ -18,12 +18,14 @@
 //! With `--graphs` every batch size is also captured as a CUDA graph (as the engine does for
 //! decode) and timed replaying it: the metadata upload plus one graph launch instead of the
 //! eager forward's launches. Each row says its `mode` (eager or graph); the graph rows also give
-//! how many sequences' greedy tokens differ from the eager step's (attention splits the context
-//! for the model's whole length in a graph, so rounding may differ, rarely the token).
+//! how many sequences' greedy tokens differ from the eager step's (cuBLAS may pick other GEMM
+//! kernels for a padded batch, so rounding may differ, rarely the token).
+//! `--max-model-len N` (default context + 16) is the model's limit, which a graph's attention grid
+//! must have room for; a large N shows whether replays of short contexts pay for it.
 //!
 //! Prints a markdown table and, per measurement, one `BENCH key=value ...` line for scripts.
 //! Usage: decode_bench [--shape NAME] [--tp N] [--batches 1,64] [--context 1024] [--iters 30]
-//!        [--graphs]
+//!        [--graphs] [--max-model-len N]
 
 use std::time::{Duration, Instant};
 use tessera_cuda::{AbortSignal, CommConfig, CudaBackend, DecodeGraphs, NcclId};
@@ -46,6 +48,8 @@ struct Args {
     context: usize,
     iters: usize,
     graphs: bool,
+    /// The model's context limit: it bounds a graph's attention grid (default context + 16).
+    max_model_len: Option<usize>,
 }
 
 fn arg(args: &[String], flag: &str, default: &str) -> String {
@@ -70,6 +74,12 @@ fn parse_args() -> Result<Args, Error> {
         context: arg(&args, "--context", "1024").parse()?,
         iters: arg(&args, "--iters", "30").parse()?,
         graphs: args.iter().any(|a| a == "--graphs"),
+        max_model_len: args
+            .iter()
+            .any(|a| a == "--max-model-len")
+            .then(|| arg(&args, "--max-model-len", ""))
+            .map(|v| v.parse())
+            .transpose()?,
     })
 }
 
@@ -131,7 +141,11 @@ fn collective_us(b: &CudaBackend, mut op: impl FnMut() -> tessera_model::Result<
 fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Error> {
     let (context, max_batch) = (args.context, *args.batches.iter().max().expect("batches"));
     let t = Instant::now();
-    let model = Model::load(b, spec, &DummySource::new(0), DType::Bf16, b.tp_rank(), context + 16)?;
+    let max_model_len = args.max_model_len.unwrap_or(context + 16);
+    if max_model_len <= context {
+        return Err(format!("--max-model-len {max_model_len} must exceed the context {context}").into());
+    }
+    let model = Model::load(b, spec, &DummySource::new(0), DType::Bf16, b.tp_rank(), max_model_len)?;
     b.synchronize()?;
     let load_s = t.elapsed().as_secs_f64();
 
