@@ -53,7 +53,7 @@ if [ -x .gpu/decode_bench ]; then
 fi
 
 # The measured figures, in one file.
-grep -hE "reference f32|llama-3.2-1b shape|diverges|transformers bf16|relative error|agreement|diverge|identical|profile:|graph|BENCH_RATIO|SKIPPED|panicked" "$LOGS"/*.log >"$LOGS/figures.txt" || true
+grep -hE "reference f32|llama-3.2-1b shape|diverges|transformers bf16|relative error|agreement|diverge|identical|profile:|graph|BENCH_RATIO|gpu sampling|argmax_rows|SKIPPED|panicked" "$LOGS"/*.log >"$LOGS/figures.txt" || true
 echo
 printf '%s\n' "${SUMMARY[@]}" | tee "$LOGS/summary.txt"
 exit $failed

@@ -97,7 +97,7 @@ const ENTRIES: [(&str, &[&str]); 8] = [
     ("kv_cache", &["write_kv"]),
     ("attention", &["paged_attention", "attention_reduce"]),
     ("prefill_attention", &["prefill_attention_d64", "prefill_attention_d128"]),
-    ("sampling", &["argmax_rows"]),
+    ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
 ];
 
 impl Device {

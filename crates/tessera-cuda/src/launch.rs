@@ -415,3 +415,51 @@ pub fn argmax_rows(
         .map(drop)
         .map_err(backend_err("argmax_rows"))
 }
+
+/// Threads of `penalize_rows` and `sample_rows` (sampling.cu's SAMPLE_THREADS).
+const SAMPLE_THREADS: u32 = 1024;
+/// f32 parameters per row of `penalize_rows` and `sample_rows` (sampling.cu's FP_COUNT).
+pub const SAMPLE_FPARAMS: usize = 6;
+
+/// Per-row inputs of the sampling kernels, on the device.
+pub struct SampleArgs<'a> {
+    /// `[rows, SAMPLE_FPARAMS]`: temperature, top_p, min_p, repetition, frequency, presence.
+    pub fparams: &'a CudaSlice<f32>,
+    pub top_ks: &'a CudaSlice<u32>,
+    pub uniforms: &'a CudaSlice<f64>,
+    /// CSR of each row's distinct prompt and output tokens with their output counts.
+    pub pen_offsets: &'a CudaSlice<u32>,
+    pub pen_tokens: &'a CudaSlice<u32>,
+    pub pen_counts: &'a CudaSlice<u32>,
+}
+
+/// `out[r]` = the token sampled from row `r` of `logits` (`rows x vocab`, rows = `out.len()`),
+/// through the f32 scratch `work` (`rows x vocab`), which gets the penalised logits.
+pub fn sample_rows(
+    device: &Device,
+    out: &mut CudaSlice<u32>,
+    work: &mut CudaSlice<f32>,
+    logits: &CudaSlice<bf16>,
+    vocab: usize,
+    args: &SampleArgs<'_>,
+) -> Result<()> {
+    let rows = out.len();
+    assert!(vocab > 0 && logits.len() >= rows * vocab && work.len() >= rows * vocab, "sample_rows shapes");
+    assert!(args.fparams.len() >= rows * SAMPLE_FPARAMS && args.top_ks.len() >= rows);
+    assert!(args.uniforms.len() >= rows && args.pen_offsets.len() > rows, "sample_rows parameters");
+    if rows == 0 {
+        return Ok(());
+    }
+    let vocab32 = vocab as u32;
+    let grid = cfg((rows as u32, 1, 1), SAMPLE_THREADS, 0);
+    let mut b = device.stream.launch_builder(device.function("penalize_rows"));
+    b.arg(&mut *work).arg(logits).arg(&vocab32).arg(args.fparams).arg(args.pen_offsets);
+    b.arg(args.pen_tokens).arg(args.pen_counts);
+    // SAFETY: one block per row over its own `vocab` values; the CSR offsets index the token and
+    // count lists (built by `CudaBackend::sample_rows`), tokens outside the vocabulary are skipped.
+    unsafe { b.launch(grid) }.map_err(backend_err("penalize_rows"))?;
+    let mut b = device.stream.launch_builder(device.function("sample_rows"));
+    b.arg(out).arg(&*work).arg(&vocab32).arg(args.fparams).arg(args.top_ks).arg(args.uniforms);
+    // SAFETY: one block per row over its own `vocab` values of `work`, written above.
+    unsafe { b.launch(grid) }.map(drop).map_err(backend_err("sample_rows"))
+}

@@ -59,4 +59,6 @@ pub use nccl::{nccl_version, AbortSignal, CommConfig, NcclComm, NcclId};
 #[cfg(feature = "cuda")]
 pub use profile::{profile_num_blocks, ProfileLimits, ProfileReport};
 #[cfg(feature = "cuda")]
+pub use sampling::SamplingRow;
+#[cfg(feature = "cuda")]
 pub use tensor::{CudaKvCache, CudaRope, CudaTensor};

@@ -1,8 +1,8 @@
 //! The CUDA device's shortcuts: decode steps replayed from CUDA graphs captured when the worker
-//! starts (after its KV cache exists), greedy tokens chosen on the GPU.
+//! starts (after its KV cache exists), tokens chosen on the GPU.
 
-use super::accel::DeviceAccel;
-use tessera_cuda::{CudaBackend, CudaKvCache, CudaTensor, DecodeGraphs};
+use super::accel::{DeviceAccel, DeviceSample};
+use tessera_cuda::{CudaBackend, CudaKvCache, CudaTensor, DecodeGraphs, SamplingRow};
 use tessera_model::{Model, ModelInput, Result};
 
 pub struct CudaAccel {
@@ -53,5 +53,28 @@ impl DeviceAccel<CudaBackend> for CudaAccel {
 
     fn argmax_rows(&self, backend: &CudaBackend, logits: &CudaTensor, rows: usize) -> Result<Vec<u32>> {
         backend.argmax_rows(logits, rows)
+    }
+
+    fn sample_rows(
+        &self,
+        backend: &CudaBackend,
+        logits: &CudaTensor,
+        rows: &[DeviceSample<'_>],
+    ) -> Result<Vec<u32>> {
+        let rows: Vec<SamplingRow<'_>> = rows
+            .iter()
+            .map(|r| SamplingRow {
+                temperature: r.params.temperature,
+                top_k: r.params.top_k,
+                top_p: r.params.top_p,
+                min_p: r.params.min_p,
+                repetition_penalty: r.params.repetition_penalty,
+                frequency_penalty: r.params.frequency_penalty,
+                presence_penalty: r.params.presence_penalty,
+                uniform: r.uniform,
+                penalized: &r.penalized,
+            })
+            .collect();
+        backend.sample_rows(logits, &rows)
     }
 }

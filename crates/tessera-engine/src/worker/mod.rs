@@ -6,7 +6,7 @@ mod cuda_accel;
 mod runner;
 mod thread;
 
-pub use accel::DeviceAccel;
+pub use accel::{DeviceAccel, DeviceSample};
 #[cfg(feature = "cuda")]
 pub use cuda_accel::CudaAccel;
 pub use runner::ModelRunner;

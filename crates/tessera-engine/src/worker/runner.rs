@@ -1,11 +1,12 @@
 //! Executes step plans on one rank: keeps the mirror of every sequence the plans describe (see
 //! `tessera_core::step`), builds the flattened batch, runs the model (replaying a captured graph
-//! when the device has one for the batch), and on rank 0 samples: on the device when every
-//! sampled sequence is plain greedy and the device can pick tokens, else on the host.
+//! when the device has one for the batch), and on rank 0 samples: on the device when it can
+//! choose tokens and no sampled sequence wants logprobs (the plain greedy argmax when that is all
+//! the step needs), else on the host.
 
-use super::accel::DeviceAccel;
+use super::accel::{DeviceAccel, DeviceSample};
 use super::StepExecutor;
-use crate::sampler::{is_plain_greedy, sample, SamplingContext};
+use crate::sampler::{has_penalties, is_plain_greedy, penalized_tokens, sample, uniform, SamplingContext};
 use std::collections::HashMap;
 use tessera_core::step::{SampledToken, StepPlan, StepResult};
 use tessera_core::{RequestId, SamplingParams};
@@ -152,11 +153,36 @@ impl<B: Backend> ModelRunner<B> {
                     .map(|(s, token_id)| SampledToken { request_id: s.id, token_id, logprobs: None })
                     .collect());
             }
+            if sampled.iter().all(|s| self.mirrors[&s.id].params.logprobs.is_none()) {
+                let rows: Vec<DeviceSample<'_>> = sampled.iter().map(|s| self.device_sample(s)).collect();
+                let ids = accel.sample_rows(&self.backend, logits, &rows)?;
+                return Ok(sampled
+                    .iter()
+                    .zip(ids)
+                    .map(|(s, token_id)| SampledToken { request_id: s.id, token_id, logprobs: None })
+                    .collect());
+            }
             let host = accel.rows_to_host(&self.backend, logits, sampled.len())?;
             return Ok(self.sample_all(&sampled, &host));
         }
         let host = self.backend.to_host(logits)?;
         Ok(self.sample_all(&sampled, &host))
+    }
+
+    /// What a device needs to draw `s`'s token as the host sampler would.
+    fn device_sample(&self, s: &Scheduled) -> DeviceSample<'_> {
+        let mirror = &self.mirrors[&s.id];
+        let (prompt, output) = mirror.token_ids.split_at(mirror.num_prompt_tokens);
+        let seed = mirror.params.seed.expect("the engine assigns every request a seed");
+        DeviceSample {
+            params: &mirror.params,
+            uniform: uniform(seed, output.len()),
+            penalized: if has_penalties(&mirror.params) {
+                penalized_tokens(prompt, output)
+            } else {
+                Vec::new()
+            },
+        }
     }
 
     fn sample_all(&self, sampled: &[&Scheduled], logits: &[f32]) -> Vec<SampledToken> {
@@ -226,6 +252,8 @@ mod tests {
         replays: usize,
         argmax: usize,
         to_host: usize,
+        /// Each row handed to `sample_rows`: its uniform number and penalised tokens.
+        samples: Vec<(f64, Vec<(u32, u32)>)>,
     }
 
     /// "Replays" every decode step with logits whose row `r` peaks at token `10 + r` (padding
@@ -264,6 +292,18 @@ mod tests {
         ) -> tessera_model::Result<Vec<u32>> {
             self.calls.lock().unwrap().argmax += 1;
             Ok((0..rows).map(|r| tessera_model::argmax(logits.row(r))).collect())
+        }
+
+        /// Row `r` draws token `20 + r`, so the device's choice is recognisable.
+        fn sample_rows(
+            &self,
+            _: &CpuBackend,
+            _: &CpuTensor,
+            rows: &[DeviceSample<'_>],
+        ) -> tessera_model::Result<Vec<u32>> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.samples.extend(rows.iter().map(|r| (r.uniform, r.penalized.clone())));
+            Ok((0..rows.len() as u32).map(|r| 20 + r).collect())
         }
     }
 
@@ -325,7 +365,7 @@ mod tests {
         };
         let first = fast.execute(&prefill).unwrap().unwrap();
         assert_eq!(first.sampled, plain.execute(&prefill).unwrap().unwrap().sampled);
-        assert_eq!(*calls.lock().unwrap(), Calls { replays: 0, argmax: 0, to_host: 1 });
+        assert_eq!(*calls.lock().unwrap(), Calls { to_host: 1, ..Default::default() });
         let (t1, t2) = (first.sampled[0].token_id, first.sampled[1].token_id);
 
         // A decode step of both is replayed; the host samples rows 0 and 1 of the padded logits.
@@ -337,7 +377,7 @@ mod tests {
         let second = fast.execute(&step).unwrap().unwrap();
         assert_eq!(tokens(&second), [10, 11]);
         assert!(second.sampled[1].logprobs.is_some(), "logprobs come from the host sampler");
-        assert_eq!(*calls.lock().unwrap(), Calls { replays: 1, argmax: 0, to_host: 2 });
+        assert_eq!(*calls.lock().unwrap(), Calls { replays: 1, to_host: 2, ..Default::default() });
 
         // Only plain greedy left: the device picks the token, padding rows are not sampled.
         let step = StepPlan {
@@ -349,6 +389,29 @@ mod tests {
         let third = fast.execute(&step).unwrap().unwrap();
         assert_eq!(tokens(&third), [10]);
         assert!(third.sampled[0].logprobs.is_none());
-        assert_eq!(*calls.lock().unwrap(), Calls { replays: 2, argmax: 1, to_host: 2 });
+        assert_eq!(*calls.lock().unwrap(), Calls { replays: 2, argmax: 1, to_host: 2, ..Default::default() });
+
+        // A sampled request (with a penalty) joins: no logprobs anywhere, so the device draws both
+        // tokens, from the uniform numbers of their seeds and positions.
+        let warm = SamplingParams { temperature: 0.8, repetition_penalty: 1.3, ..params(None) };
+        let step = StepPlan {
+            step_id: 3,
+            new_sequences: vec![new_seq(3, warm, 4)],
+            cached_sequences: vec![decode(1, 10, 5)],
+            ..Default::default()
+        };
+        let fourth = fast.execute(&step).unwrap().unwrap();
+        assert_eq!(
+            fourth.sampled.iter().map(|s| (s.request_id.0, s.token_id)).collect::<Vec<_>>(),
+            [(3, 20), (1, 21)]
+        );
+        let calls = calls.lock().unwrap();
+        assert_eq!((calls.replays, calls.argmax, calls.to_host), (2, 1, 2), "a prefill step runs eagerly");
+        let want = vec![
+            (uniform(7, 0), vec![(5, 0), (6, 0), (7, 0)]),
+            // Request 1 has generated t1, 10 and 10: position 3, and no penalty.
+            (uniform(7, 3), Vec::new()),
+        ];
+        assert_eq!(calls.samples, want);
     }
 }
