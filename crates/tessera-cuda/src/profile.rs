@@ -1,5 +1,5 @@
 //! Sizing the KV cache by profiling: run one forward pass at the largest batch the scheduler may
-//! plan, measure the memory pool's peak, and give the KV cache what is left of
+//! plan and the GPU sampler over `max_num_seqs` rows, measure the memory pool's peak, and give the KV cache what is left of
 //! `gpu_memory_utilization` of the card after weights, that peak, the CUDA graphs' reserve, and
 //! memory outside the pool (context, modules, other processes).
 //!
@@ -11,7 +11,10 @@
 //! reports what the driver really reserved (`GraphReport`).
 
 use crate::backend::CudaBackend;
+use crate::device::backend_err;
 use crate::graphs::{decode_activation_peak, static_bytes};
+use crate::sampling::SamplingRow;
+use crate::tensor::CudaTensor;
 use tessera_model::{Backend, Model, ModelError, ModelInput, Result, SeqChunk};
 
 /// The scheduler's limits that bound one step's activations.
@@ -54,6 +57,25 @@ fn dummy_batch(limits: &ProfileLimits, vocab: usize) -> (Vec<Vec<u32>>, usize) {
     (seqs, blocks)
 }
 
+/// Samples `max_num_seqs` rows of zero logits on the device, through every filter, so the pool's
+/// peak covers the sampler's f32 scratch of a full decode batch too.
+fn sample_max_num_seqs(backend: &CudaBackend, rows: usize, vocab: usize) -> Result<()> {
+    let data = backend.device.stream.alloc_zeros(rows * vocab).map_err(backend_err("alloc"))?;
+    let logits = CudaTensor { rows, cols: vocab, data };
+    let row = SamplingRow {
+        temperature: 1.0,
+        top_k: 50,
+        top_p: 0.9,
+        min_p: 0.05,
+        repetition_penalty: 1.0,
+        frequency_penalty: 0.0,
+        presence_penalty: 0.0,
+        uniform: 0.5,
+        penalized: &[],
+    };
+    backend.sample_rows(&logits, &vec![row; rows]).map(drop)
+}
+
 /// Runs the profiling pass on `model` and returns the number of KV blocks this rank can hold.
 pub fn profile_num_blocks(
     backend: &CudaBackend,
@@ -90,6 +112,8 @@ pub fn profile_num_blocks(
         let batch = backend.prepare(&input)?;
         let logits = model.forward(backend, &batch, &mut cache)?;
         backend.to_host(&logits)?;
+        drop(logits);
+        sample_max_num_seqs(backend, limits.max_num_seqs, model.spec().vocab_size)?;
         let prefill_peak = backend.memory_stats()?.pool_used_peak;
         let graph_activations = match limits.max_graph_batch {
             0 => 0,
