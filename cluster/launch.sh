@@ -171,6 +171,22 @@ node_command() {
     fi
 }
 
+# In Kubernetes the leader's name resolves only once its pod has an address, which can be after
+# a worker pod starts; `tessera worker` retries connecting, not resolving. So a worker waits here
+# for the name, up to cluster.join_timeout_ms (the head waits that long for it too).
+wait_for_head_name() {
+    local name=$1 timeout_s deadline
+    command -v getent >/dev/null 2>&1 || return 0
+    timeout_s=$(((${SETTINGS[cluster.join_timeout_ms]:-300000} + 999) / 1000))
+    deadline=$((SECONDS + timeout_s))
+    until getent hosts "$name" >/dev/null; do
+        [ "$SECONDS" -lt "$deadline" ] ||
+            die "the head's address '$name' did not resolve within ${timeout_s}s (cluster.join_timeout_ms)"
+        [ $((SECONDS % 10)) -ne 0 ] || say "waiting for the head's address '$name' to resolve"
+        sleep 1
+    done
+}
+
 # Replaces this shell with node RANK's process, so it gets the scheduler's signals directly.
 exec_node() {
     node_command "$1" "$2"
@@ -180,6 +196,7 @@ exec_node() {
         echo
         exit 0
     fi
+    [ "$1" -eq 0 ] || wait_for_head_name "$2"
     exec "${NODE_CMD[@]}"
 }
 

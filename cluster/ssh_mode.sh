@@ -56,6 +56,16 @@ remote_run() {
         ssh "${SSH_ARGS[@]}" "$host" bash -s
 }
 
+# The gist of a failed command's stderr: tessera's "Error: ..." lines without the backtrace that
+# RUST_BACKTRACE adds, or else the last lines (ssh's or bash's complaint).
+error_message() {
+    if grep -q '^Error: ' "$1"; then
+        sed -n '/^Error: /,/^Stack backtrace:/p' "$1" | grep -v '^Stack backtrace:' | grep -v '^$' | head -n 8
+    else
+        tail -n 5 "$1"
+    fi
+}
+
 # Pre-flight from the launcher: every host answers over ssh, has the binary, and accepts the
 # config with the same cluster.nodes as the head. (The head's own pre-flight then checks
 # versions, config hashes, models, devices and a collective before any weight is loaded.)
@@ -71,7 +81,7 @@ preflight() {
         status=0
         wait "${PIDS[i]}" || status=$?
         [ "$status" -eq 0 ] && continue
-        err=$(tail -n 5 "$WORK/config.$i.err")
+        err=$(error_message "$WORK/config.$i.err")
         case $status in
             255) die "node $i (${HOSTS[i]}): ssh failed: $err" ;;
             126 | 127) die "node $i (${HOSTS[i]}): no tessera binary '$BIN' there: $err" ;;

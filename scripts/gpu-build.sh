@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Builds everything the GPU machine runs (it has no Rust toolchain) into .gpu/ (git-ignored):
-# every test binary of the CUDA crate and the engine's GPU sampling test, the `tessera` binary
-# with `--features cuda`, the fixtures' location is the checkout itself. Binaries are stripped so that the working tree sent to the
-# device stays under its size limit. Then run scripts/gpu-check.sh there.
+# every test binary of the CUDA crate, the engine's CUDA tensor-parallel and GPU sampling tests,
+# the `tessera` binary with `--features cuda` and the decode benchmark; the fixtures' location is
+# the checkout itself. Binaries are stripped so that the working tree sent to the device stays
+# under its size limit. Then run scripts/gpu-check.sh (one GPU) or scripts/gpu-check-tp.sh (2 or
+# 4 GPUs) there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 rm -rf .gpu && mkdir -p .gpu/tests
-# Copies the test binaries a `cargo test --no-run --message-format=json` reports into .gpu/tests.
-collect_tests() {
-    python3 -c '
+
+# Copies the test executables a `cargo test --no-run` builds into .gpu/tests/NAME-KIND.
+copy_tests() {
+    cargo test --release "$@" --no-run --message-format=json 2>/dev/null \
+        | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -19,10 +23,10 @@ for line in sys.stdin:
         cp "$exe" ".gpu/tests/${name}-${kind}"
     done
 }
-cargo test --release -p tessera-cuda --features cuda --no-run --message-format=json 2>/dev/null | collect_tests
-# The engine's GPU tests: the GPU sampler against the host sampler.
-cargo test --release -p tessera-engine --features cuda --test gpu_sampling --no-run --message-format=json 2>/dev/null \
-    | collect_tests
+copy_tests -p tessera-cuda --features cuda
+copy_tests -p tessera-engine --features cuda --test cuda_tp
+# The GPU sampler against the host sampler.
+copy_tests -p tessera-engine --features cuda --test gpu_sampling
 cargo build --release -p tessera-cli --features cuda
 cp "$CARGO_TARGET_DIR/release/tessera" .gpu/tessera
 cargo build --release -p tessera-cuda --features cuda --example decode_bench

@@ -133,7 +133,10 @@ expect 1 "LWS_GROUP_SIZE=4 (leaderWorkerTemplate.size) but cluster.nodes = 3" --
     LWS_LEADER_ADDRESS=x LWS_GROUP_SIZE=4 LWS_WORKER_INDEX=1 "$launch" k8s --config "$config" --bin "$bin"
 expect 1 "node rank '3' is not in 0..2" -- "${lws[@]}" LWS_WORKER_INDEX=3 \
     "$launch" k8s --config "$config" --bin "$bin" --dry-run
-pass "k8s mode: leader serves, workers join LWS_LEADER_ADDRESS, group size checked"
+expect 1 "the head's address 'no-such-host.invalid' did not resolve within 1s" -- \
+    LWS_LEADER_ADDRESS=no-such-host.invalid LWS_GROUP_SIZE=3 LWS_WORKER_INDEX=1 \
+    TESSERA_CLUSTER__JOIN_TIMEOUT_MS=500 "$launch" k8s --config "$config" --bin "$bin"
+pass "k8s mode: leader serves, workers join LWS_LEADER_ADDRESS (once it resolves), group size checked"
 
 # k8s for real on loopback: three pods' worth of processes, the leader found by name.
 pods=()

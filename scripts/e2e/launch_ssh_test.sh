@@ -134,7 +134,9 @@ start_cluster() {
     local log=$1
     "${launch[@]}" --hostfile "$tmp/hosts" >"$log" 2>&1 &
     launcher=$!
-    wait_until 90 log_has "$log" "cluster up: 3 nodes" || fail "the cluster did not come up ($log)"
+    up_or_gone() { log_has "$log" "cluster up: 3 nodes" || launcher_gone; }
+    wait_until 90 up_or_gone || true
+    log_has "$log" "cluster up: 3 nodes" || fail "the cluster did not come up ($log)"
 }
 
 # 3. Up, serving, and a worker's death stops everything.

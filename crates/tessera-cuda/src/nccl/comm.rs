@@ -5,7 +5,8 @@
 //! because a non-blocking NCCL communicator starts a host thread for every collective (tens of
 //! microseconds, twice per layer); the split is what makes creating it pollable. The first
 //! collectives (which set up connections and may wait for peers on the host) run as a warm-up
-//! while every rank is known to be present, before the parent is dropped.
+//! while every rank is known to be present. The parent lives as long as the child (see
+//! `State::parent`).
 //!
 //! After that no host call waits on the group without a deadline: collectives only enqueue, at
 //! most `MARK_EVERY * MAX_MARKS` of them are in flight (so the driver's launch queue never fills
@@ -83,11 +84,28 @@ pub struct NcclComm {
 struct State {
     /// `None` once aborted.
     raw: Option<RawComm>,
+    /// The non-blocking communicator `raw` was split from, kept until `raw` goes: the child's
+    /// connections are set up lazily (at the first collective of each algorithm and size) through
+    /// bootstrap state it shares with its parent, so aborting the parent right after the warm-up
+    /// left later collectives of new sizes waiting forever.
+    parent: Option<RawComm>,
     failure: Option<String>,
     issued: u64,
     /// Events recorded after collectives, oldest first.
     marks: VecDeque<CudaEvent>,
     spare: Vec<CudaEvent>,
+}
+
+impl State {
+    /// Aborts the communicator, then its parent (if it was split from one).
+    fn abort_all(&mut self) {
+        if let Some(raw) = self.raw.take() {
+            ffi::abort(raw);
+        }
+        if let Some(parent) = self.parent.take() {
+            ffi::abort(parent);
+        }
+    }
 }
 
 fn backend(message: String) -> ModelError {
@@ -137,19 +155,14 @@ impl NcclComm {
             signal: config.signal.clone(),
             state: Mutex::new(State {
                 raw: Some(raw),
+                parent,
                 failure: None,
                 issued: 0,
                 marks: VecDeque::new(),
                 spare: Vec::new(),
             }),
         };
-        let warmed = comm.warm_up();
-        // Every rank finished its split once the warm-up's collectives completed, so no peer
-        // still needs this rank's parent.
-        if let Some(parent) = parent {
-            ffi::abort(parent);
-        }
-        warmed?;
+        comm.warm_up()?;
         Ok(comm)
     }
 
@@ -305,9 +318,7 @@ impl NcclComm {
     /// Records the failure, aborts the communicator and raises the group's signal.
     fn fail(&self, state: &mut State, reason: String) -> ModelError {
         let message = format!("rank {}: {reason}", self.rank);
-        if let Some(raw) = state.raw.take() {
-            ffi::abort(raw);
-        }
+        state.abort_all();
         // Pending marks may never complete on an aborted stream's collectives; drop them.
         state.marks.clear();
         state.failure.get_or_insert_with(|| reason.clone());
@@ -320,10 +331,7 @@ impl Drop for NcclComm {
     fn drop(&mut self) {
         // Abort rather than destroy: ncclCommDestroy waits for pending work, which may never end
         // if a peer is gone.
-        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(raw) = state.raw.take() {
-            ffi::abort(raw);
-        }
+        self.state.get_mut().unwrap_or_else(|e| e.into_inner()).abort_all();
     }
 }
 
