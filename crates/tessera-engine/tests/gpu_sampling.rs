@@ -176,7 +176,7 @@ fn gpu_sampling_follows_the_distribution_over_positions() {
     // One row, probabilities 0.5, 0.3, 0.15, 0.05 among 8 tokens (the rest -inf), drawn at 2000
     // positions: top-k 2 keeps the first two at 5:3 odds, as on the host.
     let backend = CudaBackend::new(0).unwrap();
-    let mut row = vec![f32::NEG_INFINITY; 8];
+    let mut row = [f32::NEG_INFINITY; 8];
     row[..4].copy_from_slice(&[0.5f32.ln(), 0.3f32.ln(), 0.15f32.ln(), 0.05f32.ln()]);
     let n = 2000;
     let values: Vec<f32> = (0..n).flat_map(|_| row.iter().copied()).collect();
