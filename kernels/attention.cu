@@ -9,7 +9,13 @@
 // Within a partition keys are processed in chunks of CHUNK with an online softmax, so shared
 // memory does not grow with the context. Scores, softmax and accumulation are f32.
 //
-// Limits (checked by the host): head_dim <= 256, group * head_dim <= ACC * THREADS.
+// Limits (checked by the host): head_dim <= 256, group * head_dim <= ACC * THREADS. A row of KV
+// length 0 (padding) gets zeros.
+//
+// The partition size is computed here from the batch's longest context, read from device memory,
+// and the grid's split count (`partition_size`), rather than passed by value: a CUDA graph fixes
+// the grid and the arguments at capture, and this way each replay still partitions for its own
+// contexts (a grid sized for the longest possible context only adds blocks that exit at once).
 //
 // Fast path (head_dim / 8 divides 32, group <= GMAX; every Llama/Qwen shape): K and V are read
 // with 16-byte loads, head_dim / 8 lanes per key, so a warp covers 32 / (head_dim / 8) keys at
@@ -34,6 +40,13 @@ __device__ __forceinline__ void unpack8(uint4 raw, float* f) {
     }
 }
 
+// Keys per partition: the batch's longest context split `max_splits` ways, in whole chunks.
+__device__ __forceinline__ u32 partition_size(u32 max_kv_len, u32 max_splits) {
+    const u32 per = (max_kv_len + max_splits - 1) / max_splits;
+    const u32 chunks = (per + CHUNK - 1) / CHUNK;
+    return (chunks > 0 ? chunks : 1) * CHUNK;
+}
+
 // Grid: (num_kv_heads, rows, max_splits). Shared: q [group][head_dim], scores [group][CHUNK],
 // per-head m / l / alpha [group] each, slots [CHUNK], and on the fast path the partial sums
 // [THREADS / (head_dim / 8)][group][head_dim].
@@ -42,12 +55,20 @@ extern "C" __global__ void __launch_bounds__(THREADS) paged_attention(
     const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
     const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
     const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len, float scale,
-    u32 num_heads, u32 num_kv_heads, u32 head_dim, u32 row_width, u32 block_size, u32 part_size,
-    u32 max_splits) {
+    u32 num_heads, u32 num_kv_heads, u32 head_dim, u32 row_width, u32 block_size,
+    const u32* __restrict__ batch_max_kv_len, u32 max_splits) {
     extern __shared__ float smem[];
     const u32 kvh = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
     const u32 group = num_heads / num_kv_heads;
     const u32 kv_len = row_kv_len[row];
+    if (kv_len == 0) {
+        // A padding row of a CUDA-graph batch: no keys, so a zero output and nothing to merge.
+        bf16* o = out + (size_t)row * num_heads * head_dim + (size_t)kvh * group * head_dim;
+        if (split == 0)
+            for (u32 i = threadIdx.x; i < group * head_dim; i += THREADS) o[i] = 0;
+        return;
+    }
+    const u32 part_size = partition_size(*batch_max_kv_len, max_splits);
     const u32 start = split * part_size;
     if (start >= kv_len) return;
     const u32 end = umin(start + part_size, kv_len);
@@ -270,8 +291,11 @@ extern "C" __global__ void attention_reduce(bf16* __restrict__ out,
                                            const float* __restrict__ part_o,
                                            const float* __restrict__ part_ml,
                                            const u32* __restrict__ row_kv_len, u32 num_heads,
-                                           u32 head_dim, u32 part_size, u32 max_splits) {
+                                           u32 head_dim,
+                                           const u32* __restrict__ batch_max_kv_len,
+                                           u32 max_splits) {
     const u32 head = blockIdx.x, row = blockIdx.y;
+    const u32 part_size = partition_size(*batch_max_kv_len, max_splits);
     const u32 num_splits = (row_kv_len[row] + part_size - 1) / part_size;
     if (num_splits <= 1) return;  // written directly by paged_attention
     size_t base = ((size_t)row * num_heads + head) * max_splits;

@@ -40,16 +40,20 @@ done
 run transformers-bf16 env PYTHONUNBUFFERED=1 python3 scripts/gpu/transformers_bf16.py "$TESSERA_FIXTURES"
 if [ -x .gpu/tessera ]; then
     run generate-cuda .gpu/tessera generate --device cuda --dummy tiny --prompt "Hello" --max-tokens 16
+    # The same with every step eager (no CUDA graphs): the two logs should show the same text.
+    run generate-cuda-eager env TESSERA_ENGINE__CUDA_GRAPHS=false \
+        .gpu/tessera generate --device cuda --dummy tiny --prompt "Hello" --max-tokens 16
     run generate-cuda-llama .gpu/tessera generate --device cuda --model "$TESSERA_FIXTURES/llama" --prompt "Hello" --max-tokens 16
     run serve-cuda scripts/gpu/serve_check.sh .gpu/tessera
 fi
 if [ -x .gpu/decode_bench ]; then
-    run decode-bench .gpu/decode_bench --shape llama-3-8b --batches 1,64 --context 1024
+    # Eager steps and CUDA-graph replays side by side (BENCH_RATIO lines: graph speed-up).
+    run decode-bench .gpu/decode_bench --shape llama-3-8b --batches 1,64 --context 1024 --graphs
     cat "$LOGS/decode-bench.log"
 fi
 
 # The measured figures, in one file.
-grep -hE "reference f32|llama-3.2-1b shape|diverges|transformers bf16|relative error|agreement|diverge|identical|profile:|SKIPPED|panicked" "$LOGS"/*.log >"$LOGS/figures.txt" || true
+grep -hE "reference f32|llama-3.2-1b shape|diverges|transformers bf16|relative error|agreement|diverge|identical|profile:|graph|BENCH_RATIO|gpu sampling|argmax_rows|SKIPPED|panicked" "$LOGS"/*.log >"$LOGS/figures.txt" || true
 echo
 printf '%s\n' "${SUMMARY[@]}" | tee "$LOGS/summary.txt"
 exit $failed

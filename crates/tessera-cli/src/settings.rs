@@ -58,6 +58,7 @@ pub fn load_with_env(
         .list_separator(",")
         .with_list_parse_key("server.api_keys")
         .with_list_parse_key("cluster.ranks_per_node")
+        .with_list_parse_key("engine.cuda_graph_batch_sizes")
         .source(Some(config_env(env)?));
     builder = builder.add_source(env);
     for (key, value) in overrides {
@@ -121,6 +122,9 @@ mod tests {
             load_with_env(Some(yaml.path()), &[], env(&[("TESSERA_SERVER__API_KEYS", "a,b")])).unwrap();
         assert_eq!(config.server.host, "0.0.0.0");
         assert_eq!(config.server.api_keys, vec!["a", "b"]);
+        let config =
+            load_with_env(None, &[], env(&[("TESSERA_ENGINE__CUDA_GRAPH_BATCH_SIZES", "1,2,8")])).unwrap();
+        assert_eq!(config.engine.cuda_graph_batch_sizes, vec![1, 2, 8]);
     }
 
     #[test]

@@ -15,11 +15,20 @@
 //! included. Per GPU that is (weights / N + KV / N) over the copy bandwidth (read + written bytes
 //! per second), plus the measured collective time of one step.
 //!
+//! With `--graphs` every batch size is also captured as a CUDA graph (as the engine does for
+//! decode) and timed replaying it: the metadata upload plus one graph launch instead of the
+//! eager forward's launches. Each row says its `mode` (eager or graph); the graph rows also give
+//! how many sequences' greedy tokens differ from the eager step's (cuBLAS may pick other GEMM
+//! kernels for a padded batch, so rounding may differ, rarely the token).
+//! `--max-model-len N` (default context + 16) is the model's limit, which a graph's attention grid
+//! must have room for; a large N shows whether replays of short contexts pay for it.
+//!
 //! Prints a markdown table and, per measurement, one `BENCH key=value ...` line for scripts.
 //! Usage: decode_bench [--shape NAME] [--tp N] [--batches 1,64] [--context 1024] [--iters 30]
+//!        [--graphs] [--max-model-len N]
 
 use std::time::{Duration, Instant};
-use tessera_cuda::{AbortSignal, CommConfig, CudaBackend, NcclId};
+use tessera_cuda::{AbortSignal, CommConfig, CudaBackend, DecodeGraphs, NcclId};
 use tessera_model::shapes::dummy_spec;
 use tessera_model::weights::DummySource;
 use tessera_model::{Backend, DType, Model, ModelInput, ModelSpec, SeqChunk};
@@ -38,6 +47,9 @@ struct Args {
     batches: Vec<usize>,
     context: usize,
     iters: usize,
+    graphs: bool,
+    /// The model's context limit: it bounds a graph's attention grid (default context + 16).
+    max_model_len: Option<usize>,
 }
 
 fn arg(args: &[String], flag: &str, default: &str) -> String {
@@ -61,6 +73,13 @@ fn parse_args() -> Result<Args, Error> {
         batches,
         context: arg(&args, "--context", "1024").parse()?,
         iters: arg(&args, "--iters", "30").parse()?,
+        graphs: args.iter().any(|a| a == "--graphs"),
+        max_model_len: args
+            .iter()
+            .any(|a| a == "--max-model-len")
+            .then(|| arg(&args, "--max-model-len", ""))
+            .map(|v| v.parse())
+            .transpose()?,
     })
 }
 
@@ -69,13 +88,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One batch size's figures, as rank 0 measured them.
+/// One batch size's figures in one mode, as rank 0 measured them.
 struct Row {
+    mode: &'static str,
     batch: usize,
     wall_ms: f64,
     device_ms: f64,
     all_reduce_us: f64,
     gather_us: f64,
+    /// Graph rows: sequences whose greedy token differs from the eager step's.
+    argmax_mismatches: Option<usize>,
 }
 
 /// What the whole run measured (rank 0's view).
@@ -84,7 +106,28 @@ struct Report {
     load_s: f64,
     prefill_s: f64,
     bandwidth: f64,
+    /// Capture time (ms) and graph pool (bytes) with `--graphs`.
+    capture: Option<(f64, usize)>,
     rows: Vec<Row>,
+}
+
+/// Median wall and device milliseconds of `iters` runs of `step` after 3 warm-up runs.
+fn time_steps(
+    b: &CudaBackend,
+    iters: usize,
+    mut step: impl FnMut() -> tessera_model::Result<()>,
+) -> Result<(f64, f64), Error> {
+    let (mut wall, mut device) = (Vec::new(), Vec::new());
+    for i in 0..iters + 3 {
+        b.synchronize()?;
+        let t = Instant::now();
+        let ms = b.time_ms(&mut step)?;
+        if i >= 3 {
+            wall.push(t.elapsed().as_secs_f64() * 1e3);
+            device.push(ms);
+        }
+    }
+    Ok((median(wall), median(device)))
 }
 
 /// Device time of one collective, from `COLLECTIVE_ITERS` back to back.
@@ -98,7 +141,11 @@ fn collective_us(b: &CudaBackend, mut op: impl FnMut() -> tessera_model::Result<
 fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Error> {
     let (context, max_batch) = (args.context, *args.batches.iter().max().expect("batches"));
     let t = Instant::now();
-    let model = Model::load(b, spec, &DummySource::new(0), DType::Bf16, b.tp_rank(), context + 16)?;
+    let max_model_len = args.max_model_len.unwrap_or(context + 16);
+    if max_model_len <= context {
+        return Err(format!("--max-model-len {max_model_len} must exceed the context {context}").into());
+    }
+    let model = Model::load(b, spec, &DummySource::new(0), DType::Bf16, b.tp_rank(), max_model_len)?;
     b.synchronize()?;
     let load_s = t.elapsed().as_secs_f64();
 
@@ -131,6 +178,14 @@ fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Er
     b.synchronize()?;
     let prefill_s = t.elapsed().as_secs_f64();
     let bandwidth = b.copy_bandwidth(1 << 30, 20)?;
+    let mut graphs = None;
+    if args.graphs {
+        let mut sizes = args.batches.clone();
+        sizes.sort_unstable();
+        sizes.dedup();
+        graphs = Some(DecodeGraphs::capture(b, &model, &mut cache, &sizes)?);
+    }
+    let capture = graphs.as_ref().map(|g| (g.report().capture_ms, g.report().graph_pool_bytes));
 
     let world = b.tp_rank().world;
     let mut rows = Vec::new();
@@ -144,19 +199,10 @@ fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Er
             })
             .collect();
         let input = ModelInput::build(BLOCK_SIZE, &chunks);
-        let (mut wall, mut device) = (Vec::new(), Vec::new());
-        for i in 0..args.iters + 3 {
-            b.synchronize()?;
-            let t = Instant::now();
-            let ms = b.time_ms(|| {
-                let batch = b.prepare(&input)?;
-                model.forward(b, &batch, &mut cache)
-            })?;
-            if i >= 3 {
-                wall.push(t.elapsed().as_secs_f64() * 1e3);
-                device.push(ms);
-            }
-        }
+        let mut eager_step = || model.forward(b, &b.prepare(&input)?, &mut cache);
+        let (wall_ms, device_ms) = time_steps(b, args.iters, || eager_step().map(drop))?;
+        // Outside the timing: a step's figures are the forward's alone, as before graphs.
+        let eager_tokens = b.argmax_rows(&eager_step()?, batch_size)?;
         let (mut all_reduce_us, mut gather_us) = (0.0, 0.0);
         if world > 1 {
             let ones = vec![1.0; batch_size * spec.hidden_size];
@@ -167,14 +213,33 @@ fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Er
             gather_us = collective_us(b, || b.all_gather_cols(&logits).map(drop))?;
         }
         rows.push(Row {
+            mode: "eager",
             batch: batch_size,
-            wall_ms: median(wall),
-            device_ms: median(device),
+            wall_ms,
+            device_ms,
             all_reduce_us,
             gather_us,
+            argmax_mismatches: None,
         });
+        if let Some(graphs) = graphs.as_mut() {
+            let (wall_ms, device_ms) = time_steps(b, args.iters, || {
+                graphs.replay(b, &input)?.expect("every benchmarked batch size is captured");
+                Ok(())
+            })?;
+            let tokens = b.argmax_rows(graphs.logits(), batch_size)?;
+            let argmax_mismatches = Some(tokens.iter().zip(&eager_tokens).filter(|(g, e)| g != e).count());
+            rows.push(Row {
+                mode: "graph",
+                batch: batch_size,
+                wall_ms,
+                device_ms,
+                all_reduce_us,
+                gather_us,
+                argmax_mismatches,
+            });
+        }
     }
-    Ok(Report { device: b.device_name(), load_s, prefill_s, bandwidth, rows })
+    Ok(Report { device: b.device_name(), load_s, prefill_s, bandwidth, capture, rows })
 }
 
 /// Runs every rank (threads, rank r on GPU r) and returns rank 0's report.
@@ -235,6 +300,13 @@ fn main() -> Result<(), Error> {
         (max_batch * (context - 1)) as f64 / report.prefill_s
     );
     println!("device-to-device copy: {:.0} GB/s (read + write)", report.bandwidth / 1e9);
+    if let Some((capture_ms, pool)) = report.capture {
+        println!(
+            "CUDA graphs: {} sizes captured in {capture_ms:.0} ms, graph pool {:.1} MiB",
+            args.batches.len(),
+            pool as f64 / (1 << 20) as f64
+        );
+    }
 
     let weight_bytes =
         (spec.num_params() - spec.vocab_size * spec.hidden_size * usize::from(!spec.tie_word_embeddings)) * 2;
@@ -243,10 +315,10 @@ fn main() -> Result<(), Error> {
     let vocab_parallel = tp > 1 && spec.vocab_size.is_multiple_of(tp);
     let num_all_reduces = if tp > 1 { 2 * spec.num_layers + usize::from(vocab_parallel) } else { 0 };
     println!(
-        "| TP | batch | context | step (wall) ms | step (device) ms | weights GB/GPU | KV GB/GPU | all-reduce us | \
+        "| mode | TP | batch | context | step (wall) ms | step (device) ms | weights GB/GPU | KV GB/GPU | all-reduce us | \
          gather us | roofline ms | fraction of roofline | tokens/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut lines = Vec::new();
     for row in &report.rows {
         let b = row.batch;
@@ -258,7 +330,8 @@ fn main() -> Result<(), Error> {
         let fraction = roofline_ms / row.wall_ms;
         let tokens_per_s = b as f64 / row.wall_ms * 1e3;
         println!(
-            "| {tp} | {b} | {context} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {roofline_ms:.2} | {:.1}% | {:.0} |",
+            "| {} | {tp} | {b} | {context} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {roofline_ms:.2} | {:.1}% | {:.0} |",
+            row.mode,
             row.wall_ms,
             row.device_ms,
             weights_gpu / 1e9,
@@ -269,9 +342,10 @@ fn main() -> Result<(), Error> {
             tokens_per_s
         );
         lines.push(format!(
-            "BENCH shape={} tp={tp} batch={b} context={context} wall_ms={:.3} device_ms={:.3} \
+            "BENCH mode={} shape={} tp={tp} batch={b} context={context} wall_ms={:.3} device_ms={:.3} \
              weights_gb_per_gpu={:.3} kv_gb_per_gpu={:.3} copy_gbps={:.0} allreduce_us={:.2} allreduces={num_all_reduces} \
-             gather_us={:.2} roofline_ms={roofline_ms:.3} fraction={fraction:.4} tokens_per_s={tokens_per_s:.1}",
+             gather_us={:.2} roofline_ms={roofline_ms:.3} fraction={fraction:.4} tokens_per_s={tokens_per_s:.1}{}",
+            row.mode,
             args.shape,
             row.wall_ms,
             row.device_ms,
@@ -280,8 +354,21 @@ fn main() -> Result<(), Error> {
             report.bandwidth / 1e9,
             row.all_reduce_us,
             gather_us,
+            row.argmax_mismatches.map(|n| format!(" argmax_mismatches={n}")).unwrap_or_default(),
         ));
     }
     lines.iter().for_each(|line| println!("{line}"));
+    // Graph over eager, per batch size: the figure the CUDA-graph work is judged by.
+    for graph in report.rows.iter().filter(|r| r.mode == "graph") {
+        if let Some(eager) = report.rows.iter().find(|r| r.mode == "eager" && r.batch == graph.batch) {
+            println!(
+                "BENCH_RATIO batch={} eager_ms={:.3} graph_ms={:.3} speedup={:.3}",
+                graph.batch,
+                eager.wall_ms,
+                graph.wall_ms,
+                eager.wall_ms / graph.wall_ms
+            );
+        }
+    }
     Ok(())
 }

@@ -1,12 +1,12 @@
 //! `CudaBackend`: the model's operations on one GPU, in bf16 with f32 accumulation.
 
+use crate::batch::{encode, CudaBatch};
 use crate::device::{backend_err, Device, MemoryStats};
-use crate::launch::{self, AttentionMeta, Heads, PrefillTiles, ATTN_CHUNK, PREFILL_TILE_ROWS};
+use crate::launch::{self, Heads, PrefillTiles, ATTN_CHUNK};
 use crate::nccl::{CommConfig, NcclComm};
 use crate::tensor::{CudaKvCache, CudaRope, CudaTensor};
-use cudarc::driver::{CudaSlice, CudaView};
+use cudarc::driver::CudaSlice;
 use half::bf16;
-use std::ops::Range;
 use tessera_model::weights::HostTensor;
 use tessera_model::{Backend, DType, KvCacheShape, ModelError, ModelInput, QkvLayout, Result, TpRank};
 
@@ -15,51 +15,6 @@ pub struct CudaBackend {
     ordinal: usize,
     /// The rank's tensor-parallel communicator; `None` on a single GPU.
     pub(crate) comm: Option<NcclComm>,
-}
-
-/// A step's `ModelInput` on the device: every index array in one buffer (one host-to-device
-/// copy per step), with the host-side bounds the launchers check against.
-pub struct CudaBatch {
-    meta: CudaSlice<u32>,
-    token_ids: Range<usize>,
-    positions: Range<usize>,
-    slot_mapping: Range<usize>,
-    logits_indices: Range<usize>,
-    block_tables: Range<usize>,
-    row_table_start: Range<usize>,
-    row_kv_len: Range<usize>,
-    /// `prefill_attention`'s tiles: first row and row count of each.
-    tile_row_start: Range<usize>,
-    tile_num_rows: Range<usize>,
-    /// The most tokens any sequence computes this step (1 for pure decode).
-    max_query_len: usize,
-    block_size: usize,
-    max_kv_len: usize,
-    /// Largest position, slot and block id in the batch (0 when empty).
-    max_position: usize,
-    max_slot: usize,
-    max_block: usize,
-}
-
-impl CudaBatch {
-    fn view(&self, range: &Range<usize>) -> CudaView<'_, u32> {
-        self.meta.slice(range.clone())
-    }
-
-    pub fn num_tokens(&self) -> usize {
-        self.token_ids.len()
-    }
-
-    fn attention_meta(&self, part_size: usize, max_splits: usize) -> AttentionMeta<'_> {
-        AttentionMeta {
-            block_tables: self.view(&self.block_tables),
-            row_table_start: self.view(&self.row_table_start),
-            row_kv_len: self.view(&self.row_kv_len),
-            block_size: self.block_size as u32,
-            part_size: part_size as u32,
-            max_splits: max_splits as u32,
-        }
-    }
 }
 
 /// Steps where some sequence computes at least this many tokens run attention on tensor cores,
@@ -172,17 +127,19 @@ impl CudaBackend {
         Ok(CudaTensor { rows, cols, data: self.alloc(rows * cols)? })
     }
 
-    /// Keys per partition: a row is split along its context only when rows x KV heads alone
-    /// would leave the GPU's multiprocessors idle (small decode batches with long contexts).
-    fn part_size(&self, rows: usize, num_kv_heads: usize, max_kv_len: usize) -> usize {
+    /// Partitions per row in `paged_attention`'s grid: a row is split along its context only when
+    /// rows x KV heads alone would leave the multiprocessors idle (small decode batches with long
+    /// contexts), into at most as many partitions as `max_kv_len` has chunks. The kernels size
+    /// the partitions from the batch's longest context on the device (attention.cu's
+    /// `partition_size`), so for a graph's batch, whose `max_kv_len` is a capacity bound, a short
+    /// context is split as an eager step of as many rows would split it.
+    fn max_splits(&self, rows: usize, num_kv_heads: usize, max_kv_len: usize) -> usize {
         let blocks = rows * num_kv_heads;
         let target = 2 * self.device.num_sms as usize;
-        let whole = max_kv_len.div_ceil(ATTN_CHUNK).max(1) * ATTN_CHUNK;
         if blocks >= target {
-            return whole;
+            return 1;
         }
-        let splits = target.div_ceil(blocks.max(1));
-        (max_kv_len.div_ceil(splits).div_ceil(ATTN_CHUNK).max(1) * ATTN_CHUNK).min(whole)
+        target.div_ceil(blocks.max(1)).min(max_kv_len.div_ceil(ATTN_CHUNK)).max(1)
     }
 }
 
@@ -234,68 +191,14 @@ impl Backend for CudaBackend {
     }
 
     fn prepare(&self, input: &ModelInput) -> Result<CudaBatch> {
-        let n = input.num_tokens();
-        let mut meta: Vec<u32> = Vec::with_capacity(5 * n + input.seqs.len() * 8);
-        let push = |meta: &mut Vec<u32>, values: &mut dyn Iterator<Item = u32>| {
-            let start = meta.len();
-            meta.extend(values);
-            start..meta.len()
-        };
-        let token_ids = push(&mut meta, &mut input.token_ids.iter().copied());
-        let positions = push(&mut meta, &mut input.positions.iter().copied());
-        let slot_mapping = push(&mut meta, &mut input.slot_mapping.iter().copied());
-        assert!(input.logits_indices.iter().all(|&i| i < n), "logits index beyond the batch");
-        let logits_indices = push(&mut meta, &mut input.logits_indices.iter().map(|&i| i as u32));
-        let block_tables =
-            push(&mut meta, &mut input.seqs.iter().flat_map(|s| s.block_table.iter().copied()));
-        let (mut table_start, mut kv_len) = (vec![0u32; n], vec![0u32; n]);
-        let mut offset = 0u32;
-        for seq in &input.seqs {
-            assert!(seq.block_table.len() * input.block_size >= seq.context_len, "block table too short");
-            for i in 0..seq.query_len {
-                let row = seq.query_start + i;
-                table_start[row] = offset;
-                // Causality: the token at position p sees positions 0..=p.
-                kv_len[row] = (seq.context_len - seq.query_len + i + 1) as u32;
-            }
-            offset += seq.block_table.len() as u32;
-        }
-        let row_table_start = push(&mut meta, &mut table_start.into_iter());
-        let row_kv_len = push(&mut meta, &mut kv_len.iter().copied());
-        let (mut tile_starts, mut tile_rows) = (Vec::new(), Vec::new());
-        for seq in &input.seqs {
-            for first in (0..seq.query_len).step_by(PREFILL_TILE_ROWS) {
-                tile_starts.push((seq.query_start + first) as u32);
-                tile_rows.push((seq.query_len - first).min(PREFILL_TILE_ROWS) as u32);
-            }
-        }
-        let tile_row_start = push(&mut meta, &mut tile_starts.into_iter());
-        let tile_num_rows = push(&mut meta, &mut tile_rows.into_iter());
-        let meta_dev = self.device.stream.clone_htod(&meta).map_err(backend_err("batch upload"))?;
-        Ok(CudaBatch {
-            max_kv_len: kv_len.iter().copied().max().unwrap_or(0) as usize,
-            max_position: input.positions.iter().copied().max().unwrap_or(0) as usize,
-            max_slot: input.slot_mapping.iter().copied().max().unwrap_or(0) as usize,
-            max_block: input.seqs.iter().flat_map(|s| s.block_table.iter().copied()).max().unwrap_or(0)
-                as usize,
-            meta: meta_dev,
-            token_ids,
-            positions,
-            slot_mapping,
-            logits_indices,
-            block_tables,
-            row_table_start,
-            row_kv_len,
-            tile_row_start,
-            tile_num_rows,
-            max_query_len: input.seqs.iter().map(|s| s.query_len).max().unwrap_or(0),
-            block_size: input.block_size,
-        })
+        let encoded = encode(input, input.num_tokens());
+        let meta = self.device.stream.clone_htod(&encoded.meta).map_err(backend_err("batch upload"))?;
+        Ok(CudaBatch { meta, layout: encoded.layout, bounds: encoded.bounds, block_size: input.block_size })
     }
 
     fn embedding(&self, table: &CudaTensor, vocab_start: usize, batch: &CudaBatch) -> Result<CudaTensor> {
         let mut out = self.tensor(batch.num_tokens(), table.cols)?;
-        let tokens = batch.view(&batch.token_ids);
+        let tokens = batch.view(&batch.layout.token_ids);
         let (start, rows, cols) = (vocab_start as u32, table.rows as u32, table.cols as u32);
         launch::embedding(&self.device, &mut out.data, &table.data, &tokens, start, rows, cols)?;
         Ok(out)
@@ -358,13 +261,13 @@ impl Backend for CudaBackend {
         layout: QkvLayout,
     ) -> Result<()> {
         assert_eq!(rope.head_dim, layout.head_dim, "RoPE table of another head size");
-        if batch.num_tokens() > 0 && batch.max_position >= rope.max_positions {
+        if batch.num_tokens() > 0 && batch.bounds.max_position >= rope.max_positions {
             return Err(backend(format!(
                 "position {} beyond the RoPE table of {} positions",
-                batch.max_position, rope.max_positions
+                batch.bounds.max_position, rope.max_positions
             )));
         }
-        let positions = batch.view(&batch.positions);
+        let positions = batch.view(&batch.layout.positions);
         launch::rope(&self.device, &mut qkv.data, &positions, &rope.cos, &rope.sin, heads(layout))
     }
 
@@ -377,8 +280,11 @@ impl Backend for CudaBackend {
         layout: QkvLayout,
     ) -> Result<()> {
         assert_eq!(batch.block_size, cache.shape.block_size, "batch and cache block sizes differ");
-        assert!(batch.num_tokens() == 0 || batch.max_slot < cache.num_slots(), "slot beyond the cache");
-        let slots = batch.view(&batch.slot_mapping);
+        assert!(
+            batch.num_tokens() == 0 || batch.bounds.max_slot < cache.num_slots(),
+            "slot beyond the cache"
+        );
+        let slots = batch.view(&batch.layout.slot_mapping);
         let (k, v) = &mut cache.layers[layer];
         launch::write_kv(&self.device, k, v, &qkv.data, &slots, heads(layout))
     }
@@ -392,17 +298,19 @@ impl Backend for CudaBackend {
         layout: QkvLayout,
     ) -> Result<CudaTensor> {
         assert!(
-            batch.num_tokens() == 0 || batch.max_block < cache.shape.num_blocks,
+            batch.num_tokens() == 0 || batch.bounds.max_block < cache.shape.num_blocks,
             "block beyond the cache"
         );
         let rows = qkv.rows;
         let (k, v) = &cache.layers[layer];
-        if batch.max_query_len >= PREFILL_MIN_QUERY_LEN && launch::prefill_attention_supports(heads(layout)) {
+        if batch.bounds.max_query_len >= PREFILL_MIN_QUERY_LEN
+            && launch::prefill_attention_supports(heads(layout))
+        {
             let mut out = self.tensor(rows, layout.q_width())?;
-            let meta = batch.attention_meta(0, 1);
+            let meta = batch.attention_meta(1);
             let tiles = PrefillTiles {
-                row_start: batch.view(&batch.tile_row_start),
-                num_rows: batch.view(&batch.tile_num_rows),
+                row_start: batch.view(&batch.layout.tile_row_start),
+                num_rows: batch.view(&batch.layout.tile_num_rows),
             };
             launch::prefill_attention(
                 &self.device,
@@ -416,13 +324,12 @@ impl Backend for CudaBackend {
             )?;
             return Ok(out);
         }
-        let part_size = self.part_size(rows, layout.num_kv_heads, batch.max_kv_len);
-        let max_splits = batch.max_kv_len.div_ceil(part_size).max(1);
+        let max_splits = self.max_splits(rows, layout.num_kv_heads, batch.bounds.max_kv_len);
         let partials = if max_splits > 1 { rows * layout.num_heads * max_splits } else { 0 };
         let mut part_o = self.alloc_f32(partials * layout.head_dim)?;
         let mut part_ml = self.alloc_f32(partials * 2)?;
         let mut out = self.tensor(rows, layout.q_width())?;
-        let meta = batch.attention_meta(part_size, max_splits);
+        let meta = batch.attention_meta(max_splits);
         launch::paged_attention(
             &self.device,
             &mut out.data,
@@ -446,7 +353,7 @@ impl Backend for CudaBackend {
     }
 
     fn gather_logit_rows(&self, x: &CudaTensor, batch: &CudaBatch) -> Result<CudaTensor> {
-        let indices = batch.view(&batch.logits_indices);
+        let indices = batch.view(&batch.layout.logits_indices);
         let mut out = self.tensor(indices.len(), x.cols)?;
         launch::gather_rows(&self.device, &mut out.data, &x.data, &indices, x.cols)?;
         Ok(out)

@@ -3,8 +3,8 @@
 
 use crate::compile::{compile, FAMILIES};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::sys::{CUdevice_attribute, CUmemPool_attribute};
-use cudarc::driver::{result, CudaContext, CudaFunction, CudaStream};
+use cudarc::driver::sys::{CUdevice_attribute, CUgraphMem_attribute, CUmemPool_attribute};
+use cudarc::driver::{result, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tessera_model::{ModelError, Result};
@@ -62,13 +62,34 @@ pub struct MemoryStats {
 pub(crate) struct Device {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
+    /// Declared before its workspace, so the handle is destroyed before the buffer is freed.
     pub blas: CudaBlas,
+    _blas_workspace: CudaSlice<u8>,
     pub num_sms: u32,
     functions: HashMap<&'static str, CudaFunction>,
 }
 
+/// cuBLAS's workspace, set once on the handle: GEMMs captured into CUDA graphs then use this
+/// buffer instead of cuBLAS allocating a workspace per capture. 32 MiB is NVIDIA's advice for
+/// Hopper.
+const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaSlice<u8>> {
+    let workspace = stream.alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES).map_err(backend_err("alloc"))?;
+    {
+        let (ptr, _sync) = workspace.device_ptr(stream);
+        // SAFETY: the buffer outlives the handle (field order of `Device`) and nothing else uses it.
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut _, CUBLAS_WORKSPACE_BYTES)
+        }
+        .result()
+        .map_err(|e| ModelError::Backend(format!("cuBLAS workspace: {e}")))?;
+    }
+    Ok(workspace)
+}
+
 /// Kernel entry points of each family (their `extern "C"` names).
-const ENTRIES: [(&str, &[&str]); 7] = [
+const ENTRIES: [(&str, &[&str]); 8] = [
     ("embedding", &["embedding"]),
     ("norm", &["rms_norm", "add_rms_norm", "qk_norm"]),
     ("rope", &["rope"]),
@@ -76,6 +97,7 @@ const ENTRIES: [(&str, &[&str]); 7] = [
     ("kv_cache", &["write_kv"]),
     ("attention", &["paged_attention", "attention_reduce"]),
     ("prefill_attention", &["prefill_attention_d64", "prefill_attention_d128"]),
+    ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
 ];
 
 impl Device {
@@ -89,6 +111,7 @@ impl Device {
         let stream = ctx.new_stream().map_err(backend_err("stream"))?;
         let blas =
             CudaBlas::new(stream.clone()).map_err(|e| ModelError::Backend(format!("cuBLAS handle: {e}")))?;
+        let blas_workspace = set_blas_workspace(&blas, &stream)?;
         let arch = ctx.compute_capability().map_err(backend_err("compute capability"))?;
         let num_sms = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -102,7 +125,7 @@ impl Device {
                 functions.insert(*name, module.load_function(name).map_err(backend_err("function"))?);
             }
         }
-        let device = Device { ctx, stream, blas, num_sms, functions };
+        let device = Device { ctx, stream, blas, _blas_workspace: blas_workspace, num_sms, functions };
         device.keep_pool_memory()?;
         Ok(device)
     }
@@ -154,6 +177,26 @@ impl Device {
     pub fn reset_peak(&self) -> Result<()> {
         self.stream.synchronize().map_err(backend_err("synchronize"))?;
         self.set_pool_attr(CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)
+    }
+
+    /// Device memory the driver holds for CUDA graphs' own allocations (their activations), in
+    /// bytes; separate from the stream-ordered pool.
+    pub fn graph_memory(&self) -> Result<usize> {
+        self.stream.synchronize().map_err(backend_err("synchronize"))?;
+        self.ctx.bind_to_thread().map_err(backend_err("bind"))?;
+        let mut value = 0u64;
+        let attr = CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT;
+        // SAFETY: this attribute is a cuuint64_t; the context's own device.
+        unsafe {
+            cudarc::driver::sys::cuDeviceGetGraphMemAttribute(
+                self.ctx.cu_device(),
+                attr,
+                &mut value as *mut u64 as *mut _,
+            )
+        }
+        .result()
+        .map_err(backend_err("graph memory attribute"))?;
+        Ok(value as usize)
     }
 
     /// Returns the pool's unused memory to the driver (after profiling, before the KV cache).

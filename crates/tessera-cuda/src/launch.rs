@@ -275,8 +275,10 @@ pub struct AttentionMeta<'a> {
     pub row_table_start: CudaView<'a, u32>,
     pub row_kv_len: CudaView<'a, u32>,
     pub block_size: u32,
-    /// Keys per partition (a multiple of the chunk), and the most partitions of any row.
-    pub part_size: u32,
+    /// The batch's longest context (one value on the device): the kernels split it `max_splits`
+    /// ways, in whole chunks, so a captured graph partitions each replay for its own contexts.
+    pub max_kv_len: CudaView<'a, u32>,
+    /// The grid's partitions per row: the most any row may use.
     pub max_splits: u32,
 }
 
@@ -298,6 +300,7 @@ pub fn paged_attention(
     assert!(d <= 256 && group * d <= ATTN_ACC * ATTN_THREADS, "attention: head_dim {d}, group {group}");
     assert!(rows <= 65535, "attention over {rows} rows exceeds the grid");
     assert_eq!(out.len(), rows * heads.num_heads as usize * d);
+    assert!(meta.max_kv_len.len() == 1 && meta.max_splits >= 1, "attention: the batch's context bound");
     let splits = meta.max_splits as usize;
     if splits > 1 {
         assert!(part_o.len() >= rows * heads.num_heads as usize * splits * d, "partials too small");
@@ -318,7 +321,7 @@ pub fn paged_attention(
     b.arg(&mut *out).arg(&mut *part_o).arg(&mut *part_ml).arg(qkv).arg(k_cache).arg(v_cache);
     b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len).arg(&scale);
     b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim).arg(&heads.row_width);
-    b.arg(&meta.block_size).arg(&meta.part_size).arg(&meta.max_splits);
+    b.arg(&meta.block_size).arg(&meta.max_kv_len).arg(&meta.max_splits);
     let grid = (heads.num_kv_heads, rows as u32, meta.max_splits);
     // SAFETY: block tables, lengths and slots were validated on the host (`prepare`); partials
     // hold max_splits entries per (row, head) when rows are split.
@@ -327,7 +330,7 @@ pub fn paged_attention(
     if splits > 1 {
         let mut b = device.stream.launch_builder(device.function("attention_reduce"));
         b.arg(out).arg(&*part_o).arg(&*part_ml).arg(&meta.row_kv_len).arg(&heads.num_heads);
-        b.arg(&heads.head_dim).arg(&meta.part_size).arg(&meta.max_splits);
+        b.arg(&heads.head_dim).arg(&meta.max_kv_len).arg(&meta.max_splits);
         // SAFETY: reads the partials written above for rows with more than one partition.
         unsafe { b.launch(cfg((heads.num_heads, rows as u32, 1), row_threads(d).min(128), 0)) }
             .map_err(backend_err("attention_reduce"))?;
@@ -386,4 +389,77 @@ pub fn prefill_attention(
     unsafe { b.launch(cfg((heads.num_kv_heads, num_tiles as u32, 1), 32 * group, 0)) }
         .map_err(backend_err("prefill_attention"))?;
     Ok(())
+}
+
+/// Threads of `argmax_rows` (sampling.cu's ARGMAX_THREADS).
+const ARGMAX_THREADS: u32 = 1024;
+
+/// `out[r]` = the greedy choice of row `r` of `logits` (`rows x cols`), for the first `out.len()`
+/// rows.
+pub fn argmax_rows(
+    device: &Device,
+    out: &mut CudaSlice<u32>,
+    logits: &CudaSlice<bf16>,
+    cols: usize,
+) -> Result<()> {
+    let rows = out.len();
+    assert!(cols > 0 && logits.len() >= rows * cols, "argmax_rows over {rows} rows of {cols}");
+    if rows == 0 {
+        return Ok(());
+    }
+    let cols32 = cols as u32;
+    let mut b = device.stream.launch_builder(device.function("argmax_rows"));
+    b.arg(out).arg(logits).arg(&cols32);
+    // SAFETY: one block per row, each reading its own `cols` values of `logits`.
+    unsafe { b.launch(cfg((rows as u32, 1, 1), ARGMAX_THREADS, 0)) }
+        .map(drop)
+        .map_err(backend_err("argmax_rows"))
+}
+
+/// Threads of `penalize_rows` and `sample_rows` (sampling.cu's SAMPLE_THREADS).
+const SAMPLE_THREADS: u32 = 1024;
+/// f32 parameters per row of `penalize_rows` and `sample_rows` (sampling.cu's FP_COUNT).
+pub const SAMPLE_FPARAMS: usize = 6;
+
+/// Per-row inputs of the sampling kernels, on the device.
+pub struct SampleArgs<'a> {
+    /// `[rows, SAMPLE_FPARAMS]`: temperature, top_p, min_p, repetition, frequency, presence.
+    pub fparams: &'a CudaSlice<f32>,
+    pub top_ks: &'a CudaSlice<u32>,
+    pub uniforms: &'a CudaSlice<f64>,
+    /// CSR of each row's distinct prompt and output tokens with their output counts.
+    pub pen_offsets: &'a CudaSlice<u32>,
+    pub pen_tokens: &'a CudaSlice<u32>,
+    pub pen_counts: &'a CudaSlice<u32>,
+}
+
+/// `out[r]` = the token sampled from row `r` of `logits` (`rows x vocab`, rows = `out.len()`),
+/// through the f32 scratch `work` (`rows x vocab`), which gets the penalised logits.
+pub fn sample_rows(
+    device: &Device,
+    out: &mut CudaSlice<u32>,
+    work: &mut CudaSlice<f32>,
+    logits: &CudaSlice<bf16>,
+    vocab: usize,
+    args: &SampleArgs<'_>,
+) -> Result<()> {
+    let rows = out.len();
+    assert!(vocab > 0 && logits.len() >= rows * vocab && work.len() >= rows * vocab, "sample_rows shapes");
+    assert!(args.fparams.len() >= rows * SAMPLE_FPARAMS && args.top_ks.len() >= rows);
+    assert!(args.uniforms.len() >= rows && args.pen_offsets.len() > rows, "sample_rows parameters");
+    if rows == 0 {
+        return Ok(());
+    }
+    let vocab32 = vocab as u32;
+    let grid = cfg((rows as u32, 1, 1), SAMPLE_THREADS, 0);
+    let mut b = device.stream.launch_builder(device.function("penalize_rows"));
+    b.arg(&mut *work).arg(logits).arg(&vocab32).arg(args.fparams).arg(args.pen_offsets);
+    b.arg(args.pen_tokens).arg(args.pen_counts);
+    // SAFETY: one block per row over its own `vocab` values; the CSR offsets index the token and
+    // count lists (built by `CudaBackend::sample_rows`), tokens outside the vocabulary are skipped.
+    unsafe { b.launch(grid) }.map_err(backend_err("penalize_rows"))?;
+    let mut b = device.stream.launch_builder(device.function("sample_rows"));
+    b.arg(out).arg(&*work).arg(&vocab32).arg(args.fparams).arg(args.top_ks).arg(args.uniforms);
+    // SAFETY: one block per row over its own `vocab` values of `work`, written above.
+    unsafe { b.launch(grid) }.map(drop).map_err(backend_err("sample_rows"))
 }

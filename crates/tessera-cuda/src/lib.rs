@@ -11,12 +11,18 @@
 //! and logits gather then run over NCCL, and every host wait on the group's work is bounded by
 //! the collective deadline.
 //!
-//! Architecture invariant: the only crate with CUDA `unsafe`, and within it only `launch.rs`
-//! (kernel launches), `gemm.rs` (cuBLAS), `device.rs` (driver calls cudarc leaves unsafe) and
-//! `nccl/ffi.rs` (NCCL calls).
+//! Decode steps replay CUDA graphs captured at startup (`graphs.rs`); greedy tokens can be chosen
+//! on the device (`sampling.rs`).
+//!
+//! Architecture invariant: the only crate with CUDA `unsafe`: kernel launches (`launch.rs`),
+//! cuBLAS (`gemm.rs`), driver calls cudarc leaves unsafe (`device.rs`), NCCL calls
+//! (`nccl/ffi.rs`), uninitialised allocations that a kernel fills (`backend.rs`, `sampling.rs`),
+//! and `Send` for captured graphs (`graphs.rs`).
 
 #[cfg(feature = "cuda")]
 mod backend;
+#[cfg(feature = "cuda")]
+mod batch;
 #[cfg(feature = "cuda")]
 mod collective;
 #[cfg(feature = "cuda")]
@@ -26,23 +32,33 @@ mod device;
 #[cfg(feature = "cuda")]
 mod gemm;
 #[cfg(feature = "cuda")]
+mod graphs;
+#[cfg(feature = "cuda")]
 mod launch;
 #[cfg(feature = "cuda")]
 mod nccl;
 #[cfg(feature = "cuda")]
 mod profile;
 #[cfg(feature = "cuda")]
+mod sampling;
+#[cfg(feature = "cuda")]
 mod tensor;
 #[cfg(feature = "cuda")]
 mod timing;
 
 #[cfg(feature = "cuda")]
-pub use backend::{CudaBackend, CudaBatch};
+pub use backend::CudaBackend;
+#[cfg(feature = "cuda")]
+pub use batch::{CudaBatch, PAD_SLOT};
 #[cfg(feature = "cuda")]
 pub use device::{check_libraries, device_count, MemoryStats};
+#[cfg(feature = "cuda")]
+pub use graphs::{DecodeGraphs, GraphReport};
 #[cfg(feature = "cuda")]
 pub use nccl::{nccl_version, AbortSignal, CommConfig, NcclComm, NcclId};
 #[cfg(feature = "cuda")]
 pub use profile::{profile_num_blocks, ProfileLimits, ProfileReport};
+#[cfg(feature = "cuda")]
+pub use sampling::SamplingRow;
 #[cfg(feature = "cuda")]
 pub use tensor::{CudaKvCache, CudaRope, CudaTensor};

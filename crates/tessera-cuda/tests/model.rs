@@ -128,6 +128,7 @@ fn kv_cache_sized_by_profiling() {
         max_model_len: 256,
         block_size: BLOCK_SIZE,
         gpu_memory_utilization: 0.5,
+        max_graph_batch: 0,
     };
     let report = tessera_cuda::profile_num_blocks(&backend, &model, &limits).unwrap();
     eprintln!("profile: {report:?}");

@@ -15,7 +15,7 @@
 
 use crate::actors::coordinator::WorkerGroupFactory;
 use crate::error::EngineError;
-use crate::worker::{ArmedFault, ExecutorFactoryArgs, ModelRunner, StepExecutor};
+use crate::worker::{ArmedFault, CudaAccel, DeviceAccel, ExecutorFactoryArgs, ModelRunner, StepExecutor};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -49,6 +49,11 @@ fn dtype(config: &EngineConfig) -> DType {
         WeightDtype::F32 => DType::F32,
         WeightDtype::Auto | WeightDtype::Bf16 => DType::Bf16,
     }
+}
+
+/// The decode batch sizes captured as CUDA graphs (none when `engine.cuda_graphs` is off).
+fn graph_batch_sizes(config: &EngineConfig) -> Vec<usize> {
+    config.engine.graph_batch_sizes(config.scheduler.max_num_seqs)
 }
 
 fn collective_timeout(config: &EngineConfig) -> Duration {
@@ -100,7 +105,15 @@ fn runner(
     num_blocks: usize,
 ) -> Result<Box<dyn StepExecutor>, String> {
     let samples = model.tp().rank == 0;
-    Ok(Box::new(ModelRunner::new(backend, model, num_blocks, config.cache.block_size, samples)?))
+    let sizes = graph_batch_sizes(config);
+    let runner = ModelRunner::new(backend, model, num_blocks, config.cache.block_size, samples)?.with_accel(
+        |backend, model, cache| {
+            let accel: Box<dyn DeviceAccel<CudaBackend>> =
+                Box::new(CudaAccel::capture(backend, model, cache, &sizes)?);
+            Ok(accel)
+        },
+    )?;
+    Ok(Box::new(runner))
 }
 
 /// Each rank's `CommConfig` for a fresh group (none for one rank).
@@ -146,6 +159,7 @@ impl CudaGroupFactory {
             max_model_len,
             block_size: config.cache.block_size,
             gpu_memory_utilization: config.cache.gpu_memory_utilization,
+            max_graph_batch: graph_batch_sizes(config).last().copied().unwrap_or(0),
         });
         let outcomes: Vec<Result<(Loaded, Option<ProfileReport>), String>> = std::thread::scope(|s| {
             let handles: Vec<_> = comms

@@ -46,19 +46,31 @@ pub fn sample(logits: &[f32], ctx: &SamplingContext<'_>) -> (u32, Option<TokenLo
     let token = if params.is_greedy() {
         argmax(work)
     } else {
-        let mut rng = rng_for(ctx.seed, ctx.output_token_ids.len());
-        draw(work, params, &mut rng)
+        draw(work, params, uniform(ctx.seed, ctx.output_token_ids.len()))
     };
     let logprobs = params.logprobs.map(|n| token_logprobs(logits, token, n as usize));
     (token, logprobs)
 }
 
-/// One ChaCha key per request and one stream per position: streams of one key never overlap, so
-/// positions are independent, and nothing but (seed, position) decides a draw.
-fn rng_for(seed: u64, position: usize) -> ChaCha8Rng {
+/// The uniform number in [0, 1) that the draw at `position` (tokens generated before it) of a
+/// request with `seed` uses: a device sampler given it draws the same token. One ChaCha key per
+/// request and one stream per position: streams of one key never overlap, so positions are
+/// independent, and nothing but (seed, position) decides a draw.
+pub fn uniform(seed: u64, position: usize) -> f64 {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(position as u64);
-    rng
+    rng.gen::<f64>()
+}
+
+/// Each distinct token of the prompt and the output, ascending, with its count in the output:
+/// everything the penalties need, for a device sampler.
+pub fn penalized_tokens(prompt_token_ids: &[u32], output_token_ids: &[u32]) -> Vec<(u32, u32)> {
+    let mut counts: std::collections::BTreeMap<u32, u32> =
+        prompt_token_ids.iter().map(|&id| (id, 0)).collect();
+    for &id in output_token_ids {
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts.into_iter().collect()
 }
 
 /// First index of the largest value; NaN never wins; 0 when nothing beats -inf.
@@ -74,7 +86,13 @@ fn argmax(values: &[f32]) -> u32 {
     best as u32
 }
 
-fn has_penalties(params: &SamplingParams) -> bool {
+/// Whether the token is just the argmax of the raw logits (greedy, no penalties, no logprobs), so
+/// a device can choose it without sending the logits to the host.
+pub fn is_plain_greedy(params: &SamplingParams) -> bool {
+    params.is_greedy() && params.logprobs.is_none() && !has_penalties(params)
+}
+
+pub fn has_penalties(params: &SamplingParams) -> bool {
     params.repetition_penalty != 1.0 || params.frequency_penalty != 0.0 || params.presence_penalty != 0.0
 }
 
@@ -113,7 +131,8 @@ fn by_rank(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-fn draw(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
+/// One draw from what the filters leave, with `uniform` in [0, 1).
+fn draw(logits: &[f32], params: &SamplingParams, uniform: f64) -> u32 {
     let t = params.temperature;
     // f32::max skips NaN; dividing by t > 0 is monotone, so this is the max of the scaled logits.
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) / t;
@@ -155,7 +174,7 @@ fn draw(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
         cands.sort_unstable_by_key(|c| c.0);
     }
     let total: f64 = cands.iter().map(|c| f64::from(c.1)).sum();
-    let target = rng.gen::<f64>() * total;
+    let target = uniform * total;
     let mut acc = 0.0;
     for &(id, w) in &cands {
         acc += f64::from(w);
@@ -429,5 +448,22 @@ mod tests {
         let ctx = SamplingContext { params: &p3, prompt_token_ids: &[], output_token_ids: &[], seed: 0 };
         assert_eq!(sample(&logits, &ctx).1.unwrap().top.len(), 3);
         assert!(sample(&logits, &SamplingContext { params: &params(|_| {}), ..ctx }).1.is_none());
+    }
+
+    #[test]
+    fn penalized_tokens_count_only_the_output() {
+        assert_eq!(penalized_tokens(&[3, 1, 3], &[1, 5, 1]), vec![(1, 2), (3, 0), (5, 1)]);
+        assert!(penalized_tokens(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn the_draw_uses_the_uniform_of_seed_and_position() {
+        // Probabilities 1:1: the token is 0 exactly when the uniform is below one half.
+        let logits = [0.0f32, 0.0];
+        let p = params(|_| {});
+        for pos in 0..64 {
+            let want = u32::from(uniform(11, pos) >= 0.5);
+            assert_eq!(pick(&logits, &p, &[], &vec![0; pos], 11), want, "position {pos}");
+        }
     }
 }

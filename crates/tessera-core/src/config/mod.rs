@@ -12,7 +12,7 @@ mod server;
 
 pub use cache::CacheConfig;
 pub use cluster::{ClusterConfig, OnNodeFailure};
-pub use engine::{EngineSection, OnWorkerFailure};
+pub use engine::{EngineSection, OnWorkerFailure, DEFAULT_GRAPH_BATCH_SIZES};
 pub use model::{Device, LoadFormat, ModelConfig, WeightDtype};
 pub use parallel::ParallelConfig;
 pub use scheduler::SchedulerConfig;

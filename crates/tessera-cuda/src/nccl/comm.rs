@@ -17,6 +17,7 @@ use super::ffi::{self, Progress, RawComm};
 use super::signal::AbortSignal;
 use super::wait::{poll_until, Probe};
 use super::NcclId;
+use cudarc::driver::sys::CUstreamCaptureStatus;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use half::bf16;
 use std::collections::VecDeque;
@@ -257,7 +258,14 @@ impl NcclComm {
     ) -> Result<()> {
         let mut state = self.lock();
         self.check_usable(&mut state)?;
-        if state.marks.len() >= MAX_MARKS {
+        // While the stream is captured into a CUDA graph nothing runs: a mark would be an event
+        // recorded inside the capture, which must not be queried. A replayed step is bounded by
+        // the step's own wait instead (`end_step`).
+        let capturing = match self.stream.capture_status() {
+            Ok(status) => status != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE,
+            Err(e) => return Err(self.fail(&mut state, format!("CUDA capture status: {e}"))),
+        };
+        if !capturing && state.marks.len() >= MAX_MARKS {
             let oldest = state.marks.pop_front().expect("marks are pending");
             let waiting = format!("waiting for earlier collectives before an {what}");
             self.wait_event(&mut state, &oldest, &waiting, self.timeout)?;
@@ -270,6 +278,9 @@ impl NcclComm {
         let raw = state.raw.as_ref().expect("a usable communicator is not aborted");
         if let Err(err) = op(raw, self.stream.cu_stream()) {
             return Err(self.fail(&mut state, err));
+        }
+        if capturing {
+            return Ok(());
         }
         state.issued += 1;
         if state.issued.is_multiple_of(MARK_EVERY) {

@@ -1,8 +1,14 @@
 //! What runs on a worker's own OS thread: the model runner and the thread that owns it.
 
+mod accel;
+#[cfg(feature = "cuda")]
+mod cuda_accel;
 mod runner;
 mod thread;
 
+pub use accel::{DeviceAccel, DeviceSample};
+#[cfg(feature = "cuda")]
+pub use cuda_accel::CudaAccel;
 pub use runner::ModelRunner;
 pub use thread::{
     ArmedFault, ExecutorFactory, ExecutorFactoryArgs, FaultInjection, FaultKind, WorkerJob, WorkerReply,

@@ -1,0 +1,80 @@
+//! The CUDA device's shortcuts: decode steps replayed from CUDA graphs captured when the worker
+//! starts (after its KV cache exists), tokens chosen on the GPU.
+
+use super::accel::{DeviceAccel, DeviceSample};
+use tessera_cuda::{CudaBackend, CudaKvCache, CudaTensor, DecodeGraphs, SamplingRow};
+use tessera_model::{Model, ModelInput, Result};
+
+pub struct CudaAccel {
+    graphs: Option<DecodeGraphs>,
+}
+
+impl CudaAccel {
+    /// Captures the decode graphs of `sizes` (none when empty: graphs are off) and logs what
+    /// they cost.
+    pub fn capture(
+        backend: &CudaBackend,
+        model: &Model<CudaBackend>,
+        cache: &mut CudaKvCache,
+        sizes: &[usize],
+    ) -> Result<Self> {
+        if sizes.is_empty() {
+            tracing::info!("CUDA graphs off: every step runs eagerly");
+            return Ok(CudaAccel { graphs: None });
+        }
+        let graphs = DecodeGraphs::capture(backend, model, cache, sizes)?;
+        let report = graphs.report();
+        tracing::info!(
+            batch_sizes = ?report.batch_sizes,
+            capture_ms = report.capture_ms,
+            graph_pool_mib = report.graph_pool_bytes >> 20,
+            static_mib = report.static_bytes >> 20,
+            "captured decode CUDA graphs"
+        );
+        Ok(CudaAccel { graphs: Some(graphs) })
+    }
+}
+
+impl DeviceAccel<CudaBackend> for CudaAccel {
+    fn replay(&mut self, backend: &CudaBackend, input: &ModelInput) -> Result<bool> {
+        match &mut self.graphs {
+            Some(graphs) => Ok(graphs.replay(backend, input)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    fn replayed_logits(&self) -> &CudaTensor {
+        self.graphs.as_ref().expect("replayed_logits after a replay").logits()
+    }
+
+    fn rows_to_host(&self, backend: &CudaBackend, logits: &CudaTensor, rows: usize) -> Result<Vec<f32>> {
+        backend.rows_to_host(logits, rows)
+    }
+
+    fn argmax_rows(&self, backend: &CudaBackend, logits: &CudaTensor, rows: usize) -> Result<Vec<u32>> {
+        backend.argmax_rows(logits, rows)
+    }
+
+    fn sample_rows(
+        &self,
+        backend: &CudaBackend,
+        logits: &CudaTensor,
+        rows: &[DeviceSample<'_>],
+    ) -> Result<Vec<u32>> {
+        let rows: Vec<SamplingRow<'_>> = rows
+            .iter()
+            .map(|r| SamplingRow {
+                temperature: r.params.temperature,
+                top_k: r.params.top_k,
+                top_p: r.params.top_p,
+                min_p: r.params.min_p,
+                repetition_penalty: r.params.repetition_penalty,
+                frequency_penalty: r.params.frequency_penalty,
+                presence_penalty: r.params.presence_penalty,
+                uniform: r.uniform,
+                penalized: &r.penalized,
+            })
+            .collect();
+        backend.sample_rows(logits, &rows)
+    }
+}
