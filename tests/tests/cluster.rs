@@ -24,7 +24,14 @@ struct Cluster {
     workers: Vec<Proc>,
 }
 
-fn config_text(http: u16, cluster: u16, tp: usize, nodes: usize, ranks: &str) -> String {
+fn config_text(
+    http: u16,
+    cluster: u16,
+    tp: usize,
+    nodes: usize,
+    ranks: &str,
+    on_node_failure: &str,
+) -> String {
     format!(
         r#"device = "cpu"
 [model]
@@ -49,7 +56,7 @@ ranks_per_node = {ranks}
 heartbeat_interval_ms = 200
 heartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}
 join_timeout_ms = 30000
-on_node_failure = "wait"
+on_node_failure = "{on_node_failure}"
 "#
     )
 }
@@ -57,7 +64,11 @@ on_node_failure = "wait"
 impl Cluster {
     /// Head plus nodes `1..nodes`; node 1 brings its own config, the others adopt the head's.
     fn start(tp: usize, nodes: usize, ranks: &str) -> Cluster {
-        let mut this = Cluster::head(tp, nodes, ranks);
+        Cluster::start_with(tp, nodes, ranks, "wait")
+    }
+
+    fn start_with(tp: usize, nodes: usize, ranks: &str, on_node_failure: &str) -> Cluster {
+        let mut this = Cluster::head_with(tp, nodes, ranks, on_node_failure);
         for node in 1..nodes {
             let worker = this.worker(node, node == 1, "e2e-cookie");
             this.workers.push(worker);
@@ -67,10 +78,14 @@ impl Cluster {
 
     /// The head alone, waiting for its nodes.
     fn head(tp: usize, nodes: usize, ranks: &str) -> Cluster {
+        Cluster::head_with(tp, nodes, ranks, "wait")
+    }
+
+    fn head_with(tp: usize, nodes: usize, ranks: &str, on_node_failure: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let (http, cluster) = (free_port(), free_port());
         let config = dir.path().join("cluster.toml");
-        std::fs::write(&config, config_text(http, cluster, tp, nodes, ranks)).unwrap();
+        std::fs::write(&config, config_text(http, cluster, tp, nodes, ranks, on_node_failure)).unwrap();
         let head = Proc::spawn("head", &["serve", "--config", config.to_str().unwrap()], &[]);
         Cluster { _dir: dir, config, http, cluster, head, workers: Vec::new() }
     }
@@ -183,34 +198,64 @@ fn workers_with_the_wrong_cookie_or_config_are_refused_naming_why() {
     cluster.wait_ready();
 }
 
-#[test]
-fn killing_a_worker_fails_in_flight_requests_then_the_group_recovers_when_it_rejoins() {
-    let mut cluster = Cluster::start(4, 3, "[2, 1, 1]");
-    cluster.wait_ready();
-    let port = cluster.http;
+/// Long requests in flight; `fail` breaks a node; every request must end in an error within the
+/// heartbeat deadline + 5 s.
+fn in_flight_requests_fail_after(port: u16, fail: impl FnOnce()) {
     let body = r#"{"model": "tiny", "prompt": "long", "max_tokens": 1800, "ignore_eos": true}"#;
     let in_flight: Vec<_> =
         (0..4).map(|_| std::thread::spawn(move || http(port, "POST", "/v1/completions", body))).collect();
     // Well inside the requests' lives (1800 tokens each), even with an optimised binary.
     std::thread::sleep(Duration::from_millis(300));
-    let killed_at = Instant::now();
-    cluster.workers[1].kill();
+    let failed_at = Instant::now();
+    fail();
     for request in in_flight {
         let response = request.join().unwrap().unwrap();
         assert!(
             !response.starts_with("HTTP/1.1 200"),
-            "an in-flight request finished despite the kill:\n{response}"
+            "an in-flight request finished despite the failure:\n{response}"
         );
         assert!(response.contains("error"), "{response}");
     }
     let limit = Duration::from_millis(HEARTBEAT_TIMEOUT_MS) + Duration::from_secs(5);
-    assert!(killed_at.elapsed() < limit, "in-flight requests took {:?} to fail", killed_at.elapsed());
+    assert!(failed_at.elapsed() < limit, "in-flight requests took {:?} to fail", failed_at.elapsed());
+}
+
+fn assert_not_ready(port: u16) {
     let ready = http(port, "GET", "/ready", "").unwrap();
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+}
+
+#[test]
+fn killing_a_worker_fails_in_flight_requests_then_the_group_recovers_when_it_rejoins() {
+    let mut cluster = Cluster::start(4, 3, "[2, 1, 1]");
+    cluster.wait_ready();
+    let port = cluster.http;
+    in_flight_requests_fail_after(port, || cluster.workers[1].kill());
+    assert_not_ready(port);
 
     // on_node_failure = "wait": the node comes back and the deployment serves again.
     let rejoined = cluster.worker(2, false, "e2e-cookie");
     cluster.workers[1] = rejoined;
     cluster.wait_ready();
     assert_eq!(completions(port, 8).len(), 4);
+
+    // Lost while idle: not ready at once, not only at the next request.
+    cluster.workers[0].kill();
+    wait_for(
+        Duration::from_millis(HEARTBEAT_TIMEOUT_MS) + Duration::from_secs(5),
+        "/ready to turn 503",
+        || http(port, "GET", "/ready", "").is_ok_and(|r| r.starts_with("HTTP/1.1 503")),
+    );
+}
+
+#[test]
+fn a_silent_worker_is_lost_by_its_heartbeat_and_exit_policy_stops_the_head() {
+    let mut cluster = Cluster::start_with(2, 2, "[1, 1]", "exit");
+    cluster.wait_ready();
+    // SIGSTOP: the process and its sockets stay, it just never answers again.
+    in_flight_requests_fail_after(cluster.http, || cluster.workers[0].signal("STOP"));
+    let status = cluster.head.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1), "{}", cluster.head.output());
+    let said = cluster.head.output();
+    assert!(said.contains("no heartbeat for"), "the head says why:\n{said}");
 }

@@ -93,7 +93,9 @@ impl Remotes {
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let stop = || failed().map(|r| format!("group failed while rank {rank} waited: {r}"));
-                let ready = membership.wait_ready(&runtime, node, left, stop)?;
+                // With "exit" a lost node is not waited for: the head is on its way out.
+                let wait = if retry { left } else { Duration::ZERO };
+                let ready = membership.wait_ready(&runtime, node, wait, stop)?;
                 let call = ready.actor.call(|reply| NodeMsg::Build(build.clone(), reply), Some(left));
                 let lost =
                     match block_on_until(&runtime, call, &membership, node, ready.incarnation, Some(&failed))

@@ -352,3 +352,65 @@ impl Head {
         self.server.stop(None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_args() -> HeadArgs {
+        let mut config = EngineConfig::default();
+        config.parallel.tensor_parallel_size = 2;
+        config.cluster.nodes = 2;
+        config.cluster.cookie = "c".into();
+        HeadArgs {
+            membership: Arc::new(Membership::new(2)),
+            model: preflight::model_fingerprint(&config).unwrap(),
+            fatal: watch::channel(None).0,
+            losses: mpsc::unbounded_channel().0,
+            config,
+        }
+    }
+
+    fn join(args: &HeadArgs, request: JoinRequest) -> String {
+        match args.join(request) {
+            JoinReply::Refused(why) => why,
+            JoinReply::Accepted { .. } => panic!("accepted"),
+        }
+    }
+
+    fn request(node_rank: usize) -> JoinRequest {
+        JoinRequest {
+            node_rank,
+            incarnation: 1,
+            version: VERSION.into(),
+            protocol: PROTOCOL_VERSION,
+            config: None,
+        }
+    }
+
+    #[test]
+    fn joins_are_refused_naming_the_node_and_the_check() {
+        let args = head_args();
+        let old = JoinRequest { version: "0.0.1".into(), ..request(1) };
+        assert!(join(&args, old).starts_with("node 1: version check failed"), "version");
+        assert!(join(&args, request(2)).contains("node rank 2 is out of range"), "rank");
+        let mut other = args.config.clone();
+        other.engine.step_timeout_ms = 5;
+        let mismatched = JoinRequest { config: Some(preflight::shared_config_json(&other)), ..request(1) };
+        let why = join(&args, mismatched);
+        assert!(
+            why.starts_with("node 1: config check failed: engine.step_timeout_ms (head: 60000, node: 5)"),
+            "{why}"
+        );
+        // Everything checks out, but no such actor joined the process groups.
+        assert!(join(&args, request(1)).contains("its actor is not visible on the head"));
+    }
+
+    #[test]
+    fn reports_need_a_joined_incarnation_and_the_same_model() {
+        let args = head_args();
+        let report =
+            NodeReport { node_rank: 1, incarnation: 1, model: args.model.clone(), num_devices: None };
+        assert!(args.report(report).unwrap_err().contains("did not join"));
+    }
+}
