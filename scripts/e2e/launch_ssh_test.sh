@@ -96,7 +96,10 @@ ranks_per_node = [2, 1, 1]
 heartbeat_interval_ms = 200
 heartbeat_timeout_ms = 2000
 join_timeout_ms = 30000
-on_node_failure = "exit"
+# "wait": the head stays up when a worker dies, so the launcher is what stops every node (the
+# behaviour under test). With "exit" the head's own exit races the worker's in the launcher's view
+# and either may be named first.
+on_node_failure = "wait"
 EOF
 export TESSERA_CLUSTER__COOKIE="launch-test cookie $RANDOM"
 printf 'node0\nnode1  # a worker\n\nnode2\n' >"$tmp/hosts"
