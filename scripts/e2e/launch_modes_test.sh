@@ -7,6 +7,8 @@
 # Usage: scripts/e2e/launch_modes_test.sh [PATH_TO_TESSERA_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/e2e/launch_test_lib.sh
+source scripts/e2e/launch_test_lib.sh
 
 bin=${1:-${CARGO_TARGET_DIR:-target}/debug/tessera}
 [ -x "$bin" ] || { echo "no tessera binary at $bin (cargo build -p tessera-cli)" >&2; exit 1; }
@@ -16,7 +18,6 @@ python3 -c 'import yaml' 2>/dev/null || { echo "python3 needs PyYAML (pip instal
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tessera-modes-test.XXXXXX")
 config=$tmp/cluster.toml
 passed=0
-node_pids() { pgrep -f -- "tessera (serve|worker) .*--config $config" || true; }
 cleanup() {
     local pid
     for pid in $(node_pids); do kill -KILL "$pid" 2>/dev/null || true; done
@@ -30,26 +31,6 @@ fail() {
         [ -e "$log" ] && { echo "--- $log" >&2; tail -n 30 "$log" >&2; }
     done
     exit 1
-}
-pass() {
-    passed=$((passed + 1))
-    echo "ok: $*"
-}
-free_port() {
-    local port
-    while :; do
-        port=$((30000 + (RANDOM % 20000)))
-        (: </dev/tcp/127.0.0.1/"$port") 2>/dev/null || { echo "$port"; return; }
-    done
-}
-wait_until() {
-    local tenths=$(($1 * 10))
-    shift
-    until "$@"; do
-        tenths=$((tenths - 1))
-        [ "$tenths" -gt 0 ] || return 1
-        sleep 0.1
-    done
 }
 
 # expect STATUS TEXT -- ENV... COMMAND...: runs COMMAND under `env -i` plus ENV (so no variable of

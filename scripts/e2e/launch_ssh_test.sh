@@ -15,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/e2e/sshd_loopback.sh
 source scripts/e2e/sshd_loopback.sh
+# shellcheck source=scripts/e2e/launch_test_lib.sh
+source scripts/e2e/launch_test_lib.sh
 
 bin=${1:-${CARGO_TARGET_DIR:-target}/debug/tessera}
 [ -x "$bin" ] || { echo "no tessera binary at $bin (cargo build -p tessera-cli)" >&2; exit 1; }
@@ -25,9 +27,6 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/tessera-launch-test.XXXXXX")
 config=$tmp/cluster.toml
 launcher=""
 passed=0
-
-# Processes of this test's cluster: tessera serve/worker with this test's config.
-node_pids() { pgrep -f -- "tessera (serve|worker) .*--config $config" || true; }
 
 cleanup() {
     local pid
@@ -44,29 +43,6 @@ fail() {
         [ -e "$log" ] && { echo "--- $log" >&2; tail -n 40 "$log" >&2; }
     done
     exit 1
-}
-pass() {
-    passed=$((passed + 1))
-    echo "ok: $*"
-}
-
-free_port() {
-    local port
-    while :; do
-        port=$((30000 + (RANDOM % 20000)))
-        (: </dev/tcp/127.0.0.1/"$port") 2>/dev/null || { echo "$port"; return; }
-    done
-}
-
-# wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s.
-wait_until() {
-    local tenths=$(($1 * 10))
-    shift
-    until "$@"; do
-        tenths=$((tenths - 1))
-        [ "$tenths" -gt 0 ] || return 1
-        sleep 0.1
-    done
 }
 launcher_gone() { ! kill -0 "$launcher" 2>/dev/null; }
 no_nodes_left() { [ -z "$(node_pids)" ]; }
