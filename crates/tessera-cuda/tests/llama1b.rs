@@ -13,7 +13,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::path::PathBuf;
 use tessera_core::config::ModelConfig;
 use tessera_cuda::CudaBackend;
@@ -25,31 +24,6 @@ const NUM_BLOCKS: usize = 256;
 /// checkpoint is printed by the reference script as the yardstick (see docs/correctness.md).
 const LOGITS_TOL: f32 = 5e-2;
 const MIN_AGREEMENT: f64 = 0.95;
-
-struct Case {
-    prompt: Vec<u32>,
-    greedy: Vec<u32>,
-    margins: Vec<f64>,
-    logits: Vec<f32>,
-}
-
-fn load_cases(dir: &std::path::Path) -> Vec<Case> {
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let ids = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    let floats = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>();
-    json["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| Case {
-            prompt: ids(&c["prompt_ids"]),
-            greedy: ids(&c["greedy_ids"]),
-            margins: floats(&c["margins"]),
-            logits: floats(&c["last_logits"]).into_iter().map(|x| x as f32).collect(),
-        })
-        .collect()
-}
 
 /// A block table of distinct, scattered blocks (paging exercised, as in model.rs).
 fn blocks(n: usize) -> Vec<u32> {
@@ -69,7 +43,7 @@ fn llama_1b_shape_matches_transformers() {
     let backend = CudaBackend::new(0).unwrap();
     let model =
         Model::load(&backend, &files.spec, files.source.as_ref(), DType::Bf16, TpRank::SINGLE, 4096).unwrap();
-    let cases = load_cases(&dir);
+    let cases = load_llama1b_cases(&dir);
     assert_eq!(cases.len(), 20);
     let (mut agree, mut total, mut worst_err, mut identical) = (0, 0, 0.0f32, 0);
     let mut failures = Vec::new();

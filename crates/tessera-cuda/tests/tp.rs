@@ -17,7 +17,6 @@ mod common;
 
 use common::group::{run_group, tp_sizes};
 use common::*;
-use serde_json::Value;
 use std::path::PathBuf;
 use tessera_core::config::ModelConfig;
 use tessera_cuda::CudaBackend;
@@ -192,19 +191,13 @@ fn fixtures_at_tp_2_and_4_match_one_gpu_and_transformers() {
 }
 
 fn llama1b_cases(dir: &std::path::Path) -> Vec<Case> {
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let ids = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    let floats = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
-    json["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
+    load_llama1b_cases(dir)
+        .into_iter()
         .map(|c| Case {
-            prompt: ids(&c["prompt_ids"]),
-            greedy: ids(&c["greedy_ids"]),
-            first_logits: floats(&c["last_logits"]).into_iter().map(|x| x as f32).collect(),
-            margins: Some(floats(&c["margins"])),
+            prompt: c.prompt,
+            greedy: c.greedy,
+            first_logits: c.logits,
+            margins: Some(c.margins),
         })
         .collect()
 }

@@ -108,3 +108,31 @@ pub fn open(name: &str) -> ModelFiles {
     let config = ModelConfig { path: Some(fixture_dir(name)), ..Default::default() };
     open_model(&config).unwrap()
 }
+
+/// One prompt of the 1B-shape reference (`scripts/gpu/llama1b_reference.py`'s expected.json).
+pub struct Llama1bCase {
+    pub prompt: Vec<u32>,
+    pub greedy: Vec<u32>,
+    /// The reference's top-1 margin at each greedy step.
+    pub margins: Vec<f64>,
+    /// The first step's logits.
+    pub logits: Vec<f32>,
+}
+
+pub fn load_llama1b_cases(dir: &std::path::Path) -> Vec<Llama1bCase> {
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let floats = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>();
+    json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Llama1bCase {
+            prompt: ids(&c["prompt_ids"]),
+            greedy: ids(&c["greedy_ids"]),
+            margins: floats(&c["margins"]),
+            logits: floats(&c["last_logits"]).into_iter().map(|x| x as f32).collect(),
+        })
+        .collect()
+}
