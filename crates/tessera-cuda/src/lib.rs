@@ -55,6 +55,8 @@ pub use device::{check_libraries, device_count, MemoryStats};
 #[cfg(feature = "cuda")]
 pub use graphs::{DecodeGraphs, GraphReport};
 #[cfg(feature = "cuda")]
+pub use launch::DECODE_ATTENTION_VARIANT;
+#[cfg(feature = "cuda")]
 pub use nccl::{nccl_version, AbortSignal, CommConfig, NcclComm, NcclId};
 #[cfg(feature = "cuda")]
 pub use profile::{profile_num_blocks, ProfileLimits, ProfileReport};
