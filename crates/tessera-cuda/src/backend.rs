@@ -159,6 +159,22 @@ fn backend(message: String) -> ModelError {
     ModelError::Backend(message)
 }
 
+fn check_rope(rope: &CudaRope, batch: &CudaBatch, layout: QkvLayout) -> Result<()> {
+    assert_eq!(rope.head_dim, layout.head_dim, "RoPE table of another head size");
+    if batch.num_tokens() > 0 && batch.bounds.max_position >= rope.max_positions {
+        return Err(backend(format!(
+            "position {} beyond the RoPE table of {} positions",
+            batch.bounds.max_position, rope.max_positions
+        )));
+    }
+    Ok(())
+}
+
+fn check_slots(cache: &CudaKvCache, batch: &CudaBatch) {
+    assert_eq!(batch.block_size, cache.shape.block_size, "batch and cache block sizes differ");
+    assert!(batch.num_tokens() == 0 || batch.bounds.max_slot < cache.num_slots(), "slot beyond the cache");
+}
+
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Weight = CudaTensor;
@@ -272,15 +288,27 @@ impl Backend for CudaBackend {
         batch: &CudaBatch,
         layout: QkvLayout,
     ) -> Result<()> {
-        assert_eq!(rope.head_dim, layout.head_dim, "RoPE table of another head size");
-        if batch.num_tokens() > 0 && batch.bounds.max_position >= rope.max_positions {
-            return Err(backend(format!(
-                "position {} beyond the RoPE table of {} positions",
-                batch.bounds.max_position, rope.max_positions
-            )));
-        }
+        check_rope(rope, batch, layout)?;
         let positions = batch.view(&batch.layout.positions);
         launch::rope(&self.device, &mut qkv.data, &positions, &rope.cos, &rope.sin, heads(layout))
+    }
+
+    fn rope_write_kv(
+        &self,
+        qkv: &mut CudaTensor,
+        rope: &CudaRope,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatch,
+        layout: QkvLayout,
+    ) -> Result<()> {
+        check_rope(rope, batch, layout)?;
+        check_slots(cache, batch);
+        let positions = batch.view(&batch.layout.positions);
+        let slots = batch.view(&batch.layout.slot_mapping);
+        let (k, v) = &mut cache.layers[layer];
+        let (cos, sin) = (&rope.cos, &rope.sin);
+        launch::rope_write_kv(&self.device, &mut qkv.data, k, v, &positions, &slots, cos, sin, heads(layout))
     }
 
     fn write_kv(
@@ -291,11 +319,7 @@ impl Backend for CudaBackend {
         batch: &CudaBatch,
         layout: QkvLayout,
     ) -> Result<()> {
-        assert_eq!(batch.block_size, cache.shape.block_size, "batch and cache block sizes differ");
-        assert!(
-            batch.num_tokens() == 0 || batch.bounds.max_slot < cache.num_slots(),
-            "slot beyond the cache"
-        );
+        check_slots(cache, batch);
         let slots = batch.view(&batch.layout.slot_mapping);
         let (k, v) = &mut cache.layers[layer];
         launch::write_kv(&self.device, k, v, &qkv.data, &slots, heads(layout))

@@ -92,7 +92,7 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
 const ENTRIES: [(&str, &[&str]); 9] = [
     ("embedding", &["embedding"]),
     ("norm", &["rms_norm", "add_rms_norm", "qk_norm"]),
-    ("rope", &["rope"]),
+    ("rope", &["rope", "rope_write_kv"]),
     ("activation", &["silu_mul", "add_bias", "gather_rows", "concat_cols"]),
     ("kv_cache", &["write_kv"]),
     ("attention", &["paged_attention", "attention_reduce"]),

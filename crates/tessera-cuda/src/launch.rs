@@ -161,6 +161,38 @@ pub fn rope(
         .map_err(backend_err("rope"))
 }
 
+/// `rope` and `write_kv` in one launch (rope.cu's `rope_write_kv`).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_write_kv(
+    device: &Device,
+    qkv: &mut CudaSlice<bf16>,
+    k_cache: &mut CudaSlice<bf16>,
+    v_cache: &mut CudaSlice<bf16>,
+    positions: &CudaView<'_, u32>,
+    slots: &CudaView<'_, u32>,
+    cos: &CudaSlice<f32>,
+    sin: &CudaSlice<f32>,
+    heads: Heads,
+) -> Result<()> {
+    let rows = positions.len();
+    heads.check(qkv.len(), rows);
+    assert_eq!(slots.len(), rows, "rope_write_kv: a slot per row");
+    assert_eq!(cos.len(), sin.len());
+    assert_eq!(k_cache.len(), v_cache.len());
+    if rows == 0 {
+        return Ok(());
+    }
+    let rot_pairs = (heads.num_heads + heads.num_kv_heads) * heads.head_dim / 2;
+    let mut b = device.stream.launch_builder(device.function("rope_write_kv"));
+    b.arg(qkv).arg(k_cache).arg(v_cache).arg(positions).arg(slots).arg(cos).arg(sin);
+    b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim).arg(&heads.row_width);
+    // SAFETY: positions were checked against the table length and slots against the cache on the
+    // host (`prepare`, `rope_write_kv`); padding slots are skipped by the kernel.
+    unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(rot_pairs as usize), 0)) }
+        .map(drop)
+        .map_err(backend_err("rope_write_kv"))
+}
+
 pub fn silu_mul(
     device: &Device,
     out: &mut CudaSlice<bf16>,

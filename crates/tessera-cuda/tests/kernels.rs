@@ -194,6 +194,21 @@ struct Seq {
 /// and attends. Block tables are scrambled so that paging is honoured. Returns both steps'
 /// attention outputs.
 fn attention<B: Backend>(b: &B, layout: QkvLayout, seqs: &[Seq], block_size: usize, seed: u64) -> Vec<f32> {
+    attention_with(b, layout, seqs, block_size, seed, false)
+}
+
+/// `attention`, optionally writing the cache through `rope_write_kv` (RoPE of q and k first)
+/// instead of `write_kv`; then the q|k|v rows after RoPE follow each step's output.
+fn attention_with<B: Backend>(
+    b: &B,
+    layout: QkvLayout,
+    seqs: &[Seq],
+    block_size: usize,
+    seed: u64,
+    fused_rope: bool,
+) -> Vec<f32> {
+    let (cos, sin) = rope_tables(layout.head_dim, 8192);
+    let rope = b.upload_rope(cos, sin, layout.head_dim).unwrap();
     let num_blocks: usize =
         seqs.iter().map(|s| (s.computed + s.query).div_ceil(block_size)).sum::<usize>() + 3;
     let shape = KvCacheShape {
@@ -229,17 +244,43 @@ fn attention<B: Backend>(b: &B, layout: QkvLayout, seqs: &[Seq], block_size: usi
             .collect();
         let input = ModelInput::build(block_size, &chunks);
         let rows = input.num_tokens();
-        let qkv = activation(
+        let mut qkv = activation(
             b,
             rows,
             layout.row_width(),
             &random_bf16(seed + step, rows * layout.row_width(), 2.0),
         );
         let batch = b.prepare(&input).unwrap();
-        b.write_kv(&mut cache, layer, &qkv, &batch, layout).unwrap();
+        if fused_rope {
+            b.rope_write_kv(&mut qkv, &rope, &mut cache, layer, &batch, layout).unwrap();
+        } else {
+            b.write_kv(&mut cache, layer, &qkv, &batch, layout).unwrap();
+        }
         out.extend(b.to_host(&b.attention(&cache, layer, &qkv, &batch, layout).unwrap()).unwrap());
+        if fused_rope {
+            out.extend(b.to_host(&qkv).unwrap());
+        }
     }
     out
+}
+
+/// RoPE fused with the cache write (the model's path on CUDA) against the CPU's rope then
+/// write_kv: the rotated rows, and attention over what reached the cache.
+#[test]
+fn rope_write_kv_then_attention() {
+    let Some((cpu, gpu)) = backends("rope_write_kv_then_attention") else { return };
+    let cases = [
+        (QkvLayout { num_heads: 32, num_kv_heads: 8, head_dim: 128 }, 16),
+        (QkvLayout { num_heads: 8, num_kv_heads: 4, head_dim: 8 }, 4),
+    ];
+    for (i, (layout, block_size)) in cases.into_iter().enumerate() {
+        let seqs =
+            [Seq { computed: 40, query: 1 }, Seq { computed: 3, query: 12 }, Seq { computed: 0, query: 5 }];
+        let seed = 900 + 2 * i as u64;
+        let want = attention_with(&cpu, layout, &seqs, block_size, seed, true);
+        let got = attention_with(&gpu, layout, &seqs, block_size, seed, true);
+        assert_close(&format!("rope_write_kv {layout:?}"), &got, &want, BF16_TOL);
+    }
 }
 
 #[test]
