@@ -7,7 +7,7 @@ use crate::nccl::{CommConfig, NcclComm};
 use crate::tensor::{CudaKvCache, CudaRope, CudaTensor};
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use tessera_model::weights::HostTensor;
+use tessera_model::weights::{DummyFill, HostTensor};
 use tessera_model::{Backend, DType, KvCacheShape, ModelError, ModelInput, QkvLayout, Result, TpRank};
 
 pub struct CudaBackend {
@@ -191,6 +191,27 @@ impl Backend for CudaBackend {
         let host = to_bf16(&tensor);
         let data = self.device.stream.clone_htod(&host).map_err(backend_err("weight upload"))?;
         Ok(CudaTensor { rows, cols, data })
+    }
+
+    fn upload_dummy(&self, parts: &[DummyFill], dtype: DType) -> Result<Option<CudaTensor>> {
+        // `upload` rounds f32 and bf16 host values once to bf16, as fill_dummy does; f16 values
+        // would be rounded twice, so those come from the host.
+        if dtype == DType::F16 || parts.is_empty() {
+            return Ok(None);
+        }
+        let width = parts[0].cols;
+        assert!(parts.iter().all(|p| p.cols == width && p.vector == parts[0].vector), "fused parts differ");
+        let len: usize = parts.iter().map(DummyFill::numel).sum();
+        let mut data = self.alloc(len)?;
+        let mut offset = 0;
+        for part in parts {
+            let mut view = data.slice_mut(offset..offset + part.numel());
+            launch::fill_dummy(&self.device, &mut view, part)?;
+            offset += part.numel();
+        }
+        // 1-D tensors (norm weights, biases) are one row, as `upload` holds them.
+        let (rows, cols) = if parts[0].vector { (1, len) } else { (len / width, width) };
+        Ok(Some(CudaTensor { rows, cols, data }))
     }
 
     fn upload_rope(&self, cos: Vec<f32>, sin: Vec<f32>, head_dim: usize) -> Result<CudaRope> {

@@ -90,7 +90,7 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
 
 /// Kernel entry points of each family (their `extern "C"` names).
 const ENTRIES: [(&str, &[&str]); 9] = [
-    ("embedding", &["embedding"]),
+    ("embedding", &["embedding", "fill_dummy"]),
     ("norm", &["rms_norm", "add_rms_norm", "qk_norm"]),
     ("rope", &["rope", "rope_write_kv"]),
     ("activation", &["silu_mul", "add_bias", "gather_rows", "concat_cols"]),

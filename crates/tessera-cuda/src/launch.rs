@@ -3,8 +3,9 @@
 //! signatures exactly (order and width), which is what these functions pin down.
 
 use crate::device::{backend_err, Device};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::bf16;
+use tessera_model::weights::DummyFill;
 use tessera_model::Result;
 
 /// Threads of a per-row block: enough to stride a row in few passes, at most 1024.
@@ -45,6 +46,21 @@ pub fn embedding(
     unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(hidden as usize), 0)) }
         .map(drop)
         .map_err(backend_err("embedding"))
+}
+
+/// Generates one part of a dummy weight into `out` (embedding.cu's `fill_dummy`).
+pub fn fill_dummy(device: &Device, out: &mut CudaViewMut<'_, bf16>, fill: &DummyFill) -> Result<()> {
+    assert_eq!(out.len(), fill.numel(), "fill_dummy: buffer of another size");
+    if fill.numel() == 0 {
+        return Ok(());
+    }
+    let [n, cols, row0, col0, full_cols] =
+        [fill.numel(), fill.cols, fill.row0, fill.col0, fill.full_cols].map(|v| v as u64);
+    let mut b = device.stream.launch_builder(device.function("fill_dummy"));
+    b.arg(out).arg(&n).arg(&fill.base).arg(&fill.center).arg(&fill.half_width);
+    b.arg(&cols).arg(&row0).arg(&col0).arg(&full_cols);
+    // SAFETY: writes exactly the `n` elements of `out`.
+    unsafe { b.launch(elementwise(device, fill.numel())) }.map(drop).map_err(backend_err("fill_dummy"))
 }
 
 pub fn rms_norm(

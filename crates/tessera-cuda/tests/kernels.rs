@@ -11,7 +11,8 @@ use tessera_cpu::CpuBackend;
 use tessera_cuda::CudaBackend;
 use tessera_model::rope::cos_sin_tables;
 use tessera_model::spec::{Llama3RopeScaling, RopeSpec};
-use tessera_model::{Backend, KvCacheShape, ModelInput, QkvLayout, SeqChunk};
+use tessera_model::weights::{DummySource, Shard, WeightSource};
+use tessera_model::{Backend, DType, KvCacheShape, ModelInput, QkvLayout, SeqChunk};
 
 fn backends(test: &str) -> Option<(CpuBackend, CudaBackend)> {
     gpu_tests_enabled(test).then(|| (CpuBackend::new(), CudaBackend::new(0).expect("CUDA backend")))
@@ -405,4 +406,51 @@ fn decode_attention_variant_for_the_8b_layout() {
     let got = attention(&gpu, layout, &seqs, 16, 77);
     std::env::remove_var("TESSERA_DECODE_ATTENTION");
     assert_close("attention: decode variant", &got, &want, BF16_TOL);
+}
+
+/// Dummy weights generated on the GPU (what `Model::load` uses for a dummy source) equal the
+/// host generator's values uploaded, bit for bit: every value range, shards of both kinds, 1-D
+/// tensors and a fused q|k|v of three parts.
+#[test]
+fn dummy_weights_generated_on_the_gpu_equal_the_host_values() {
+    let Some((_, gpu)) = backends("dummy_weights_generated_on_the_gpu_equal_the_host_values") else { return };
+    let source = DummySource::new(11);
+    let cases: [(&str, Vec<usize>, Shard); 6] = [
+        ("model.layers.3.mlp.down_proj.weight", vec![96, 200], Shard::Cols { rank: 1, world: 4 }),
+        ("model.layers.0.self_attn.q_proj.weight", vec![64, 48], Shard::Rows { rank: 2, world: 4 }),
+        ("model.embed_tokens.weight", vec![1000, 24], Shard::Rows { rank: 1, world: 2 }),
+        ("model.layers.1.input_layernorm.weight", vec![4096], Shard::Full),
+        ("model.layers.1.self_attn.q_proj.bias", vec![128], Shard::Rows { rank: 1, world: 2 }),
+        ("lm_head.weight", vec![333, 40], Shard::Full),
+    ];
+    for (name, shape, shard) in &cases {
+        for dtype in [DType::Bf16, DType::F32] {
+            let fill = source.fill(name, shape, *shard);
+            let on_gpu =
+                gpu.upload_dummy(&[fill], dtype).unwrap().expect("bf16 and f32 are generated on the GPU");
+            let host = gpu.upload(source.get(name, shape, *shard, dtype).unwrap()).unwrap();
+            assert_eq!((on_gpu.rows, on_gpu.cols), (host.rows, host.cols), "{name} {shard:?}");
+            assert_eq!(
+                gpu.to_host(&on_gpu).unwrap(),
+                gpu.to_host(&host).unwrap(),
+                "{name} {shard:?} {dtype:?}"
+            );
+        }
+    }
+    assert!(gpu.upload_dummy(&[source.fill("w", &[4, 4], Shard::Full)], DType::F16).unwrap().is_none());
+    let names = ["q_proj", "k_proj", "v_proj"].map(|p| format!("model.layers.2.self_attn.{p}.weight"));
+    let shard = Shard::Rows { rank: 1, world: 2 };
+    let shapes = [vec![64, 32], vec![16, 32], vec![16, 32]];
+    let fills: Vec<_> = names.iter().zip(&shapes).map(|(n, s)| source.fill(n, s, shard)).collect();
+    let fused = gpu.upload_dummy(&fills, DType::Bf16).unwrap().unwrap();
+    let mut want = Vec::new();
+    for (name, shape) in names.iter().zip(&shapes) {
+        want.extend(source.get(name, shape, shard, DType::Bf16).unwrap().to_f32());
+    }
+    assert_eq!((fused.rows, fused.cols), (48, 32));
+    assert_eq!(gpu.to_host(&fused).unwrap(), want, "fused q|k|v");
+    println!(
+        "dummy weights: GPU generation equals the host values on {} cases and a fused q|k|v",
+        cases.len() * 2
+    );
 }

@@ -6,7 +6,8 @@
 
 use crate::error::Result;
 use crate::input::ModelInput;
-use crate::weights::HostTensor;
+use crate::spec::DType;
+use crate::weights::{DummyFill, HostTensor};
 
 /// Head layout of a fused q|k|v row on this tensor-parallel rank: `num_heads` query heads, then
 /// `num_kv_heads` key heads, then as many value heads, each `head_dim` wide.
@@ -61,6 +62,14 @@ pub trait Backend {
 
     fn upload(&self, tensor: HostTensor) -> Result<Self::Weight>;
     /// `cos` and `sin` are `[max_positions, head_dim / 2]`, row-major.
+    /// Dummy weights generated on the device: the row-wise concatenation of `parts` (each part's
+    /// rows, in order; all of one width), as `upload` of the host values of `dtype` would store
+    /// them, bit for bit. `None` (the default) when the backend cannot, and the loader uploads
+    /// host values instead.
+    fn upload_dummy(&self, parts: &[DummyFill], dtype: DType) -> Result<Option<Self::Weight>> {
+        let _ = (parts, dtype);
+        Ok(None)
+    }
     fn upload_rope(&self, cos: Vec<f32>, sin: Vec<f32>, head_dim: usize) -> Result<Self::Rope>;
     fn alloc_kv_cache(&self, shape: KvCacheShape) -> Result<Self::KvCache>;
     fn prepare(&self, input: &ModelInput) -> Result<Self::Batch>;

@@ -20,7 +20,8 @@ impl DummySource {
     }
 }
 
-fn splitmix64(mut x: u64) -> u64 {
+/// The generator's mixing function (also in kernels/embedding.cu's `fill_dummy`).
+pub fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -47,10 +48,44 @@ fn value_range(name: &str, full_shape: &[usize]) -> (f32, f32) {
     }
 }
 
-impl WeightSource for DummySource {
-    fn get(&self, name: &str, full_shape: &[usize], shard: Shard, dtype: DType) -> Result<HostTensor> {
+/// One tensor's part as the generator defines it: element `i` of the part (row-major, `cols`
+/// wide) is `center + half_width * unit(splitmix64(base ^ global))`, where `global` is its index in
+/// the full tensor (`full_cols` wide, the part starting at `row0`, `col0`) and `unit` maps the top
+/// 24 bits to [-1, 1). A backend may evaluate it on its device instead of uploading host values
+/// (`Backend::upload_dummy`); it must then compute exactly this, in f32 without fused
+/// multiply-add, rounded once to its storage type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DummyFill {
+    pub base: u64,
+    pub center: f32,
+    pub half_width: f32,
+    pub rows: usize,
+    pub cols: usize,
+    pub row0: usize,
+    pub col0: usize,
+    pub full_cols: usize,
+    /// A 1-D tensor (norm weight, bias): `rows` values, `cols` 1.
+    pub vector: bool,
+}
+
+impl DummyFill {
+    pub fn numel(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// The f32 value of element `i` of the part.
+    pub fn value(&self, i: usize) -> f32 {
+        let global = (self.row0 + i / self.cols) * self.full_cols + self.col0 + i % self.cols;
+        // 24 random bits mapped to [-1, 1) (exact in f32).
+        let unit = (splitmix64(self.base ^ global as u64) >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+        self.center + self.half_width * unit
+    }
+}
+
+impl DummySource {
+    /// The generator of `shard` of tensor `name` (full shape `full_shape`).
+    pub fn fill(&self, name: &str, full_shape: &[usize], shard: Shard) -> DummyFill {
         let (center, half_width) = value_range(name, full_shape);
-        let base = splitmix64(self.seed ^ name_hash(name));
         let shape = shard.shape(full_shape);
         let full_cols = if full_shape.len() == 2 { full_shape[1] } else { 1 };
         let cols = if shape.len() == 2 { shape[1] } else { 1 };
@@ -59,18 +94,31 @@ impl WeightSource for DummySource {
             Shard::Rows { rank, .. } => (rank * shape[0], 0),
             Shard::Cols { rank, .. } => (0, rank * cols),
         };
-        let numel: usize = shape.iter().product();
+        let rows = shape.iter().product::<usize>() / cols.max(1);
+        DummyFill {
+            base: splitmix64(self.seed ^ name_hash(name)),
+            center,
+            half_width,
+            rows,
+            cols,
+            row0,
+            col0,
+            full_cols,
+            vector: full_shape.len() == 1,
+        }
+    }
+}
+
+impl WeightSource for DummySource {
+    fn get(&self, name: &str, full_shape: &[usize], shard: Shard, dtype: DType) -> Result<HostTensor> {
+        let fill = self.fill(name, full_shape, shard);
         let elem = dtype.size_bytes();
-        let mut data = vec![0u8; numel * elem];
+        let mut data = vec![0u8; fill.numel() * elem];
         // A 70B shape is ~140 GB of values: generate in parallel, chunk by chunk. Each value depends
         // only on its global index, so the split does not change the result.
         data.par_chunks_mut(CHUNK_ELEMS * elem).enumerate().for_each(|(chunk, out)| {
             for (j, bytes) in out.chunks_exact_mut(elem).enumerate() {
-                let i = chunk * CHUNK_ELEMS + j;
-                let global = (row0 + i / cols) * full_cols + col0 + i % cols;
-                // 24 random bits mapped to [-1, 1).
-                let unit = (splitmix64(base ^ global as u64) >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-                let value = center + half_width * unit;
+                let value = fill.value(chunk * CHUNK_ELEMS + j);
                 match dtype {
                     DType::F32 => bytes.copy_from_slice(&value.to_le_bytes()),
                     DType::F16 => bytes.copy_from_slice(&half::f16::from_f32(value).to_le_bytes()),
@@ -78,7 +126,11 @@ impl WeightSource for DummySource {
                 }
             }
         });
-        Ok(HostTensor { dtype, shape, data })
+        Ok(HostTensor { dtype, shape: shard.shape(full_shape), data })
+    }
+
+    fn dummy(&self) -> Option<&DummySource> {
+        Some(self)
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -90,6 +142,21 @@ impl WeightSource for DummySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_fill_indexes_the_full_tensor() {
+        let source = DummySource::new(3);
+        let full = source.fill("layers.0.w", &[8, 6], Shard::Full);
+        let cols = source.fill("layers.0.w", &[8, 6], Shard::Cols { rank: 1, world: 2 });
+        assert_eq!((cols.rows, cols.cols, cols.row0, cols.col0, cols.full_cols), (8, 3, 0, 3, 6));
+        // Element (2, 1) of rank 1's columns is element (2, 4) of the full tensor.
+        assert_eq!(cols.value(2 * 3 + 1), full.value(2 * 6 + 4));
+        let rows = source.fill("layers.0.w", &[8, 6], Shard::Rows { rank: 3, world: 4 });
+        assert_eq!((rows.rows, rows.row0), (2, 6));
+        assert_eq!(rows.value(7), full.value(6 * 6 + 7));
+        let vector = source.fill("norm.weight", &[5], Shard::Full);
+        assert_eq!((vector.rows, vector.cols, vector.numel()), (5, 1, 5));
+    }
 
     #[test]
     fn shards_are_slices_of_the_full_tensor() {

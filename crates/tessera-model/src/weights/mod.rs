@@ -5,7 +5,7 @@
 mod dummy;
 mod safetensors;
 
-pub use dummy::DummySource;
+pub use dummy::{splitmix64, DummyFill, DummySource};
 pub use safetensors::SafetensorsSource;
 
 use crate::error::Result;
@@ -115,6 +115,12 @@ pub trait WeightSource: Send + Sync {
 
     /// Whether the source has a tensor of this name (for optional tensors such as `lm_head`).
     fn contains(&self, name: &str) -> bool;
+
+    /// The generator, when this source makes up its values: the loader then lets the backend
+    /// generate them where they will live (`Backend::upload_dummy`).
+    fn dummy(&self) -> Option<&DummySource> {
+        None
+    }
 }
 
 #[cfg(test)]
