@@ -4,7 +4,12 @@
 //    out = rms_norm(residual): the fused pre-norm of every transformer block, one pass over memory.
 //  - qk_norm: per-head RMSNorm of the q and k heads of fused q|k|v rows, in place (Qwen3); one
 //    warp per head.
-// The row is staged in shared memory in f32 so that it is read from global memory once.
+// rms_norm and add_rms_norm stage the row in shared memory in f32 so that it is read from global
+// memory once; any width. rms_norm_v8 and add_rms_norm_v8 are the same operations for rows of
+// whole 16-byte vectors (cols % 8 == 0, 16-byte aligned; the host picks them): each thread keeps
+// up to NORM_VECS vectors of its row (and of the weight) in registers, so every load of the row
+// is in flight at once, no shared memory holds the row, and the block's sum takes one barrier.
+// Decode rows are latency-bound (one 4096-wide row is 8 KB), which is what this saves.
 
 extern "C" __global__ void rms_norm(bf16* __restrict__ out, const bf16* __restrict__ x,
                                    const bf16* __restrict__ w, float eps, u32 cols) {
@@ -39,6 +44,108 @@ extern "C" __global__ void add_rms_norm(bf16* __restrict__ out, bf16* __restrict
     float scale = rsqrtf(block_sum(ss, scratch) / (float)cols + eps);
     for (u32 i = threadIdx.x; i < cols; i += blockDim.x)
         out[base + i] = f2bf(row[i] * scale * bf2f(w[i]));
+}
+
+#define NORM_VECS 4
+
+// Sum over the block with one barrier: each warp's sum goes to `scratch` (32 floats, used once),
+// then every thread adds them in the same order, so all threads get the same value.
+__device__ __forceinline__ float block_sum_once(float v, float* scratch) {
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (u32 i = 0; i < (blockDim.x >> 5); i++) s += scratch[i];
+    return s;
+}
+
+__device__ __forceinline__ uint4 bf16x8_add(uint4 a, uint4 b) {
+    u32* pa = (u32*)&a;
+    const u32* pb = (const u32*)&b;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        bf16 lo = f2bf(bf2f((bf16)(pa[i] & 0xffffu)) + bf2f((bf16)(pb[i] & 0xffffu)));
+        bf16 hi = f2bf(bf2f((bf16)(pa[i] >> 16)) + bf2f((bf16)(pb[i] >> 16)));
+        pa[i] = (u32)lo | ((u32)hi << 16);
+    }
+    return a;
+}
+
+__device__ __forceinline__ float bf16x8_sum_sq(uint4 a) {
+    const u32* p = (const u32*)&a;
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float lo = bf2f((bf16)(p[i] & 0xffffu)), hi = bf2f((bf16)(p[i] >> 16));
+        s += lo * lo + hi * hi;
+    }
+    return s;
+}
+
+// out = x * scale * w, element by element, rounded to bf16 (the scalar kernels' expression).
+__device__ __forceinline__ uint4 bf16x8_scale(uint4 x, uint4 w, float scale) {
+    const u32* px = (const u32*)&x;
+    const u32* pw = (const u32*)&w;
+    uint4 out;
+    u32* po = (u32*)&out;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        bf16 lo = f2bf(bf2f((bf16)(px[i] & 0xffffu)) * scale * bf2f((bf16)(pw[i] & 0xffffu)));
+        bf16 hi = f2bf(bf2f((bf16)(px[i] >> 16)) * scale * bf2f((bf16)(pw[i] >> 16)));
+        po[i] = (u32)lo | ((u32)hi << 16);
+    }
+    return out;
+}
+
+// One row per block of blockDim.x >= cols / (8 * NORM_VECS) threads. With ADD, `residual` +=
+// `x` (rounded to bf16) and the sum is normalised; without, `x` is.
+template <bool ADD>
+__device__ __forceinline__ void norm_row_v8(bf16* __restrict__ out, bf16* __restrict__ residual,
+                                            const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                            float eps, u32 cols) {
+    __shared__ float scratch[32];
+    const u32 vecs = cols / 8;
+    const size_t base = (size_t)blockIdx.x * vecs;
+    uint4 v[NORM_VECS], wv[NORM_VECS], r[NORM_VECS];
+    // Every load first, so they are in flight together.
+#pragma unroll
+    for (int j = 0; j < NORM_VECS; j++) {
+        const u32 i = threadIdx.x + j * blockDim.x;
+        if (i < vecs) {
+            v[j] = ((const uint4*)x)[base + i];
+            wv[j] = ((const uint4*)w)[i];
+            if (ADD) r[j] = ((const uint4*)residual)[base + i];
+        }
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NORM_VECS; j++) {
+        const u32 i = threadIdx.x + j * blockDim.x;
+        if (i < vecs) {
+            if (ADD) {
+                v[j] = bf16x8_add(r[j], v[j]);
+                ((uint4*)residual)[base + i] = v[j];
+            }
+            ss += bf16x8_sum_sq(v[j]);
+        }
+    }
+    const float scale = rsqrtf(block_sum_once(ss, scratch) / (float)cols + eps);
+#pragma unroll
+    for (int j = 0; j < NORM_VECS; j++) {
+        const u32 i = threadIdx.x + j * blockDim.x;
+        if (i < vecs) ((uint4*)out)[base + i] = bf16x8_scale(v[j], wv[j], scale);
+    }
+}
+
+extern "C" __global__ void rms_norm_v8(bf16* __restrict__ out, const bf16* __restrict__ x,
+                                      const bf16* __restrict__ w, float eps, u32 cols) {
+    norm_row_v8<false>(out, nullptr, x, w, eps, cols);
+}
+
+extern "C" __global__ void add_rms_norm_v8(bf16* __restrict__ out, bf16* __restrict__ residual,
+                                          const bf16* __restrict__ delta,
+                                          const bf16* __restrict__ w, float eps, u32 cols) {
+    norm_row_v8<true>(out, residual, delta, w, eps, cols);
 }
 
 // Grid: (rows, ceil((num_heads + num_kv_heads) / warps per block)); one warp per head.

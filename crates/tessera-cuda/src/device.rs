@@ -89,15 +89,16 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
 }
 
 /// Kernel entry points of each family (their `extern "C"` names).
-const ENTRIES: [(&str, &[&str]); 8] = [
+const ENTRIES: [(&str, &[&str]); 9] = [
     ("embedding", &["embedding"]),
-    ("norm", &["rms_norm", "add_rms_norm", "qk_norm"]),
+    ("norm", &["rms_norm", "add_rms_norm", "rms_norm_v8", "add_rms_norm_v8", "qk_norm"]),
     ("rope", &["rope"]),
     ("activation", &["silu_mul", "add_bias", "gather_rows", "concat_cols"]),
     ("kv_cache", &["write_kv"]),
     ("attention", &["paged_attention", "attention_reduce"]),
     ("prefill_attention", &["prefill_attention_d64", "prefill_attention_d128"]),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
+    ("gemv", &["gemv_m8", "gemv_m16"]),
 ];
 
 impl Device {
