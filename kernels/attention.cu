@@ -1,4 +1,7 @@
 // Paged attention over the KV cache, one query token row at a time, for decode and prefill alike.
+// The general path: head layouts that decode_attention.cu handles (head_dim 64 or 128, group <= 8,
+// every Llama shape) use that kernel for their single rows instead, and prefill_attention.cu for
+// prompt chunks.
 //
 // Each row attends to the first `row_kv_len[row]` positions of its sequence (causality is encoded
 // in that length by the host), found through the sequence's block table. A block handles one row
@@ -30,22 +33,6 @@
 #define CHUNK 128
 #define ACC 16
 #define GMAX 8
-
-__device__ __forceinline__ void unpack8(uint4 raw, float* f) {
-    const u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        f[2 * i] = __uint_as_float(w[i] << 16);
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-}
-
-// Keys per partition: the batch's longest context split `max_splits` ways, in whole chunks.
-__device__ __forceinline__ u32 partition_size(u32 max_kv_len, u32 max_splits) {
-    const u32 per = (max_kv_len + max_splits - 1) / max_splits;
-    const u32 chunks = (per + CHUNK - 1) / CHUNK;
-    return (chunks > 0 ? chunks : 1) * CHUNK;
-}
 
 // Grid: (num_kv_heads, rows, max_splits). Shared: q [group][head_dim], scores [group][CHUNK],
 // per-head m / l / alpha [group] each, slots [CHUNK], and on the fast path the partial sums
@@ -287,14 +274,16 @@ extern "C" __global__ void __launch_bounds__(THREADS) paged_attention(
 }
 
 // Merges the partitions of rows split along the context. Grid: (num_heads, rows).
+// Rows are `row_map[blockIdx.y]` when a map is given (as decode_attention.cu's), else blockIdx.y.
 extern "C" __global__ void attention_reduce(bf16* __restrict__ out,
                                            const float* __restrict__ part_o,
                                            const float* __restrict__ part_ml,
-                                           const u32* __restrict__ row_kv_len, u32 num_heads,
+                                           const u32* __restrict__ row_kv_len,
+                                           const u32* __restrict__ row_map, u32 num_heads,
                                            u32 head_dim,
                                            const u32* __restrict__ batch_max_kv_len,
                                            u32 max_splits) {
-    const u32 head = blockIdx.x, row = blockIdx.y;
+    const u32 head = blockIdx.x, row = row_map ? row_map[blockIdx.y] : blockIdx.y;
     const u32 part_size = partition_size(*batch_max_kv_len, max_splits);
     const u32 num_splits = (row_kv_len[row] + part_size - 1) / part_size;
     if (num_splits <= 1) return;  // written directly by paged_attention

@@ -47,6 +47,26 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 
 __device__ __forceinline__ u32 umin(u32 a, u32 b) { return a < b ? a : b; }
 
+// Eight bf16 (one 16-byte load) to f32.
+__device__ __forceinline__ void unpack8(uint4 raw, float* f) {
+    const u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
+// Paged attention's split along the context (attention.cu, decode_attention.cu): keys per
+// partition, the batch's longest context split `max_splits` ways in whole multiples of
+// ATTN_PART (the host's ATTN_PART_ALIGN). Every kernel of a split must agree on it.
+#define ATTN_PART 64
+__device__ __forceinline__ u32 partition_size(u32 max_kv_len, u32 max_splits) {
+    const u32 per = (max_kv_len + max_splits - 1) / max_splits;
+    const u32 parts = (per + ATTN_PART - 1) / ATTN_PART;
+    return (parts > 0 ? parts : 1) * ATTN_PART;
+}
+
 // c += a * b for one 16x8x16 tile on tensor cores (bf16 in, f32 accumulate); every lane of the
 // warp must call it. Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16), lane = 4 * g + t:
 // A (16x16, row-major): regs {a0a1, a2a3, a4a5, a6a7} hold rows {g, g+8, g, g+8}, columns

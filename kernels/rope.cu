@@ -19,3 +19,36 @@ extern "C" __global__ void rope(bf16* __restrict__ qkv, const u32* __restrict__ 
         head[i + half] = f2bf(x2 * c + x1 * s);
     }
 }
+
+// rope, then the rotated k heads and the v heads of each row into its slot of one layer's paged
+// cache (kv_cache.cu's layout and padding slot): write_kv fused in, which saves a launch and a
+// re-read of the row per layer. The rotated k also stays in the row, as `rope` leaves it.
+extern "C" __global__ void rope_write_kv(bf16* __restrict__ qkv, bf16* __restrict__ k_cache,
+                                        bf16* __restrict__ v_cache,
+                                        const u32* __restrict__ positions,
+                                        const u32* __restrict__ slot_mapping,
+                                        const float* __restrict__ cos_t,
+                                        const float* __restrict__ sin_t, u32 num_heads,
+                                        u32 num_kv_heads, u32 head_dim, u32 row_width) {
+    const u32 half = head_dim / 2, q_width = num_heads * head_dim, kv_width = num_kv_heads * head_dim;
+    bf16* row = qkv + (size_t)blockIdx.x * row_width;
+    const size_t table = (size_t)positions[blockIdx.x] * half;
+    const u32 slot = slot_mapping[blockIdx.x];
+    bf16* k = slot == 0xffffffffu ? nullptr : k_cache + (size_t)slot * kv_width;
+    for (u32 j = threadIdx.x; j < (num_heads + num_kv_heads) * half; j += blockDim.x) {
+        const u32 h = j / half, i = j % half;
+        bf16* head = row + (size_t)h * head_dim;
+        const float c = cos_t[table + i], s = sin_t[table + i];
+        const float x1 = bf2f(head[i]), x2 = bf2f(head[i + half]);
+        const bf16 y1 = f2bf(x1 * c - x2 * s), y2 = f2bf(x2 * c + x1 * s);
+        head[i] = y1;
+        head[i + half] = y2;
+        if (h >= num_heads && k) {
+            k[(h - num_heads) * head_dim + i] = y1;
+            k[(h - num_heads) * head_dim + i + half] = y2;
+        }
+    }
+    if (!k) return;
+    bf16* v = v_cache + (size_t)slot * kv_width;
+    for (u32 i = threadIdx.x; i < kv_width; i += blockDim.x) v[i] = row[q_width + kv_width + i];
+}

@@ -2,7 +2,7 @@
 
 use crate::batch::{encode, CudaBatch};
 use crate::device::{backend_err, Device, MemoryStats};
-use crate::launch::{self, Heads, PrefillTiles, ATTN_CHUNK};
+use crate::launch::{self, Heads, ATTN_PART_ALIGN};
 use crate::nccl::{CommConfig, NcclComm};
 use crate::tensor::{CudaKvCache, CudaRope, CudaTensor};
 use cudarc::driver::CudaSlice;
@@ -134,7 +134,19 @@ impl CudaBackend {
         Ok(CudaTensor { rows, cols, data: self.alloc(rows * cols)? })
     }
 
-    /// Partitions per row in `paged_attention`'s grid: a row is split along its context only when
+    /// Buffers for the partial results of `rows` rows split `max_splits` ways along the context
+    /// (one element each when nothing is split).
+    fn attention_partials(
+        &self,
+        rows: usize,
+        layout: QkvLayout,
+        max_splits: usize,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        let partials = if max_splits > 1 { rows * layout.num_heads * max_splits } else { 0 };
+        Ok((self.alloc_f32(partials * layout.head_dim)?, self.alloc_f32(partials * 2)?))
+    }
+
+    /// Partitions per row in the attention kernels' grid: a row is split along its context only when
     /// rows x KV heads alone would leave the multiprocessors idle (small decode batches with long
     /// contexts), into at most as many partitions as `max_kv_len` has chunks. The kernels size
     /// the partitions from the batch's longest context on the device (attention.cu's
@@ -146,12 +158,28 @@ impl CudaBackend {
         if blocks >= target {
             return 1;
         }
-        target.div_ceil(blocks.max(1)).min(max_kv_len.div_ceil(ATTN_CHUNK)).max(1)
+        target.div_ceil(blocks.max(1)).min(max_kv_len.div_ceil(ATTN_PART_ALIGN)).max(1)
     }
 }
 
 fn backend(message: String) -> ModelError {
     ModelError::Backend(message)
+}
+
+fn check_rope(rope: &CudaRope, batch: &CudaBatch, layout: QkvLayout) -> Result<()> {
+    assert_eq!(rope.head_dim, layout.head_dim, "RoPE table of another head size");
+    if batch.num_tokens() > 0 && batch.bounds.max_position >= rope.max_positions {
+        return Err(backend(format!(
+            "position {} beyond the RoPE table of {} positions",
+            batch.bounds.max_position, rope.max_positions
+        )));
+    }
+    Ok(())
+}
+
+fn check_slots(cache: &CudaKvCache, batch: &CudaBatch) {
+    assert_eq!(batch.block_size, cache.shape.block_size, "batch and cache block sizes differ");
+    assert!(batch.num_tokens() == 0 || batch.bounds.max_slot < cache.num_slots(), "slot beyond the cache");
 }
 
 impl Backend for CudaBackend {
@@ -267,15 +295,27 @@ impl Backend for CudaBackend {
         batch: &CudaBatch,
         layout: QkvLayout,
     ) -> Result<()> {
-        assert_eq!(rope.head_dim, layout.head_dim, "RoPE table of another head size");
-        if batch.num_tokens() > 0 && batch.bounds.max_position >= rope.max_positions {
-            return Err(backend(format!(
-                "position {} beyond the RoPE table of {} positions",
-                batch.bounds.max_position, rope.max_positions
-            )));
-        }
+        check_rope(rope, batch, layout)?;
         let positions = batch.view(&batch.layout.positions);
         launch::rope(&self.device, &mut qkv.data, &positions, &rope.cos, &rope.sin, heads(layout))
+    }
+
+    fn rope_write_kv(
+        &self,
+        qkv: &mut CudaTensor,
+        rope: &CudaRope,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatch,
+        layout: QkvLayout,
+    ) -> Result<()> {
+        check_rope(rope, batch, layout)?;
+        check_slots(cache, batch);
+        let positions = batch.view(&batch.layout.positions);
+        let slots = batch.view(&batch.layout.slot_mapping);
+        let (k, v) = &mut cache.layers[layer];
+        let (cos, sin) = (&rope.cos, &rope.sin);
+        launch::rope_write_kv(&self.device, &mut qkv.data, k, v, &positions, &slots, cos, sin, heads(layout))
     }
 
     fn write_kv(
@@ -286,11 +326,7 @@ impl Backend for CudaBackend {
         batch: &CudaBatch,
         layout: QkvLayout,
     ) -> Result<()> {
-        assert_eq!(batch.block_size, cache.shape.block_size, "batch and cache block sizes differ");
-        assert!(
-            batch.num_tokens() == 0 || batch.bounds.max_slot < cache.num_slots(),
-            "slot beyond the cache"
-        );
+        check_slots(cache, batch);
         let slots = batch.view(&batch.layout.slot_mapping);
         let (k, v) = &mut cache.layers[layer];
         launch::write_kv(&self.device, k, v, &qkv.data, &slots, heads(layout))
@@ -310,44 +346,34 @@ impl Backend for CudaBackend {
         );
         let rows = qkv.rows;
         let (k, v) = &cache.layers[layer];
-        if batch.bounds.max_query_len >= PREFILL_MIN_QUERY_LEN
-            && launch::prefill_attention_supports(heads(layout))
-        {
-            let mut out = self.tensor(rows, layout.q_width())?;
-            let meta = batch.attention_meta(1);
-            let tiles = PrefillTiles {
-                row_start: batch.view(&batch.layout.tile_row_start),
-                num_rows: batch.view(&batch.layout.tile_num_rows),
+        let h = heads(layout);
+        let mut out = self.tensor(rows, layout.q_width())?;
+        let decode_fast = launch::decode_attention_supports(h);
+        if batch.bounds.max_query_len >= PREFILL_MIN_QUERY_LEN && launch::prefill_attention_supports(h) {
+            // Prompt chunks on tensor cores; the step's decode rows, if any, at memory speed.
+            let (tiles, decode_rows) = match decode_fast {
+                true => (batch.multi_row_tiles(), batch.num_decode_rows()),
+                false => (batch.all_tiles(), 0),
             };
-            launch::prefill_attention(
-                &self.device,
-                &mut out.data,
-                &qkv.data,
-                k,
-                v,
-                &meta,
-                &tiles,
-                heads(layout),
-            )?;
+            let meta = batch.attention_meta(1);
+            launch::prefill_attention(&self.device, &mut out.data, &qkv.data, k, v, &meta, &tiles, h)?;
+            if decode_rows > 0 {
+                let max_splits = self.max_splits(decode_rows, layout.num_kv_heads, batch.bounds.max_kv_len);
+                let (mut part_o, mut part_ml) = self.attention_partials(rows, layout, max_splits)?;
+                let meta = batch.decode_rows_meta(max_splits);
+                let (o, pm) = (&mut part_o, &mut part_ml);
+                launch::decode_attention(&self.device, &mut out.data, o, pm, &qkv.data, k, v, &meta, h)?;
+            }
             return Ok(out);
         }
         let max_splits = self.max_splits(rows, layout.num_kv_heads, batch.bounds.max_kv_len);
-        let partials = if max_splits > 1 { rows * layout.num_heads * max_splits } else { 0 };
-        let mut part_o = self.alloc_f32(partials * layout.head_dim)?;
-        let mut part_ml = self.alloc_f32(partials * 2)?;
-        let mut out = self.tensor(rows, layout.q_width())?;
+        let (mut part_o, mut part_ml) = self.attention_partials(rows, layout, max_splits)?;
         let meta = batch.attention_meta(max_splits);
-        launch::paged_attention(
-            &self.device,
-            &mut out.data,
-            &mut part_o,
-            &mut part_ml,
-            &qkv.data,
-            k,
-            v,
-            &meta,
-            heads(layout),
-        )?;
+        let (o, pm) = (&mut part_o, &mut part_ml);
+        match decode_fast {
+            true => launch::decode_attention(&self.device, &mut out.data, o, pm, &qkv.data, k, v, &meta, h)?,
+            false => launch::paged_attention(&self.device, &mut out.data, o, pm, &qkv.data, k, v, &meta, h)?,
+        }
         Ok(out)
     }
 

@@ -4,12 +4,14 @@
 //! Layout, for `rows` token rows: the batch's longest KV length (one value, which attention
 //! partitions by), token ids, positions, slots, logits indices, each row's offset into the block
 //! tables, each row's KV length, then the block tables themselves, then the tiles
-//! of `prefill_attention` (first row and row count of each). Everything before the tables is
+//! of `prefill_attention` (first row and row count of each): those of sequences computing several
+//! tokens first, then the one-row tiles of the others, whose first rows double as the row map of
+//! `decode_attention` in a step that mixes prompt chunks and decodes. Everything before the tables is
 //! `rows` long, which is what lets a CUDA graph captured for `rows` rows read any later batch
 //! padded to that size from the same buffer (`graphs.rs`); the tables vary in length from step to
 //! step, and the tiles after them serve prefill steps only, which graphs never run.
 
-use crate::launch::{AttentionMeta, PREFILL_TILE_ROWS};
+use crate::launch::{AttentionMeta, PrefillTiles, PREFILL_TILE_ROWS};
 use cudarc::driver::{CudaSlice, CudaView};
 use std::ops::Range;
 use tessera_model::ModelInput;
@@ -31,6 +33,8 @@ pub struct Layout {
     pub block_tables: Range<usize>,
     pub tile_row_start: Range<usize>,
     pub tile_num_rows: Range<usize>,
+    /// The part of `tile_row_start` that holds the one-row tiles (sequences computing one token).
+    pub decode_rows: Range<usize>,
 }
 
 /// The largest values of the real (non-padding) rows, for host-side checks; 0 when there are none.
@@ -118,7 +122,8 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
     let row_kv_len = section(&mut meta, &mut kv_len.into_iter(), rows);
     let block_tables = section(&mut meta, &mut tables.iter().flat_map(|t| t.iter().copied()), table_len);
     let (mut tile_starts, mut tile_rows) = (Vec::new(), Vec::new());
-    for seq in &input.seqs {
+    let (multi, single): (Vec<_>, Vec<_>) = input.seqs.iter().partition(|s| s.query_len > 1);
+    for seq in multi.iter().chain(&single) {
         for first in (0..seq.query_len).step_by(PREFILL_TILE_ROWS) {
             tile_starts.push((seq.query_start + first) as u32);
             tile_rows.push((seq.query_len - first).min(PREFILL_TILE_ROWS) as u32);
@@ -127,6 +132,7 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
     let num_tiles = tile_starts.len();
     let tile_row_start = section(&mut meta, &mut tile_starts.into_iter(), num_tiles);
     let tile_num_rows = section(&mut meta, &mut tile_rows.into_iter(), num_tiles);
+    let decode_rows = tile_row_start.end - single.len()..tile_row_start.end;
     Encoded {
         meta,
         layout: Layout {
@@ -140,6 +146,7 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
             block_tables,
             tile_row_start,
             tile_num_rows,
+            decode_rows,
         },
         bounds,
     }
@@ -176,6 +183,38 @@ impl CudaBatch {
             block_size: self.block_size as u32,
             max_kv_len: self.view(&self.layout.max_kv_len),
             max_splits: max_splits as u32,
+            row_map: None,
+        }
+    }
+
+    /// The metadata of the rows of sequences computing one token (decode rows), for a step whose
+    /// other rows run `prefill_attention` over `multi_row_tiles`.
+    pub(crate) fn decode_rows_meta(&self, max_splits: usize) -> AttentionMeta<'_> {
+        AttentionMeta {
+            row_map: Some(self.view(&self.layout.decode_rows)),
+            ..self.attention_meta(max_splits)
+        }
+    }
+
+    pub(crate) fn num_decode_rows(&self) -> usize {
+        self.layout.decode_rows.len()
+    }
+
+    /// The tiles of sequences computing several tokens (all of them but the one-row tiles).
+    pub(crate) fn multi_row_tiles(&self) -> PrefillTiles<'_> {
+        let n = self.layout.tile_row_start.len() - self.num_decode_rows();
+        let (starts, rows) = (&self.layout.tile_row_start, &self.layout.tile_num_rows);
+        PrefillTiles {
+            row_start: self.view(&(starts.start..starts.start + n)),
+            num_rows: self.view(&(rows.start..rows.start + n)),
+        }
+    }
+
+    /// Every tile of the batch.
+    pub(crate) fn all_tiles(&self) -> PrefillTiles<'_> {
+        PrefillTiles {
+            row_start: self.view(&self.layout.tile_row_start),
+            num_rows: self.view(&self.layout.tile_num_rows),
         }
     }
 
@@ -218,6 +257,7 @@ mod tests {
         assert_eq!(e.meta[e.layout.block_tables.clone()], [3, 9, 4]);
         assert_eq!(e.meta[e.layout.tile_row_start.clone()], [0, 1]);
         assert_eq!(e.meta[e.layout.tile_num_rows.clone()], [1, 1]);
+        assert_eq!(e.meta[e.layout.decode_rows.clone()], [0, 1]);
         assert_eq!(e.layout.tile_num_rows.end, e.meta.len());
         let bounds = Bounds { max_kv_len: 6, max_position: 5, max_slot: 37, max_block: 9, max_query_len: 1 };
         assert_eq!(e.bounds, bounds);
@@ -269,6 +309,35 @@ mod tests {
         assert!(e.layout.logits_indices.is_empty());
         assert_eq!(e.meta[e.layout.tile_row_start.clone()], [0]);
         assert_eq!(e.meta[e.layout.tile_num_rows.clone()], [3]);
+        assert!(e.layout.decode_rows.is_empty());
         assert_eq!(e.bounds.max_query_len, 3);
+    }
+
+    #[test]
+    fn decode_rows_of_a_mixed_step_follow_the_prompt_tiles() {
+        let prompt: Vec<u32> = (0..20).collect();
+        let input = ModelInput::build(
+            4,
+            &[
+                SeqChunk { new_tokens: &[5], num_computed_tokens: 3, block_table: &[0], wants_logits: true },
+                SeqChunk {
+                    new_tokens: &prompt,
+                    num_computed_tokens: 0,
+                    block_table: &[1, 2, 3, 4, 5],
+                    wants_logits: true,
+                },
+                SeqChunk {
+                    new_tokens: &[6],
+                    num_computed_tokens: 7,
+                    block_table: &[6, 7],
+                    wants_logits: true,
+                },
+            ],
+        );
+        let e = encode(&input, input.num_tokens());
+        // The prompt's rows 1..21 in tiles of 16 and 4, then the decode rows 0 and 21.
+        assert_eq!(e.meta[e.layout.tile_row_start.clone()], [1, 17, 0, 21]);
+        assert_eq!(e.meta[e.layout.tile_num_rows.clone()], [16, 4, 1, 1]);
+        assert_eq!(e.meta[e.layout.decode_rows.clone()], [0, 21]);
     }
 }

@@ -16,13 +16,14 @@ pub struct Family {
     pub source: &'static str,
 }
 
-pub const FAMILIES: [Family; 9] = [
+pub const FAMILIES: [Family; 10] = [
     Family { name: "embedding", source: include_str!("../../../kernels/embedding.cu") },
     Family { name: "norm", source: include_str!("../../../kernels/norm.cu") },
     Family { name: "rope", source: include_str!("../../../kernels/rope.cu") },
     Family { name: "activation", source: include_str!("../../../kernels/activation.cu") },
     Family { name: "kv_cache", source: include_str!("../../../kernels/kv_cache.cu") },
     Family { name: "attention", source: include_str!("../../../kernels/attention.cu") },
+    Family { name: "decode_attention", source: include_str!("../../../kernels/decode_attention.cu") },
     Family { name: "prefill_attention", source: include_str!("../../../kernels/prefill_attention.cu") },
     Family { name: "sampling", source: include_str!("../../../kernels/sampling.cu") },
     Family { name: "gemv", source: include_str!("../../../kernels/gemv.cu") },

@@ -89,13 +89,27 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
 }
 
 /// Kernel entry points of each family (their `extern "C"` names).
-const ENTRIES: [(&str, &[&str]); 9] = [
+const ENTRIES: [(&str, &[&str]); 10] = [
     ("embedding", &["embedding"]),
     ("norm", &["rms_norm", "add_rms_norm", "rms_norm_v8", "add_rms_norm_v8", "qk_norm"]),
-    ("rope", &["rope"]),
+    ("rope", &["rope", "rope_write_kv"]),
     ("activation", &["silu_mul", "add_bias", "gather_rows", "concat_cols"]),
     ("kv_cache", &["write_kv"]),
     ("attention", &["paged_attention", "attention_reduce"]),
+    (
+        "decode_attention",
+        &[
+            "decode_attention_d64_g1",
+            "decode_attention_d64_g2",
+            "decode_attention_d64_g4",
+            "decode_attention_d64_g8",
+            "decode_attention_d128_g1",
+            "decode_attention_d128_g2",
+            "decode_attention_d128_g4",
+            "decode_attention_d128_g8",
+            crate::launch::DECODE_ATTENTION_VARIANT,
+        ],
+    ),
     ("prefill_attention", &["prefill_attention_d64", "prefill_attention_d128"]),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
     ("gemv", &["gemv_m8", "gemv_m16"]),

@@ -33,9 +33,10 @@ use tessera_model::{Model, ModelError, ModelInput, Result};
 
 /// `u32` entries of the metadata of `rows` decode rows with up to `table_width` blocks each: the
 /// batch's longest context, six per-row arrays (tokens, positions, slots, logits indices, table
-/// offsets, KV lengths), then the tables (`batch.rs`).
+/// offsets, KV lengths), the tables, then one one-row tile per row (first row and row count;
+/// `batch.rs`). The tiles are not read by a decode graph, but a replay uploads them too.
 fn meta_capacity(rows: usize, table_width: usize) -> usize {
-    1 + rows * (6 + table_width)
+    1 + rows * (6 + table_width + 2)
 }
 
 /// What one capture measured.
@@ -255,4 +256,30 @@ fn capture_one(
     let ended = stream.end_capture(CUgraphInstantiate_flags(0));
     captured?;
     ended.map_err(backend_err("end capture"))?.ok_or_else(|| ModelError::Backend("empty graph".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_model::SeqChunk;
+
+    /// A replay whose every sequence uses the whole model length must fit the static buffer (a
+    /// capacity without the tiles made such a replay fall back to eager).
+    #[test]
+    fn the_metadata_of_full_length_decode_rows_fits_the_capacity() {
+        let (block_size, max_model_len, rows): (usize, usize, usize) = (16, 1040, 3);
+        let table: Vec<u32> = (0..max_model_len.div_ceil(block_size) as u32).collect();
+        let tokens = [1u32];
+        let chunks: Vec<SeqChunk<'_>> = (0..rows)
+            .map(|_| SeqChunk {
+                new_tokens: &tokens,
+                num_computed_tokens: max_model_len - 1,
+                block_table: &table,
+                wants_logits: true,
+            })
+            .collect();
+        let encoded = encode(&ModelInput::build(block_size, &chunks), rows);
+        let capacity = meta_capacity(rows, max_model_len.div_ceil(block_size));
+        assert_eq!(encoded.meta.len(), capacity, "the capacity is exactly the worst case");
+    }
 }

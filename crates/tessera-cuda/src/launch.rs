@@ -237,6 +237,38 @@ pub fn rope(
         .map_err(backend_err("rope"))
 }
 
+/// `rope` and `write_kv` in one launch (rope.cu's `rope_write_kv`).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_write_kv(
+    device: &Device,
+    qkv: &mut CudaSlice<bf16>,
+    k_cache: &mut CudaSlice<bf16>,
+    v_cache: &mut CudaSlice<bf16>,
+    positions: &CudaView<'_, u32>,
+    slots: &CudaView<'_, u32>,
+    cos: &CudaSlice<f32>,
+    sin: &CudaSlice<f32>,
+    heads: Heads,
+) -> Result<()> {
+    let rows = positions.len();
+    heads.check(qkv.len(), rows);
+    assert_eq!(slots.len(), rows, "rope_write_kv: a slot per row");
+    assert_eq!(cos.len(), sin.len());
+    assert_eq!(k_cache.len(), v_cache.len());
+    if rows == 0 {
+        return Ok(());
+    }
+    let rot_pairs = (heads.num_heads + heads.num_kv_heads) * heads.head_dim / 2;
+    let mut b = device.stream.launch_builder(device.function("rope_write_kv"));
+    b.arg(qkv).arg(k_cache).arg(v_cache).arg(positions).arg(slots).arg(cos).arg(sin);
+    b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim).arg(&heads.row_width);
+    // SAFETY: positions were checked against the table length and slots against the cache on the
+    // host (`prepare`, `rope_write_kv`); padding slots are skipped by the kernel.
+    unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(rot_pairs as usize), 0)) }
+        .map(drop)
+        .map_err(backend_err("rope_write_kv"))
+}
+
 pub fn silu_mul(
     device: &Device,
     out: &mut CudaSlice<bf16>,
@@ -344,8 +376,12 @@ pub const ATTN_THREADS: usize = 128;
 pub const ATTN_CHUNK: usize = 128;
 pub const ATTN_ACC: usize = 16;
 pub const ATTN_GMAX: usize = 8;
+/// Partitions of a context split are whole multiples of this many keys (common.cuh's ATTN_PART).
+pub const ATTN_PART_ALIGN: usize = 64;
+/// Threads of a `decode_attention` block (decode_attention.cu's DA_WARPS warps).
+const DECODE_ATTN_THREADS: u32 = 128;
 
-/// The per-row metadata `paged_attention` reads, and how the context is split.
+/// The per-row metadata the attention kernels read, and how the context is split.
 pub struct AttentionMeta<'a> {
     pub block_tables: CudaView<'a, u32>,
     pub row_table_start: CudaView<'a, u32>,
@@ -356,6 +392,36 @@ pub struct AttentionMeta<'a> {
     pub max_kv_len: CudaView<'a, u32>,
     /// The grid's partitions per row: the most any row may use.
     pub max_splits: u32,
+    /// The rows to attend for, when not all of them (the decode rows of a step with prompt
+    /// chunks, whose other rows go to `prefill_attention`).
+    pub row_map: Option<CudaView<'a, u32>>,
+}
+
+impl AttentionMeta<'_> {
+    /// Rows the launch covers: the mapped ones, or every row of the batch.
+    fn grid_rows(&self) -> usize {
+        self.row_map.as_ref().map_or(self.row_kv_len.len(), |m| m.len())
+    }
+
+    fn check_partials(&self, part_o: &CudaSlice<f32>, part_ml: &CudaSlice<f32>, heads: Heads) {
+        let (rows, splits) = (self.row_kv_len.len(), self.max_splits as usize);
+        assert!(self.max_kv_len.len() == 1 && splits >= 1, "attention: the batch's context bound");
+        assert!(self.grid_rows() <= 65535, "attention over {} rows exceeds the grid", self.grid_rows());
+        if splits > 1 {
+            let entries = rows * heads.num_heads as usize * splits;
+            assert!(part_o.len() >= entries * heads.head_dim as usize, "partials too small");
+            assert!(part_ml.len() >= entries * 2, "partials too small");
+        }
+    }
+}
+
+/// Passes the row map, or a null pointer for "every row" (the kernels' `row_map ? ... : ...`).
+fn push_row_map<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, map: &'a Option<CudaView<'a, u32>>) {
+    const EVERY_ROW: u64 = 0;
+    match map {
+        Some(map) => b.arg(map),
+        None => b.arg(&EVERY_ROW),
+    };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -374,14 +440,9 @@ pub fn paged_attention(
     heads.check(qkv.len(), rows);
     let (group, d) = ((heads.num_heads / heads.num_kv_heads) as usize, heads.head_dim as usize);
     assert!(d <= 256 && group * d <= ATTN_ACC * ATTN_THREADS, "attention: head_dim {d}, group {group}");
-    assert!(rows <= 65535, "attention over {rows} rows exceeds the grid");
+    assert!(meta.row_map.is_none(), "paged_attention covers every row");
     assert_eq!(out.len(), rows * heads.num_heads as usize * d);
-    assert!(meta.max_kv_len.len() == 1 && meta.max_splits >= 1, "attention: the batch's context bound");
-    let splits = meta.max_splits as usize;
-    if splits > 1 {
-        assert!(part_o.len() >= rows * heads.num_heads as usize * splits * d, "partials too small");
-        assert!(part_ml.len() >= rows * heads.num_heads as usize * splits * 2, "partials too small");
-    }
+    meta.check_partials(part_o, part_ml, heads);
     if rows == 0 {
         return Ok(());
     }
@@ -403,15 +464,100 @@ pub fn paged_attention(
     // hold max_splits entries per (row, head) when rows are split.
     unsafe { b.launch(cfg(grid, ATTN_THREADS as u32, smem as u32)) }
         .map_err(backend_err("paged_attention"))?;
-    if splits > 1 {
-        let mut b = device.stream.launch_builder(device.function("attention_reduce"));
-        b.arg(out).arg(&*part_o).arg(&*part_ml).arg(&meta.row_kv_len).arg(&heads.num_heads);
-        b.arg(&heads.head_dim).arg(&meta.max_kv_len).arg(&meta.max_splits);
-        // SAFETY: reads the partials written above for rows with more than one partition.
-        unsafe { b.launch(cfg((heads.num_heads, rows as u32, 1), row_threads(d).min(128), 0)) }
-            .map_err(backend_err("attention_reduce"))?;
+    attention_reduce(device, out, part_o, part_ml, meta, heads)
+}
+
+/// Whether `decode_attention` handles this head layout: head_dim 64 or 128, group at most 8.
+pub fn decode_attention_supports(heads: Heads) -> bool {
+    let group = heads.num_heads / heads.num_kv_heads;
+    matches!(heads.head_dim, 64 | 128) && (1..=8).contains(&group)
+}
+
+/// The instance of decode_attention.cu for `heads`. Instances exist for groups 1, 2, 4 and 8; a
+/// group in between runs in the next one up. `TESSERA_DECODE_ATTENTION=<instance>` picks another
+/// instance of the same layout, to measure candidates against each other (op_bench); it is
+/// ignored unless it names an instance for this head_dim and group.
+fn decode_attention_kernel(heads: Heads) -> &'static str {
+    let group = (heads.num_heads / heads.num_kv_heads).next_power_of_two();
+    let name = match (heads.head_dim, group) {
+        (64, 1) => "decode_attention_d64_g1",
+        (64, 2) => "decode_attention_d64_g2",
+        (64, 4) => "decode_attention_d64_g4",
+        (64, _) => "decode_attention_d64_g8",
+        (_, 1) => "decode_attention_d128_g1",
+        (_, 2) => "decode_attention_d128_g2",
+        (_, 4) => "decode_attention_d128_g4",
+        _ => "decode_attention_d128_g8",
+    };
+    match std::env::var("TESSERA_DECODE_ATTENTION") {
+        Ok(chosen) if chosen.starts_with(&format!("{name}_")) && chosen == DECODE_ATTENTION_VARIANT => {
+            DECODE_ATTENTION_VARIANT
+        }
+        _ => name,
     }
-    Ok(())
+}
+
+/// The one extra instance of decode_attention.cu (a candidate for the Llama 8B layout).
+pub const DECODE_ATTENTION_VARIANT: &str = "decode_attention_d128_g4_nl8";
+
+/// Attention of single rows at memory speed (decode_attention.cu), for the mapped rows or every
+/// row of the batch.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    part_o: &mut CudaSlice<f32>,
+    part_ml: &mut CudaSlice<f32>,
+    qkv: &CudaSlice<bf16>,
+    k_cache: &CudaSlice<bf16>,
+    v_cache: &CudaSlice<bf16>,
+    meta: &AttentionMeta<'_>,
+    heads: Heads,
+) -> Result<()> {
+    let rows = meta.row_kv_len.len();
+    heads.check(qkv.len(), rows);
+    assert!(decode_attention_supports(heads), "decode_attention: head_dim {}", heads.head_dim);
+    assert_eq!(out.len(), rows * (heads.num_heads * heads.head_dim) as usize);
+    meta.check_partials(part_o, part_ml, heads);
+    let grid_rows = meta.grid_rows();
+    if grid_rows == 0 {
+        return Ok(());
+    }
+    let name = decode_attention_kernel(heads);
+    let scale = 1.0 / (heads.head_dim as f32).sqrt();
+    let mut b = device.stream.launch_builder(device.function(name));
+    b.arg(&mut *out).arg(&mut *part_o).arg(&mut *part_ml).arg(qkv).arg(k_cache).arg(v_cache);
+    b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
+    push_row_map(&mut b, &meta.row_map);
+    b.arg(&scale).arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width);
+    b.arg(&meta.block_size).arg(&meta.max_kv_len).arg(&meta.max_splits);
+    let grid = (heads.num_kv_heads, grid_rows as u32, meta.max_splits);
+    // SAFETY: as paged_attention; mapped rows are rows of the batch (built by `encode`).
+    unsafe { b.launch(cfg(grid, DECODE_ATTN_THREADS, 0)) }.map_err(backend_err("decode_attention"))?;
+    attention_reduce(device, out, part_o, part_ml, meta, heads)
+}
+
+/// Merges the partitions of split rows (a no-op launch-free return when nothing is split).
+fn attention_reduce(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    part_o: &CudaSlice<f32>,
+    part_ml: &CudaSlice<f32>,
+    meta: &AttentionMeta<'_>,
+    heads: Heads,
+) -> Result<()> {
+    if meta.max_splits <= 1 {
+        return Ok(());
+    }
+    let mut b = device.stream.launch_builder(device.function("attention_reduce"));
+    b.arg(out).arg(part_o).arg(part_ml).arg(&meta.row_kv_len);
+    push_row_map(&mut b, &meta.row_map);
+    b.arg(&heads.num_heads).arg(&heads.head_dim).arg(&meta.max_kv_len).arg(&meta.max_splits);
+    let grid = (heads.num_heads, meta.grid_rows() as u32, 1);
+    // SAFETY: reads the partials the attention launch wrote for rows with more than one partition.
+    unsafe { b.launch(cfg(grid, row_threads(heads.head_dim as usize).min(128), 0)) }
+        .map(drop)
+        .map_err(backend_err("attention_reduce"))
 }
 
 /// Query rows per tile of `prefill_attention` (one mma row block).

@@ -57,7 +57,7 @@ pub use gemm::{LinearKernel, GEMV_MAX_M};
 #[cfg(feature = "cuda")]
 pub use graphs::{DecodeGraphs, GraphReport};
 #[cfg(feature = "cuda")]
-pub use launch::GEMV_KERNEL_MAX_M;
+pub use launch::{DECODE_ATTENTION_VARIANT, GEMV_KERNEL_MAX_M};
 #[cfg(feature = "cuda")]
 pub use nccl::{nccl_version, AbortSignal, CommConfig, NcclComm, NcclId};
 #[cfg(feature = "cuda")]

@@ -256,6 +256,21 @@ struct Seq {
 /// and attends. Block tables are scrambled so that paging is honoured. Returns both steps'
 /// attention outputs.
 fn attention<B: Backend>(b: &B, layout: QkvLayout, seqs: &[Seq], block_size: usize, seed: u64) -> Vec<f32> {
+    attention_with(b, layout, seqs, block_size, seed, false)
+}
+
+/// `attention`, optionally writing the cache through `rope_write_kv` (RoPE of q and k first)
+/// instead of `write_kv`; then the q|k|v rows after RoPE follow each step's output.
+fn attention_with<B: Backend>(
+    b: &B,
+    layout: QkvLayout,
+    seqs: &[Seq],
+    block_size: usize,
+    seed: u64,
+    fused_rope: bool,
+) -> Vec<f32> {
+    let (cos, sin) = rope_tables(layout.head_dim, 8192);
+    let rope = b.upload_rope(cos, sin, layout.head_dim).unwrap();
     let num_blocks: usize =
         seqs.iter().map(|s| (s.computed + s.query).div_ceil(block_size)).sum::<usize>() + 3;
     let shape = KvCacheShape {
@@ -291,17 +306,43 @@ fn attention<B: Backend>(b: &B, layout: QkvLayout, seqs: &[Seq], block_size: usi
             .collect();
         let input = ModelInput::build(block_size, &chunks);
         let rows = input.num_tokens();
-        let qkv = activation(
+        let mut qkv = activation(
             b,
             rows,
             layout.row_width(),
             &random_bf16(seed + step, rows * layout.row_width(), 2.0),
         );
         let batch = b.prepare(&input).unwrap();
-        b.write_kv(&mut cache, layer, &qkv, &batch, layout).unwrap();
+        if fused_rope {
+            b.rope_write_kv(&mut qkv, &rope, &mut cache, layer, &batch, layout).unwrap();
+        } else {
+            b.write_kv(&mut cache, layer, &qkv, &batch, layout).unwrap();
+        }
         out.extend(b.to_host(&b.attention(&cache, layer, &qkv, &batch, layout).unwrap()).unwrap());
+        if fused_rope {
+            out.extend(b.to_host(&qkv).unwrap());
+        }
     }
     out
+}
+
+/// RoPE fused with the cache write (the model's path on CUDA) against the CPU's rope then
+/// write_kv: the rotated rows, and attention over what reached the cache.
+#[test]
+fn rope_write_kv_then_attention() {
+    let Some((cpu, gpu)) = backends("rope_write_kv_then_attention") else { return };
+    let cases = [
+        (QkvLayout { num_heads: 32, num_kv_heads: 8, head_dim: 128 }, 16),
+        (QkvLayout { num_heads: 8, num_kv_heads: 4, head_dim: 8 }, 4),
+    ];
+    for (i, (layout, block_size)) in cases.into_iter().enumerate() {
+        let seqs =
+            [Seq { computed: 40, query: 1 }, Seq { computed: 3, query: 12 }, Seq { computed: 0, query: 5 }];
+        let seed = 900 + 2 * i as u64;
+        let want = attention_with(&cpu, layout, &seqs, block_size, seed, true);
+        let got = attention_with(&gpu, layout, &seqs, block_size, seed, true);
+        assert_close(&format!("rope_write_kv {layout:?}"), &got, &want, BF16_TOL);
+    }
 }
 
 #[test]
@@ -359,6 +400,50 @@ fn paged_attention_prefill_chunks_and_decode() {
             vec![Seq { computed: 600, query: 1 }, Seq { computed: 9, query: 4 }],
             16,
         ),
+        // decode_attention's instances: every group size, both head dims, contexts that end
+        // mid-tile and mid-block, one-key contexts, and splits.
+        (
+            "70B rank decode (group 8), block 32",
+            QkvLayout { num_heads: 16, num_kv_heads: 2, head_dim: 128 },
+            (0..5).map(|i| Seq { computed: 1 + 397 * i, query: 1 }).collect(),
+            32,
+        ),
+        (
+            "MHA decode head_dim 128",
+            QkvLayout { num_heads: 4, num_kv_heads: 4, head_dim: 128 },
+            vec![Seq { computed: 0, query: 1 }, Seq { computed: 130, query: 1 }],
+            16,
+        ),
+        (
+            "group 2 decode head_dim 64, split",
+            QkvLayout { num_heads: 8, num_kv_heads: 4, head_dim: 64 },
+            vec![Seq { computed: 2500, query: 1 }],
+            16,
+        ),
+        (
+            "group 4 decode head_dim 64",
+            QkvLayout { num_heads: 16, num_kv_heads: 4, head_dim: 64 },
+            (0..3).map(|i| Seq { computed: 33 + 100 * i, query: 1 }).collect(),
+            8,
+        ),
+        (
+            "group 3 (runs in the group 4 instance)",
+            QkvLayout { num_heads: 12, num_kv_heads: 4, head_dim: 128 },
+            vec![Seq { computed: 77, query: 1 }, Seq { computed: 1200, query: 1 }],
+            16,
+        ),
+        (
+            "decode rows between prompt chunks (row map)",
+            QkvLayout { num_heads: 32, num_kv_heads: 8, head_dim: 128 },
+            vec![
+                Seq { computed: 900, query: 1 },
+                Seq { computed: 64, query: 20 },
+                Seq { computed: 5, query: 1 },
+                Seq { computed: 0, query: 9 },
+                Seq { computed: 4000, query: 1 },
+            ],
+            16,
+        ),
     ];
     for (i, (name, layout, seqs, block_size)) in scenarios.into_iter().enumerate() {
         let seed = 500 + 2 * i as u64;
@@ -366,4 +451,20 @@ fn paged_attention_prefill_chunks_and_decode() {
         let got = attention(&gpu, layout, &seqs, block_size, seed);
         assert_close(&format!("attention: {name}"), &got, &want, BF16_TOL);
     }
+}
+
+/// The candidate instance of decode_attention.cu for the Llama 8B layout, chosen through its
+/// environment variable, against the CPU like the default one.
+#[test]
+fn decode_attention_variant_for_the_8b_layout() {
+    let Some((cpu, gpu)) = backends("decode_attention_variant_for_the_8b_layout") else { return };
+    let layout = QkvLayout { num_heads: 32, num_kv_heads: 8, head_dim: 128 };
+    let seqs: Vec<Seq> = (0..7).map(|i| Seq { computed: 3 + 211 * i, query: 1 }).collect();
+    let want = attention(&cpu, layout, &seqs, 16, 77);
+    // Other tests of this binary may run meanwhile and pick the variant up too: it is correct
+    // for them as well, which is what this test checks.
+    std::env::set_var("TESSERA_DECODE_ATTENTION", tessera_cuda::DECODE_ATTENTION_VARIANT);
+    let got = attention(&gpu, layout, &seqs, 16, 77);
+    std::env::remove_var("TESSERA_DECODE_ATTENTION");
+    assert_close("attention: decode variant", &got, &want, BF16_TOL);
 }

@@ -115,6 +115,20 @@ pub trait Backend {
         batch: &Self::Batch,
         layout: QkvLayout,
     ) -> Result<()>;
+    /// `rope`, then `write_kv` of the rotated k and the v heads: one pass a backend may fuse (one
+    /// kernel instead of two per layer on a GPU).
+    fn rope_write_kv(
+        &self,
+        qkv: &mut Self::Tensor,
+        rope: &Self::Rope,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::Batch,
+        layout: QkvLayout,
+    ) -> Result<()> {
+        self.rope(qkv, rope, batch, layout)?;
+        self.write_kv(cache, layer, qkv, batch, layout)
+    }
     /// Causal attention of each token's q heads over its sequence's cached K/V (which must already
     /// include this step's tokens); returns `[rows, num_heads * head_dim]`.
     fn attention(

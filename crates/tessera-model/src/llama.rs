@@ -268,8 +268,7 @@ impl<B: Backend> Model<B> {
         if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
             b.qk_norm(&mut qkv, q_norm, k_norm, self.spec.rms_norm_eps, self.layout)?;
         }
-        b.rope(&mut qkv, &self.rope, batch, self.layout)?;
-        b.write_kv(cache, index, &qkv, batch, self.layout)?;
+        b.rope_write_kv(&mut qkv, &self.rope, cache, index, batch, self.layout)?;
         let attn = b.attention(cache, index, &qkv, batch, self.layout)?;
         let mut out = b.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())?;
         b.all_reduce(&mut out)?;
