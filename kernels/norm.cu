@@ -59,42 +59,12 @@ __device__ __forceinline__ float block_sum_once(float v, float* scratch) {
     return s;
 }
 
-__device__ __forceinline__ uint4 bf16x8_add(uint4 a, uint4 b) {
-    u32* pa = (u32*)&a;
-    const u32* pb = (const u32*)&b;
+// Eight f32 rounded to bf16 (nearest even), as one 16-byte vector: unpack8's inverse.
+__device__ __forceinline__ uint4 pack8(const float* f) {
+    u32 w[4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        bf16 lo = f2bf(bf2f((bf16)(pa[i] & 0xffffu)) + bf2f((bf16)(pb[i] & 0xffffu)));
-        bf16 hi = f2bf(bf2f((bf16)(pa[i] >> 16)) + bf2f((bf16)(pb[i] >> 16)));
-        pa[i] = (u32)lo | ((u32)hi << 16);
-    }
-    return a;
-}
-
-__device__ __forceinline__ float bf16x8_sum_sq(uint4 a) {
-    const u32* p = (const u32*)&a;
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float lo = bf2f((bf16)(p[i] & 0xffffu)), hi = bf2f((bf16)(p[i] >> 16));
-        s += lo * lo + hi * hi;
-    }
-    return s;
-}
-
-// out = x * scale * w, element by element, rounded to bf16 (the scalar kernels' expression).
-__device__ __forceinline__ uint4 bf16x8_scale(uint4 x, uint4 w, float scale) {
-    const u32* px = (const u32*)&x;
-    const u32* pw = (const u32*)&w;
-    uint4 out;
-    u32* po = (u32*)&out;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        bf16 lo = f2bf(bf2f((bf16)(px[i] & 0xffffu)) * scale * bf2f((bf16)(pw[i] & 0xffffu)));
-        bf16 hi = f2bf(bf2f((bf16)(px[i] >> 16)) * scale * bf2f((bf16)(pw[i] >> 16)));
-        po[i] = (u32)lo | ((u32)hi << 16);
-    }
-    return out;
+    for (int i = 0; i < 4; i++) w[i] = (u32)f2bf(f[2 * i]) | ((u32)f2bf(f[2 * i + 1]) << 16);
+    return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
 // One row per block of blockDim.x >= cols / (8 * NORM_VECS) threads. With ADD, `residual` +=
@@ -117,23 +87,39 @@ __device__ __forceinline__ void norm_row_v8(bf16* __restrict__ out, bf16* __rest
             if (ADD) r[j] = ((const uint4*)residual)[base + i];
         }
     }
-    float ss = 0.0f;
+    float ss = 0.0f, f[8];
 #pragma unroll
     for (int j = 0; j < NORM_VECS; j++) {
         const u32 i = threadIdx.x + j * blockDim.x;
         if (i < vecs) {
             if (ADD) {
-                v[j] = bf16x8_add(r[j], v[j]);
+                // The residual is stored, and normalised, rounded to bf16.
+                float d[8];
+                unpack8(r[j], f);
+                unpack8(v[j], d);
+#pragma unroll
+                for (int e = 0; e < 8; e++) f[e] += d[e];
+                v[j] = pack8(f);
                 ((uint4*)residual)[base + i] = v[j];
             }
-            ss += bf16x8_sum_sq(v[j]);
+            unpack8(v[j], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss += f[e] * f[e];
         }
     }
     const float scale = rsqrtf(block_sum_once(ss, scratch) / (float)cols + eps);
 #pragma unroll
     for (int j = 0; j < NORM_VECS; j++) {
         const u32 i = threadIdx.x + j * blockDim.x;
-        if (i < vecs) ((uint4*)out)[base + i] = bf16x8_scale(v[j], wv[j], scale);
+        if (i < vecs) {
+            float wf[8];
+            unpack8(v[j], f);
+            unpack8(wv[j], wf);
+            // The scalar kernels' expression and order: x * scale * w.
+#pragma unroll
+            for (int e = 0; e < 8; e++) f[e] = f[e] * scale * wf[e];
+            ((uint4*)out)[base + i] = pack8(f);
+        }
     }
 }
 
