@@ -1,7 +1,9 @@
 //! Device time of a decode step's operations, one at a time, against the memory roofline: every
 //! linear layer of Llama 3 8B and of one rank of Llama 3 70B at TP=2 (column-parallel layers
 //! split n, row-parallel ones k), by the GEMV kernels and by cuBLAS at batch sizes 1 to 64;
-//! `add_rms_norm` at 1 and 64 rows; paged attention of the 8B layout at batch 1 and 64.
+//! `add_rms_norm` at 1 and 64 rows; decode attention of the 8B layout at batch 1 and 64
+//! (`Backend::attention` on decode rows: whichever kernel the backend picks for them, with
+//! `TESSERA_DECODE_ATTENTION` honoured as in the engine).
 //!
 //! Figures: the median over `--reps` timings of `CALLS` back-to-back calls, each timing enqueued
 //! behind a long cuBLAS GEMM so that the GPU never waits for the host between calls (what a
@@ -340,14 +342,15 @@ fn main() -> Result<(), Error> {
     for batch in [1, 64] {
         let us = bench_attention(&b, &busy, &values, layout, batch, reps)?;
         let bytes = batch * CONTEXT * layout.num_kv_heads * layout.head_dim * 2 * 2;
+        let (h, kv, d) = (layout.num_heads, layout.num_kv_heads, layout.head_dim);
         println!(
-            "| paged_attention 32/8 x 128 | batch {batch}, context {CONTEXT} | {us:.1} | {:.0} | {:.1}% |",
+            "| decode attention {h}/{kv} x {d} | batch {batch}, context {CONTEXT} | {us:.1} | {:.0} | {:.1}% |",
             gbps(bytes, us),
             100.0 * frac(bytes, us)
         );
         lines.push(format!(
-            "OPBENCH op=paged_attention heads=32 kv_heads=8 head_dim=128 block={BLOCK_SIZE} batch={batch} \
-             context={CONTEXT} us={us:.2} kv_gbps={:.0} frac={:.4}",
+            "OPBENCH op=decode_attention heads={h} kv_heads={kv} head_dim={d} block={BLOCK_SIZE} \
+             batch={batch} context={CONTEXT} us={us:.2} kv_gbps={:.0} frac={:.4}",
             gbps(bytes, us),
             frac(bytes, us)
         ));
