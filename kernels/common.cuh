@@ -66,3 +66,16 @@ __device__ __forceinline__ u32 partition_size(u32 max_kv_len, u32 max_splits) {
     const u32 parts = (per + ATTN_PART - 1) / ATTN_PART;
     return (parts > 0 ? parts : 1) * ATTN_PART;
 }
+
+// c += a * b for one 16x8x16 tile on tensor cores (bf16 in, f32 accumulate); every lane of the
+// warp must call it. Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16), lane = 4 * g + t:
+// A (16x16, row-major): regs {a0a1, a2a3, a4a5, a6a7} hold rows {g, g+8, g, g+8}, columns
+// {2t, 2t, 2t+8, 2t+8} (+0, +1). B (16x8, k x n): regs {b0b1, b2b3} hold k = {2t, 2t+8} (+0, +1),
+// n = g. C (16x8 f32): {c0, c1} row g, {c2, c3} row g + 8, columns 2t, 2t+1.
+__device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}

@@ -4,7 +4,12 @@
 //    out = rms_norm(residual): the fused pre-norm of every transformer block, one pass over memory.
 //  - qk_norm: per-head RMSNorm of the q and k heads of fused q|k|v rows, in place (Qwen3); one
 //    warp per head.
-// The row is staged in shared memory in f32 so that it is read from global memory once.
+// rms_norm and add_rms_norm stage the row in shared memory in f32 so that it is read from global
+// memory once; any width. rms_norm_v8 and add_rms_norm_v8 are the same operations for rows of
+// whole 16-byte vectors (cols % 8 == 0, 16-byte aligned; the host picks them): each thread keeps
+// up to NORM_VECS vectors of its row (and of the weight) in registers, so every load of the row
+// is in flight at once, no shared memory holds the row, and the block's sum takes one barrier.
+// Decode rows are latency-bound (one 4096-wide row is 8 KB), which is what this saves.
 
 extern "C" __global__ void rms_norm(bf16* __restrict__ out, const bf16* __restrict__ x,
                                    const bf16* __restrict__ w, float eps, u32 cols) {
@@ -39,6 +44,94 @@ extern "C" __global__ void add_rms_norm(bf16* __restrict__ out, bf16* __restrict
     float scale = rsqrtf(block_sum(ss, scratch) / (float)cols + eps);
     for (u32 i = threadIdx.x; i < cols; i += blockDim.x)
         out[base + i] = f2bf(row[i] * scale * bf2f(w[i]));
+}
+
+#define NORM_VECS 4
+
+// Sum over the block with one barrier: each warp's sum goes to `scratch` (32 floats, used once),
+// then every thread adds them in the same order, so all threads get the same value.
+__device__ __forceinline__ float block_sum_once(float v, float* scratch) {
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (u32 i = 0; i < (blockDim.x >> 5); i++) s += scratch[i];
+    return s;
+}
+
+// Eight f32 rounded to bf16 (nearest even), as one 16-byte vector: unpack8's inverse.
+__device__ __forceinline__ uint4 pack8(const float* f) {
+    u32 w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) w[i] = (u32)f2bf(f[2 * i]) | ((u32)f2bf(f[2 * i + 1]) << 16);
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// One row per block of blockDim.x >= cols / (8 * NORM_VECS) threads. With ADD, `residual` +=
+// `x` (rounded to bf16) and the sum is normalised; without, `x` is.
+template <bool ADD>
+__device__ __forceinline__ void norm_row_v8(bf16* __restrict__ out, bf16* __restrict__ residual,
+                                            const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                            float eps, u32 cols) {
+    __shared__ float scratch[32];
+    const u32 vecs = cols / 8;
+    const size_t base = (size_t)blockIdx.x * vecs;
+    uint4 v[NORM_VECS], wv[NORM_VECS], r[NORM_VECS];
+    // Every load first, so they are in flight together.
+#pragma unroll
+    for (int j = 0; j < NORM_VECS; j++) {
+        const u32 i = threadIdx.x + j * blockDim.x;
+        if (i < vecs) {
+            v[j] = ((const uint4*)x)[base + i];
+            wv[j] = ((const uint4*)w)[i];
+            if (ADD) r[j] = ((const uint4*)residual)[base + i];
+        }
+    }
+    float ss = 0.0f, f[8];
+#pragma unroll
+    for (int j = 0; j < NORM_VECS; j++) {
+        const u32 i = threadIdx.x + j * blockDim.x;
+        if (i < vecs) {
+            if (ADD) {
+                // The residual is stored, and normalised, rounded to bf16.
+                float d[8];
+                unpack8(r[j], f);
+                unpack8(v[j], d);
+#pragma unroll
+                for (int e = 0; e < 8; e++) f[e] += d[e];
+                v[j] = pack8(f);
+                ((uint4*)residual)[base + i] = v[j];
+            }
+            unpack8(v[j], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss += f[e] * f[e];
+        }
+    }
+    const float scale = rsqrtf(block_sum_once(ss, scratch) / (float)cols + eps);
+#pragma unroll
+    for (int j = 0; j < NORM_VECS; j++) {
+        const u32 i = threadIdx.x + j * blockDim.x;
+        if (i < vecs) {
+            float wf[8];
+            unpack8(v[j], f);
+            unpack8(wv[j], wf);
+            // The scalar kernels' expression and order: x * scale * w.
+#pragma unroll
+            for (int e = 0; e < 8; e++) f[e] = f[e] * scale * wf[e];
+            ((uint4*)out)[base + i] = pack8(f);
+        }
+    }
+}
+
+extern "C" __global__ void rms_norm_v8(bf16* __restrict__ out, const bf16* __restrict__ x,
+                                      const bf16* __restrict__ w, float eps, u32 cols) {
+    norm_row_v8<false>(out, nullptr, x, w, eps, cols);
+}
+
+extern "C" __global__ void add_rms_norm_v8(bf16* __restrict__ out, bf16* __restrict__ residual,
+                                          const bf16* __restrict__ delta,
+                                          const bf16* __restrict__ w, float eps, u32 cols) {
+    norm_row_v8<true>(out, residual, delta, w, eps, cols);
 }
 
 // Grid: (rows, ceil((num_heads + num_kv_heads) / warps per block)); one warp per head.

@@ -9,10 +9,7 @@
 // the output O += P V both run on tensor cores, and P never leaves registers (the accumulator
 // layout of S is the operand layout of P).
 //
-// Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16): lane = 4 * g + t. A (16x16, row-major):
-// regs {a0a1, a2a3, a4a5, a6a7} hold rows {g, g+8, g, g+8}, columns {2t, 2t, 2t+8, 2t+8} (+0, +1).
-// B (16x8, k x n): regs {b0b1, b2b3} hold k = {2t, 2t+8} (+0, +1), n = g. C (16x8 f32): {c0, c1}
-// row g, {c2, c3} row g + 8, columns 2t, 2t+1.
+// Fragment layouts: see mma_bf16_16816 in common.cuh.
 //
 // Causality comes from `row_kv_len` as in paged_attention: row r sees keys [0, row_kv_len[r]).
 // The host builds the tiles (`tile_row_start`, `tile_num_rows`), never crossing a sequence.
@@ -25,15 +22,6 @@ __device__ __forceinline__ u32 ld_u32(const bf16* p) { return *reinterpret_cast<
 
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
     return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
-}
-
-// c += a * b for one 16x8x16 tile.
-__device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ float quad_max(float v) {

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds everything the GPU machine runs (it has no Rust toolchain) into .gpu/ (git-ignored):
 # every test binary of the CUDA crate, the engine's CUDA tensor-parallel and GPU sampling tests,
-# the `tessera` binary with `--features cuda` and the decode benchmark; the fixtures' location is
-# the checkout itself. Binaries are stripped so that the working tree sent to the device stays
-# under its size limit. Then run scripts/gpu-check.sh (one GPU) or scripts/gpu-check-tp.sh (2 or
-# 4 GPUs) there.
+# the `tessera` binary with `--features cuda`, the decode benchmark and the per-operation
+# benchmark (op_bench); the fixtures' location is the checkout itself. Binaries are stripped so
+# that the working tree sent to the device stays under its size limit. Then run
+# scripts/gpu-check.sh (one GPU) or scripts/gpu-check-tp.sh (2 or 4 GPUs) there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -29,8 +29,9 @@ copy_tests -p tessera-engine --features cuda --test cuda_tp
 copy_tests -p tessera-engine --features cuda --test gpu_sampling
 cargo build --release -p tessera-cli --features cuda
 cp "$CARGO_TARGET_DIR/release/tessera" .gpu/tessera
-cargo build --release -p tessera-cuda --features cuda --example decode_bench
+cargo build --release -p tessera-cuda --features cuda --example decode_bench --example op_bench
 cp "$CARGO_TARGET_DIR/release/examples/decode_bench" .gpu/decode_bench
-strip .gpu/tessera .gpu/decode_bench .gpu/tests/*
+cp "$CARGO_TARGET_DIR/release/examples/op_bench" .gpu/op_bench
+strip .gpu/tessera .gpu/decode_bench .gpu/op_bench .gpu/tests/*
 ls -la .gpu .gpu/tests
 du -sh .gpu

@@ -52,8 +52,14 @@ if [ -x .gpu/decode_bench ]; then
     cat "$LOGS/decode-bench.log"
 fi
 
+if [ -x .gpu/op_bench ]; then
+    # Per-operation device times: GEMV against cuBLAS per layer and batch, norms, attention.
+    run op-bench .gpu/op_bench
+    cat "$LOGS/op-bench.log"
+fi
+
 # The measured figures, in one file.
-grep -hE "reference f32|llama-3.2-1b shape|diverges|transformers bf16|relative error|agreement|diverge|identical|profile:|graph|BENCH_RATIO|gpu sampling|argmax_rows|SKIPPED|panicked" "$LOGS"/*.log >"$LOGS/figures.txt" || true
+grep -hE "reference f32|llama-3.2-1b shape|diverges|transformers bf16|relative error|agreement|diverge|identical|profile:|graph|BENCH_RATIO|OPBENCH_GEMV_MAX_M|gpu sampling|argmax_rows|SKIPPED|panicked" "$LOGS"/*.log >"$LOGS/figures.txt" || true
 echo
 printf '%s\n' "${SUMMARY[@]}" | tee "$LOGS/summary.txt"
 exit $failed

@@ -112,6 +112,13 @@ impl CudaBackend {
         Ok(CudaTensor { rows, cols, data })
     }
 
+    /// Copies bf16 host values into a new device tensor (no conversion: for large inputs).
+    pub fn tensor_from_bf16(&self, rows: usize, cols: usize, values: &[bf16]) -> Result<CudaTensor> {
+        assert_eq!(values.len(), rows * cols);
+        let data = self.device.stream.clone_htod(values).map_err(backend_err("copy to device"))?;
+        Ok(CudaTensor { rows, cols, data })
+    }
+
     pub(crate) fn alloc(&self, len: usize) -> Result<CudaSlice<bf16>> {
         // SAFETY: every caller hands the buffer to a kernel or GEMM that writes all of it.
         unsafe { self.device.stream.alloc::<bf16>(len.max(1)) }.map_err(backend_err("alloc"))

@@ -16,7 +16,7 @@ pub struct Family {
     pub source: &'static str,
 }
 
-pub const FAMILIES: [Family; 9] = [
+pub const FAMILIES: [Family; 10] = [
     Family { name: "embedding", source: include_str!("../../../kernels/embedding.cu") },
     Family { name: "norm", source: include_str!("../../../kernels/norm.cu") },
     Family { name: "rope", source: include_str!("../../../kernels/rope.cu") },
@@ -26,6 +26,7 @@ pub const FAMILIES: [Family; 9] = [
     Family { name: "decode_attention", source: include_str!("../../../kernels/decode_attention.cu") },
     Family { name: "prefill_attention", source: include_str!("../../../kernels/prefill_attention.cu") },
     Family { name: "sampling", source: include_str!("../../../kernels/sampling.cu") },
+    Family { name: "gemv", source: include_str!("../../../kernels/gemv.cu") },
 ];
 
 /// 64-bit FNV-1a: stable across Rust versions, unlike `DefaultHasher`, so cache keys survive

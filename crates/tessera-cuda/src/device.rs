@@ -89,9 +89,9 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
 }
 
 /// Kernel entry points of each family (their `extern "C"` names).
-const ENTRIES: [(&str, &[&str]); 9] = [
+const ENTRIES: [(&str, &[&str]); 10] = [
     ("embedding", &["embedding", "fill_dummy"]),
-    ("norm", &["rms_norm", "add_rms_norm", "qk_norm"]),
+    ("norm", &["rms_norm", "add_rms_norm", "rms_norm_v8", "add_rms_norm_v8", "qk_norm"]),
     ("rope", &["rope", "rope_write_kv"]),
     ("activation", &["silu_mul", "add_bias", "gather_rows", "concat_cols"]),
     ("kv_cache", &["write_kv"]),
@@ -112,6 +112,7 @@ const ENTRIES: [(&str, &[&str]); 9] = [
     ),
     ("prefill_attention", &["prefill_attention_d64", "prefill_attention_d128"]),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
+    ("gemv", &["gemv_m8", "gemv_m16"]),
 ];
 
 impl Device {

@@ -1,37 +1,100 @@
-//! `x @ w^T` through cuBLAS in bf16 with f32 accumulation.
+//! `x @ w^T` in bf16 with f32 accumulation: the GEMV kernels (kernels/gemv.cu) for decode-sized
+//! batches, cuBLAS for everything else.
 
+use crate::backend::CudaBackend;
 use crate::device::Device;
+use crate::launch;
 use crate::tensor::CudaTensor;
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
 use half::bf16;
 use tessera_model::{ModelError, Result};
 
-/// Row-major `out[m, n] = x[m, k] @ w[n, k]^T`. cuBLAS is column-major, so this computes
-/// `out^T = w @ x^T` with `w` transposed in place of the row-major view.
+/// The most rows of x that `linear` hands to the GEMV kernels instead of cuBLAS (when the shape
+/// allows them: `launch::gemv_supports`). At 1 to 8 rows cuBLAS was measured far from the
+/// memory roofline on an H100 (o_proj at 1.5 TB/s, split-K plus a second reduce kernel for qkv
+/// and down), while a GEMV streams the weight once at any of those sizes. The op_bench example
+/// (`GEMV` and `cuBLAS` columns per batch size) decides this value: raise it to 16 (the kernels'
+/// limit, `launch::GEMV_KERNEL_MAX_M`) only if the GEMV still wins there on every shape.
+pub const GEMV_MAX_M: usize = 8;
+
+/// Which kernels compute a linear layer: `Auto` is what the model uses (GEMV up to
+/// `GEMV_MAX_M` rows, else cuBLAS); the others force one side, for benchmarks and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearKernel {
+    Auto,
+    Gemv,
+    Cublas,
+}
+
+/// Row-major `out[m, n] = x[m, k] @ w[n, k]^T`, by the kernels `LinearKernel::Auto` picks.
 pub fn linear(device: &Device, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
+    linear_with(device, x, w, LinearKernel::Auto)
+}
+
+pub fn linear_with(
+    device: &Device,
+    x: &CudaTensor,
+    w: &CudaTensor,
+    kernel: LinearKernel,
+) -> Result<CudaTensor> {
     assert_eq!(x.cols, w.cols, "linear: x has {} features, the weight {}", x.cols, w.cols);
     let (m, n, k) = (x.rows, w.rows, x.cols);
-    // SAFETY: allocation only; cuBLAS writes every element (beta = 0). An empty result still
-    // gets one element, since the driver refuses zero-byte allocations.
+    let gemv_ok = launch::gemv_supports(device, &x.data, &w.data, m, n, k);
+    let use_gemv = match kernel {
+        LinearKernel::Auto => gemv_ok && m <= GEMV_MAX_M,
+        LinearKernel::Gemv if gemv_ok => true,
+        LinearKernel::Gemv => {
+            return Err(ModelError::Backend(format!(
+                "the GEMV kernels do not take {m}x{k} @ {n}x{k}^T: they need 1 to {} rows, k a \
+                 multiple of 8 and 16-byte aligned buffers",
+                launch::GEMV_KERNEL_MAX_M
+            )))
+        }
+        LinearKernel::Cublas => false,
+    };
+    // SAFETY: allocation only; the GEMV or cuBLAS writes every element (cuBLAS with beta = 0).
+    // An empty result still gets one element, since the driver refuses zero-byte allocations.
     let mut out = unsafe { device.stream.alloc::<bf16>((m * n).max(1)) }
         .map_err(|e| ModelError::Backend(format!("CUDA alloc: {e}")))?;
-    if m > 0 {
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_T,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: bf16::ONE,
-            lda: k as i32,
-            ldb: k as i32,
-            beta: bf16::ZERO,
-            ldc: n as i32,
-        };
-        // SAFETY: the shapes above match the buffers' lengths (asserted and allocated here).
-        unsafe { device.blas.gemm(cfg, &w.data, &x.data, &mut out) }
-            .map_err(|e| ModelError::Backend(format!("cuBLAS gemm {m}x{n}x{k}: {e}")))?;
+    if use_gemv {
+        launch::gemv(device, &mut out, &x.data, &w.data, m, n, k)?;
+    } else if m > 0 {
+        cublas(device, &mut out, x, w)?;
     }
     Ok(CudaTensor { rows: m, cols: n, data: out })
+}
+
+/// cuBLAS is column-major, so this computes `out^T = w @ x^T` with `w` transposed in place of the
+/// row-major view.
+fn cublas(
+    device: &Device,
+    out: &mut cudarc::driver::CudaSlice<bf16>,
+    x: &CudaTensor,
+    w: &CudaTensor,
+) -> Result<()> {
+    let (m, n, k) = (x.rows, w.rows, x.cols);
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: n as i32,
+        n: m as i32,
+        k: k as i32,
+        alpha: bf16::ONE,
+        lda: k as i32,
+        ldb: k as i32,
+        beta: bf16::ZERO,
+        ldc: n as i32,
+    };
+    // SAFETY: the shapes above match the buffers' lengths (asserted and allocated by the caller).
+    unsafe { device.blas.gemm(cfg, &w.data, &x.data, out) }
+        .map_err(|e| ModelError::Backend(format!("cuBLAS gemm {m}x{n}x{k}: {e}")))
+}
+
+impl CudaBackend {
+    /// `Backend::linear` without bias, by the kernels `kernel` names: `LinearKernel::Gemv` is an
+    /// error for shapes the GEMV does not take. For benchmarks and tests that compare the two.
+    pub fn linear_with(&self, x: &CudaTensor, w: &CudaTensor, kernel: LinearKernel) -> Result<CudaTensor> {
+        linear_with(&self.device, x, w, kernel)
+    }
 }

@@ -3,7 +3,7 @@
 //! signatures exactly (order and width), which is what these functions pin down.
 
 use crate::device::{backend_err, Device};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 use half::bf16;
 use tessera_model::weights::DummyFill;
 use tessera_model::Result;
@@ -25,6 +25,24 @@ fn elementwise(device: &Device, total: usize) -> LaunchConfig {
 
 /// Most bytes of dynamic shared memory a launch may ask for without an opt-in attribute.
 const SHARED_LIMIT: usize = 48 * 1024;
+
+/// Whether `buf` starts on a 16-byte boundary, as kernels with 16-byte vector loads need (pool
+/// allocations always do; checked rather than assumed).
+pub fn aligned16(device: &Device, buf: &CudaSlice<bf16>) -> bool {
+    buf.device_ptr(&device.stream).0.is_multiple_of(16)
+}
+
+/// 16-byte vectors of a row that one thread of `rms_norm_v8` / `add_rms_norm_v8` keeps in
+/// registers (norm.cu's NORM_VECS).
+const NORM_VECS: usize = 4;
+
+/// The vectorized norm kernels take rows of whole 16-byte vectors, at most NORM_VECS per thread
+/// of a 1024-thread block; the block has as many threads as the row needs.
+fn norm_v8_threads(device: &Device, cols: usize, bufs: &[&CudaSlice<bf16>]) -> Option<u32> {
+    let vecs = cols / 8;
+    let fits = cols.is_multiple_of(8) && vecs > 0 && vecs <= NORM_VECS * 1024;
+    (fits && bufs.iter().all(|b| aligned16(device, b))).then(|| row_threads(vecs.div_ceil(NORM_VECS)))
+}
 
 pub fn embedding(
     device: &Device,
@@ -78,12 +96,15 @@ pub fn rms_norm(
         return Ok(());
     }
     let cols32 = cols as u32;
-    let mut b = device.stream.launch_builder(device.function("rms_norm"));
+    let (name, launch) = match norm_v8_threads(device, cols, &[out, x, w]) {
+        Some(threads) => ("rms_norm_v8", cfg((rows as u32, 1, 1), threads, 0)),
+        None => ("rms_norm", cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32)),
+    };
+    let mut b = device.stream.launch_builder(device.function(name));
     b.arg(out).arg(x).arg(w).arg(&eps).arg(&cols32);
-    // SAFETY: x and out are rows x cols, w is cols; the row fits the shared memory asked for.
-    unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32)) }
-        .map(drop)
-        .map_err(backend_err("rms_norm"))
+    // SAFETY: x and out are rows x cols, w is cols; the scalar kernel's row fits the shared
+    // memory asked for, the vector kernel's block covers the row (`norm_v8_threads`).
+    unsafe { b.launch(launch) }.map(drop).map_err(backend_err(name))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -104,12 +125,67 @@ pub fn add_rms_norm(
         return Ok(());
     }
     let cols32 = cols as u32;
-    let mut b = device.stream.launch_builder(device.function("add_rms_norm"));
+    let (name, launch) = match norm_v8_threads(device, cols, &[out, residual, delta, w]) {
+        Some(threads) => ("add_rms_norm_v8", cfg((rows as u32, 1, 1), threads, 0)),
+        None => ("add_rms_norm", cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32)),
+    };
+    let mut b = device.stream.launch_builder(device.function(name));
     b.arg(out).arg(residual).arg(delta).arg(w).arg(&eps).arg(&cols32);
     // SAFETY: as rms_norm; residual is updated in place by the block that owns its row.
-    unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32)) }
+    unsafe { b.launch(launch) }.map(drop).map_err(backend_err(name))
+}
+
+/// Weight rows per block and threads per block of the GEMV kernels (gemv.cu's GEMV_ROWS and
+/// GEMV_WARPS * 32).
+const GEMV_ROWS: usize = 16;
+const GEMV_THREADS: u32 = 256;
+/// Most rows of x the GEMV kernels take: `gemv_m8` up to 8, `gemv_m16` up to 16.
+pub const GEMV_KERNEL_MAX_M: usize = 16;
+
+/// Whether the GEMV kernels handle `out[m, n] = x[m, k] @ w[n, k]^T` on these buffers: 1..=16
+/// rows, rows of whole 16-byte vectors (k % 8 == 0) on 16-byte aligned buffers, and sizes that
+/// fit the kernels' 32-bit indices.
+pub fn gemv_supports(
+    device: &Device,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> bool {
+    (1..=GEMV_KERNEL_MAX_M).contains(&m)
+        && n > 0
+        && k > 0
+        && k.is_multiple_of(8)
+        && n <= (u32::MAX as usize - GEMV_ROWS)
+        && k <= u32::MAX as usize / 2
+        && aligned16(device, x)
+        && aligned16(device, w)
+}
+
+/// `out[m, n] = x[m, k] @ w[n, k]^T` by the GEMV kernels (one block per 16 weight rows); the
+/// caller checked `gemv_supports`.
+pub fn gemv(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    assert!(gemv_supports(device, x, w, m, n, k), "gemv of {m}x{k} @ {n}x{k}^T");
+    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "gemv buffers");
+    let name = if m <= 8 { "gemv_m8" } else { "gemv_m16" };
+    let (m32, n32, k32) = (m as u32, n as u32, k as u32);
+    let mut b = device.stream.launch_builder(device.function(name));
+    b.arg(out).arg(x).arg(w).arg(&m32).arg(&n32).arg(&k32);
+    // SAFETY: x holds m x k values, w n x k, out m x n, all 16-byte aligned with k % 8 == 0
+    // (`gemv_supports`); the kernel clamps its reads to those extents and writes only rows < m
+    // and columns < n.
+    unsafe { b.launch(cfg((n.div_ceil(GEMV_ROWS) as u32, 1, 1), GEMV_THREADS, 0)) }
         .map(drop)
-        .map_err(backend_err("add_rms_norm"))
+        .map_err(backend_err(name))
 }
 
 /// Heads of `head_dim` in fused rows of `row_width`: q heads, then k heads, then v heads.

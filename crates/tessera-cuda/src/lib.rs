@@ -1,7 +1,7 @@
 //! The CUDA backend: bf16 weights and activations (f32 accumulation; norms and softmax in f32),
 //! kernels from the repository's `kernels/` compiled by NVRTC for the GPU present (PTX cached on
-//! disk), GEMMs through cuBLAS, and a paged KV cache in bf16 `[num_blocks, block_size,
-//! num_kv_heads, head_dim]` per layer.
+//! disk), GEMMs through cuBLAS (decode-sized batches through GEMV kernels), and a paged KV cache
+//! in bf16 `[num_blocks, block_size, num_kv_heads, head_dim]` per layer.
 //!
 //! Everything is behind the `cuda` feature: without it this crate is empty. With it, cudarc loads
 //! libcuda, libnvrtc and libcublas at run time (`dynamic-loading`), so the build needs no CUDA
@@ -16,8 +16,8 @@
 //!
 //! Architecture invariant: the only crate with CUDA `unsafe`: kernel launches (`launch.rs`),
 //! cuBLAS (`gemm.rs`), driver calls cudarc leaves unsafe (`device.rs`), NCCL calls
-//! (`nccl/ffi.rs`), uninitialised allocations that a kernel fills (`backend.rs`, `sampling.rs`),
-//! and `Send` for captured graphs (`graphs.rs`).
+//! (`nccl/ffi.rs`), uninitialised allocations that a kernel fills (`backend.rs`, `gemm.rs`,
+//! `sampling.rs`), and `Send` for captured graphs (`graphs.rs`).
 
 #[cfg(feature = "cuda")]
 mod backend;
@@ -53,9 +53,11 @@ pub use batch::{CudaBatch, PAD_SLOT};
 #[cfg(feature = "cuda")]
 pub use device::{check_libraries, device_count, MemoryStats};
 #[cfg(feature = "cuda")]
+pub use gemm::{LinearKernel, GEMV_MAX_M};
+#[cfg(feature = "cuda")]
 pub use graphs::{DecodeGraphs, GraphReport};
 #[cfg(feature = "cuda")]
-pub use launch::DECODE_ATTENTION_VARIANT;
+pub use launch::{DECODE_ATTENTION_VARIANT, GEMV_KERNEL_MAX_M};
 #[cfg(feature = "cuda")]
 pub use nccl::{nccl_version, AbortSignal, CommConfig, NcclComm, NcclId};
 #[cfg(feature = "cuda")]

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use tessera_cpu::CpuBackend;
-use tessera_cuda::CudaBackend;
+use tessera_cuda::{CudaBackend, LinearKernel};
 use tessera_model::rope::cos_sin_tables;
 use tessera_model::spec::{Llama3RopeScaling, RopeSpec};
 use tessera_model::weights::{DummySource, Shard, WeightSource};
@@ -31,7 +31,21 @@ fn norms<B: Backend>(b: &B, rows: usize, cols: usize, x: &[f32], d: &[f32], w: &
 #[test]
 fn rms_norm_and_fused_add_rms_norm() {
     let Some((cpu, gpu)) = backends("rms_norm_and_fused_add_rms_norm") else { return };
-    for (i, (rows, cols)) in [(1, 64), (7, 4096), (33, 5120), (130, 8192)].into_iter().enumerate() {
+    // Widths that are multiples of 8 take the vectorized kernels (4096 and 8192: Llama's decode
+    // rows; 8: one vector; 32768: the most they take), the others the scalar ones.
+    let shapes = [
+        (1, 64),
+        (1, 8),
+        (1, 4096),
+        (7, 4096),
+        (33, 5120),
+        (1, 8192),
+        (130, 8192),
+        (2, 32768),
+        (3, 77),
+        (1, 4099),
+    ];
+    for (i, (rows, cols)) in shapes.into_iter().enumerate() {
         let seed = 10 * i as u64;
         let x = random_bf16(seed, rows * cols, 2.0);
         let d = random_bf16(seed + 1, rows * cols, 2.0);
@@ -58,7 +72,7 @@ fn linear<B: Backend>(b: &B, m: usize, k: usize, n: usize, seed: u64) -> Vec<f32
 fn linear_with_and_without_bias() {
     let Some((cpu, gpu)) = backends("linear_with_and_without_bias") else { return };
     for (i, (m, k, n)) in
-        [(1, 64, 96), (17, 4096, 1024), (128, 512, 11008), (3, 2048, 50)].into_iter().enumerate()
+        [(1, 64, 96), (17, 4096, 1024), (128, 512, 11008), (3, 2048, 50), (2, 12, 33)].into_iter().enumerate()
     {
         let seed = 100 + i as u64;
         assert_close(
@@ -67,6 +81,54 @@ fn linear_with_and_without_bias() {
             &linear(&cpu, m, k, n, seed),
             BF16_TOL,
         );
+    }
+}
+
+/// The GEMV kernels against the CPU backend and against cuBLAS on the same inputs, for batches
+/// of 1 to 16 rows and widths that are not multiples of the kernels' tiles.
+#[test]
+fn gemv_against_cpu_and_cublas() {
+    let Some((cpu, gpu)) = backends("gemv_against_cpu_and_cublas") else { return };
+    let mut cases: Vec<(usize, usize, usize)> = (1..=8).map(|m| (m, 4096, 4096)).collect();
+    cases.extend([
+        // Awkward widths: one 16-byte vector, a k that ends mid-tile, Llama's down_proj k;
+        // a single output, an n that ends mid-block, and Llama 8B's gate|up n.
+        (1, 8, 1),
+        (3, 8, 7),
+        (2, 4104, 7),
+        (8, 4104, 4096),
+        (1, 14336, 4096),
+        (5, 14336, 1),
+        (2, 4096, 28672),
+        (9, 256, 100),
+        (16, 4104, 33),
+    ]);
+    for (i, (m, k, n)) in cases.into_iter().enumerate() {
+        let seed = 700 + i as u64;
+        let (xs, ws) = (random_bf16(seed, m * k, 1.0), random_bf16(seed + 1, n * k, 0.05));
+        let cx = activation(&cpu, m, k, &xs);
+        let cw = cpu.upload(host_bf16(vec![n, k], &ws)).unwrap();
+        let want = cpu.to_host(&cpu.linear(&cx, &cw, None).unwrap()).unwrap();
+        let x = activation(&gpu, m, k, &xs);
+        let w = gpu.upload(host_bf16(vec![n, k], &ws)).unwrap();
+        let gemv = gpu.to_host(&gpu.linear_with(&x, &w, LinearKernel::Gemv).unwrap()).unwrap();
+        let cublas = gpu.to_host(&gpu.linear_with(&x, &w, LinearKernel::Cublas).unwrap()).unwrap();
+        let what = format!("gemv {m}x{k} @ {n}x{k}^T");
+        assert_close(&format!("{what} vs cpu"), &gemv, &want, BF16_TOL);
+        assert_close(&format!("{what} vs cublas"), &gemv, &cublas, BF16_TOL);
+    }
+    // Shapes the GEMV does not take are an error when forced, and `Auto` falls back to cuBLAS.
+    for (m, k, n) in [(1, 12, 5), (17, 64, 5)] {
+        let (xs, ws) = (random_bf16(1, m * k, 1.0), random_bf16(2, n * k, 0.05));
+        let x = activation(&gpu, m, k, &xs);
+        let w = gpu.upload(host_bf16(vec![n, k], &ws)).unwrap();
+        let err = gpu.linear_with(&x, &w, LinearKernel::Gemv).err().expect("GEMV refuses the shape");
+        assert!(err.to_string().contains("GEMV"), "{err}");
+        let auto = gpu.to_host(&gpu.linear_with(&x, &w, LinearKernel::Auto).unwrap()).unwrap();
+        let cx = activation(&cpu, m, k, &xs);
+        let cw = cpu.upload(host_bf16(vec![n, k], &ws)).unwrap();
+        let want = cpu.to_host(&cpu.linear(&cx, &cw, None).unwrap()).unwrap();
+        assert_close(&format!("auto fallback {m}x{k} @ {n}x{k}^T"), &auto, &want, BF16_TOL);
     }
 }
 
