@@ -90,7 +90,9 @@ fn a_rank_that_stops_calling_collectives_is_detected_at_the_deadline() {
         let (peer_took, peer_err) = idle.join().unwrap();
         eprintln!("{test}: rank 1 then failed after {:.3} s: {peer_err}", peer_took.as_secs_f64());
         assert!(peer_err.contains("group failed"), "{peer_err}");
-        assert!(peer_took < Duration::from_secs(1), "{peer_took:?}");
+        // No wait at the deadline again, but the rank still aborts its own communicator before it
+        // returns, and ncclCommAbort took 1.43 s on a 4 x H200 host: within the slack.
+        assert!(peer_took < SLACK, "{peer_took:?}");
     });
 }
 
