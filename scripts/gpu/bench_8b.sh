@@ -11,7 +11,7 @@
 # CONC1_PROMPTS (default 32) sets the prompts at concurrency 1: there every request runs alone, so
 # 32 give the same per-request figures as 256 in an eighth of the device time.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit
 MODE=${1:?usage: bench_8b.sh tessera|baseline [BIN]}
 BIN=${2:-.gpu/tessera}
 LOGS="${OUT:-$PWD/gpu-logs}/bench"
@@ -43,11 +43,37 @@ tessera() {
     for c in 256 64 16 1; do
         local n=256
         [ "$c" = 1 ] && n=$CONC1_PROMPTS
+        curl -sf "http://127.0.0.1:$PORT/metrics" >"$LOGS/metrics-before-c$c.txt" || true
         "$BIN" bench serve --url "http://127.0.0.1:$PORT" --num-prompts "$n" --input-len 1024 \
             --output-len 128 --max-concurrency "$c" --seed 0 --json "$LOGS/serve-c$c.json" \
             >"$LOGS/serve-c$c.log" 2>&1 || { echo "bench serve concurrency $c failed"; status=1; }
         tail -n 25 "$LOGS/serve-c$c.log"
+        curl -sf "http://127.0.0.1:$PORT/metrics" >"$LOGS/metrics-after-c$c.txt" || true
+        step_phases "$LOGS/metrics-before-c$c.txt" "$LOGS/metrics-after-c$c.txt" | tee "$LOGS/phases-c$c.txt"
     done
+}
+
+# Mean time per step of each phase (tessera_step_phase_seconds) between two /metrics scrapes.
+step_phases() {
+    python3 - "$1" "$2" <<'PY'
+import re, sys
+def read(path):
+    values = {}
+    for line in open(path):
+        m = re.match(r'tessera_step_phase_seconds_(sum|count)\{phase="(\w+)"\} ([0-9.e+-]+)', line)
+        if m:
+            values[(m[2], m[1])] = float(m[3])
+    return values
+a, b = read(sys.argv[1]), read(sys.argv[2])
+phases = sorted({p for p, _ in b})
+parts = []
+for p in phases:
+    n = b.get((p, "count"), 0) - a.get((p, "count"), 0)
+    t = b.get((p, "sum"), 0) - a.get((p, "sum"), 0)
+    if n > 0:
+        parts.append(f"{p} {1e3 * t / n:.2f} ms x {n:.0f}")
+print("step phases (mean): " + "; ".join(parts))
+PY
 }
 
 baseline() {

@@ -2,10 +2,13 @@
 """Prints the benchmark issue's results table (markdown) from the JSON files bench_8b.sh writes.
 
 Rooflines use the GPU limits `bench latency` measured in the same run (copy bandwidth, bf16 GEMM
-rate). For `bench serve` the roofline is the workload's lower bound on duration: every prompt's
-prefill at the GEMM rate, plus ceil(N / C) waves of (output_len - 1) decode steps each reading the
-weights once and each sequence's KV at its mean context at the copy bandwidth (no overlap of
-prefill with decode, which a real engine can exploit only partly).
+rate). For `bench serve` the roofline is an upper bound on output throughput from lower bounds on
+the duration, whichever is largest:
+  - all prefill FLOPs at the GEMM rate, then (output_len - 1) decode steps of the request whose
+    prompt finished last, each reading the weights at least once;
+  - N * (output_len - 1) / C steps (a step makes at most C tokens), each reading the weights and C
+    sequences' KV at the mean context;
+  - at concurrency 1 nothing overlaps: N times (one prefill + output_len - 1 steps of one).
 """
 
 import json
@@ -51,11 +54,13 @@ def main(logs):
             input_len, output_len = ref["input_len"], ref["output_len"]
             mean_ctx = input_len + output_len / 2
             kv_per_token = cost["kv_bytes_per_decode_step"] / mean_ctx
+            bandwidth = hw["bandwidth_gbps"] * 1e9
+            weights = cost.get("decode_weight_bytes", cost["weight_bytes"])
             prefill = n * cost["prefill_flops"] / (hw["matrix_tflops"] * 1e12)
-            waves = math.ceil(n / c)
-            per_wave = min(c, n)
-            step = (cost["weight_bytes"] + per_wave * mean_ctx * kv_per_token) / (hw["bandwidth_gbps"] * 1e9)
-            duration = prefill + waves * (output_len - 1) * step
+            step = (weights + min(c, n) * mean_ctx * kv_per_token) / bandwidth
+            duration = max(prefill + (output_len - 1) * weights / bandwidth, n * (output_len - 1) / min(c, n) * step)
+            if c == 1:
+                duration = max(duration, prefill + n * (output_len - 1) * step)
             roof = out / duration
         theirs = base.get("throughput", {}).get("output_throughput") if c == 256 else None
         ours = s["output_throughput"]

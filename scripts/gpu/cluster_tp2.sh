@@ -7,6 +7,11 @@
 #
 # Logs and the compared outputs go to $OUT (or ./gpu-logs/cluster_tp2). Exit status 0 when the
 # outputs match.
+#
+# BENCH_PROMPTS=N (e.g. 64, with SHAPE=llama-3-8b) also times both deployments with `bench serve`
+# (N prompts, 512 in / 64 out, concurrency 32, CUDA graphs on): ranks as threads of one process
+# against ranks as processes, which DESIGN.md asks to compare (the driver serialises some calls
+# behind a process-wide lock).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=$(realpath "${1:-.gpu/tessera}")
@@ -44,7 +49,7 @@ max_model_len = 1024
 [parallel]
 tensor_parallel_size = 2
 [cache]
-num_blocks = 2048
+num_blocks = 4096
 [server]
 host = "127.0.0.1"
 port = $HTTP_HEAD
@@ -57,6 +62,13 @@ heartbeat_interval_ms = 500
 heartbeat_timeout_ms = 5000
 join_timeout_ms = 120000
 EOF
+
+bench() { # port, name
+    [ -n "${BENCH_PROMPTS:-}" ] || return 0
+    "$BIN" bench serve --url "http://127.0.0.1:$1" --num-prompts "$BENCH_PROMPTS" --input-len 512 \
+        --output-len 64 --max-concurrency 32 --seed 0 --json "$LOGS/bench-$2.json" >"$LOGS/bench-$2.log" 2>&1
+    echo "bench serve ($2): $(grep -h 'Output token throughput\|Median TPOT' "$LOGS/bench-$2.log" | tr -s ' ' | paste -sd';')"
+}
 
 wait_ready() { # port, pid, name
     for _ in $(seq 1 600); do
@@ -80,12 +92,13 @@ complete() { # port, output file
 
 echo "== single process, TP=2 on GPUs 0 and 1"
 start=$SECONDS
-CUDA_VISIBLE_DEVICES=0,1 "$BIN" serve --device cuda --dummy "$SHAPE" --tensor-parallel-size 2 \
+CUDA_VISIBLE_DEVICES=0,1 TESSERA_CACHE__NUM_BLOCKS=4096 "$BIN" serve --device cuda --dummy "$SHAPE" --tensor-parallel-size 2 \
     --max-model-len 1024 --port "$HTTP_REF" >"$LOGS/reference.log" 2>&1 &
 pids+=($!)
 wait_ready "$HTTP_REF" "${pids[0]}" reference
 echo "ready in $((SECONDS - start)) s"
 complete "$HTTP_REF" "$LOGS/reference.jsonl"
+bench "$HTTP_REF" threads
 kill -TERM "${pids[0]}"; wait "${pids[0]}" || true
 
 echo "== two processes (head on GPU 0, worker on GPU 1), one TP=2 group over NCCL"
@@ -100,6 +113,7 @@ pids+=("$worker_pid")
 wait_ready "$HTTP_HEAD" "$head_pid" head
 echo "ready in $((SECONDS - start)) s"
 complete "$HTTP_HEAD" "$LOGS/cluster.jsonl"
+bench "$HTTP_HEAD" processes
 grep -m1 "nccl\|NCCL" "$LOGS/head.log" "$LOGS/worker.log" || true
 
 echo "== clean shutdown: SIGTERM to the head; both exit 0"

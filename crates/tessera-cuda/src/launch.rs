@@ -91,14 +91,16 @@ pub fn rms_norm(
     cols: usize,
 ) -> Result<()> {
     assert!(x.len() == rows * cols && out.len() == rows * cols && w.len() == cols, "rms_norm shapes");
-    assert!(cols * 4 <= SHARED_LIMIT, "rms_norm rows of {cols} exceed shared memory");
     if rows == 0 {
         return Ok(());
     }
     let cols32 = cols as u32;
     let (name, launch) = match norm_v8_threads(device, cols, &[out, x, w]) {
         Some(threads) => ("rms_norm_v8", cfg((rows as u32, 1, 1), threads, 0)),
-        None => ("rms_norm", cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32)),
+        None => {
+            assert!(cols * 4 <= SHARED_LIMIT, "rms_norm rows of {cols} exceed shared memory");
+            ("rms_norm", cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32))
+        }
     };
     let mut b = device.stream.launch_builder(device.function(name));
     b.arg(out).arg(x).arg(w).arg(&eps).arg(&cols32);
@@ -120,14 +122,16 @@ pub fn add_rms_norm(
 ) -> Result<()> {
     assert!(residual.len() == rows * cols && delta.len() == rows * cols, "add_rms_norm shapes");
     assert!(out.len() == rows * cols && w.len() == cols, "add_rms_norm shapes");
-    assert!(cols * 4 <= SHARED_LIMIT, "add_rms_norm rows of {cols} exceed shared memory");
     if rows == 0 {
         return Ok(());
     }
     let cols32 = cols as u32;
     let (name, launch) = match norm_v8_threads(device, cols, &[out, residual, delta, w]) {
         Some(threads) => ("add_rms_norm_v8", cfg((rows as u32, 1, 1), threads, 0)),
-        None => ("add_rms_norm", cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32)),
+        None => {
+            assert!(cols * 4 <= SHARED_LIMIT, "add_rms_norm rows of {cols} exceed shared memory");
+            ("add_rms_norm", cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32))
+        }
     };
     let mut b = device.stream.launch_builder(device.function(name));
     b.arg(out).arg(residual).arg(delta).arg(w).arg(&eps).arg(&cols32);

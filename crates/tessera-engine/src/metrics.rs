@@ -48,6 +48,14 @@ pub fn request_finished(reason: FinishReason, e2e: Duration) {
     metrics::histogram!("tessera_e2e_request_latency_seconds").record(e2e.as_secs_f64());
 }
 
+/// Time of one phase of a step: `schedule` (the scheduler's plan, after its update from the last
+/// step), `execute` (the workers' round trip), and on the sampling rank `prepare` (the step's
+/// inputs on the host), `forward` (the model on the device, until it is done) and `sample`. Where
+/// a step's time goes when the device is not the bottleneck.
+pub fn step_phase(phase: &'static str, d: Duration) {
+    metrics::histogram!("tessera_step_phase_seconds", "phase" => phase).record(d.as_secs_f64());
+}
+
 pub fn step_failed() {
     metrics::counter!("tessera_worker_failures_total").increment(1);
 }

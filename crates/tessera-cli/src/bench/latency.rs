@@ -254,9 +254,10 @@ pub fn print(report: &Report) {
         pct(report.decode_fraction)
     );
     println!(
-        "decode throughput: {:.1} tokens/s; weights {:.2} MB, KV read per step {:.2} MB, prefill {:.3} GFLOP",
+        "decode throughput: {:.1} tokens/s; weights read per step {:.2} MB, KV read per step {:.2} MB, \
+         prefill {:.3} GFLOP",
         report.decode_tokens_per_s,
-        report.cost.weight_bytes / 1e6,
+        report.cost.decode_weight_bytes / 1e6,
         report.cost.kv_bytes_per_decode_step / 1e6,
         report.cost.prefill_flops / 1e9
     );

@@ -103,9 +103,12 @@ async fn next_reply(
 impl CoordinatorState {
     /// Runs one step; `Err` carries why the group failed.
     async fn step(&mut self) -> Result<bool, String> {
+        let scheduling = Instant::now();
         let plan = ractor::call!(self.args.scheduler, SchedulerMsg::Schedule)
             .map_err(|e| format!("scheduler: {e}"))?;
         let Some(plan) = plan else { return Ok(false) };
+        crate::metrics::step_phase("schedule", scheduling.elapsed());
+        let executing = Instant::now();
         let plan = Arc::new(plan);
         let deadline = Instant::now() + Duration::from_millis(self.args.config.step_timeout_ms);
         let mut replies: Vec<oneshot::Receiver<WorkerReply>> = Vec::with_capacity(self.workers.len());
@@ -137,6 +140,7 @@ impl CoordinatorState {
             }
         }
         let result = result.ok_or("rank 0 returned no step result")?;
+        crate::metrics::step_phase("execute", executing.elapsed());
         self.args
             .scheduler
             .cast(SchedulerMsg::Update(plan, result))

@@ -8,6 +8,7 @@ use super::accel::{DeviceAccel, DeviceSample};
 use super::StepExecutor;
 use crate::sampler::{has_penalties, is_plain_greedy, penalized_tokens, sample, uniform, SamplingContext};
 use std::collections::HashMap;
+use std::time::Instant;
 use tessera_core::step::{SampledToken, StepPlan, StepResult};
 use tessera_core::{RequestId, SamplingParams};
 use tessera_model::{Backend, Model, ModelInput, SeqChunk};
@@ -211,13 +212,25 @@ where
     B::Rope: Send,
 {
     fn execute(&mut self, plan: &StepPlan) -> Result<Option<StepResult>, String> {
+        // Only the sampling rank reports phases, so a group counts each step once.
+        let samples = self.samples;
+        let phase = |name, since: Instant| {
+            if samples {
+                crate::metrics::step_phase(name, since.elapsed());
+            }
+        };
+        let preparing = Instant::now();
         let scheduled = self.apply(plan);
         let mut result = StepResult { step_id: plan.step_id, sampled: Vec::new() };
         if !scheduled.is_empty() {
             let input = self.build_input(&scheduled);
+            phase("prepare", preparing);
+            let forward = Instant::now();
             let eager = self.run_model(&input).map_err(|e| e.to_string())?;
             // Every rank's reply means its step (collectives included) is done, or it failed.
             self.backend.end_step().map_err(|e| e.to_string())?;
+            phase("forward", forward);
+            let sampling = Instant::now();
             if self.samples {
                 let logits = match &eager {
                     Some(logits) => logits,
@@ -227,6 +240,7 @@ where
                 };
                 result.sampled = self.sample_step(&scheduled, logits).map_err(|e| e.to_string())?;
             }
+            phase("sample", sampling);
         }
         Ok(self.samples.then_some(result))
     }
