@@ -112,7 +112,12 @@ const ENTRIES: [(&str, &[&str]); 10] = [
     ),
     (
         "prefill_attention",
-        &["prefill_attention_d64", "prefill_attention_d128", "prefill_attention_v1_d64", "prefill_attention_v1_d128"],
+        &[
+            "prefill_attention_d64",
+            "prefill_attention_d128",
+            "prefill_attention_v1_d64",
+            "prefill_attention_v1_d128",
+        ],
     ),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
     ("gemv", &["gemv_m8", "gemv_m16"]),
