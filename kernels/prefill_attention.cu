@@ -116,6 +116,29 @@ __device__ __forceinline__ void load_tile(bf16 (*dst)[D + PF_PAD], const bf16* _
     cp_async_commit();
 }
 
+// s = Q K^T for the 16 rows of q_frag and the PF_BK keys of the shared K tile (per-lane
+// ldmatrix address k_lane, see below). With PARTIAL, 16-key blocks at or past `keys` are skipped
+// (their scores stay 0 and are masked by the caller).
+template <int D, bool PARTIAL>
+__device__ __forceinline__ void qk_tile(float (*s)[4], const u32 (*q_frag)[4], u32 k_lane, u32 keys) {
+    constexpr u32 ROW_BYTES = (D + PF_PAD) * 2;
+#pragma unroll
+    for (int j = 0; j < PF_BK / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    // Dims outer, keys inner: the 8 accumulators of a dim step are independent mma chains.
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int jp = 0; jp < PF_BK / 16; jp++) {
+            if (!PARTIAL || jp * 16 < (int)keys) {
+                u32 b[4];
+                ldmatrix_x4(b, k_lane + jp * 16 * ROW_BYTES + kk * 32);
+                mma_bf16_16816(s[2 * jp], q_frag[kk], b[0], b[1]);
+                mma_bf16_16816(s[2 * jp + 1], q_frag[kk], b[2], b[3]);
+            }
+        }
+    }
+}
+
 template <int D>
 __device__ __forceinline__ void prefill_attention_tile(
     bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
@@ -197,22 +220,13 @@ __device__ __forceinline__ void prefill_attention_tile(
         // The next tile's slots; slot_s[(it + 1) & 1] was last read by the previous V copy.
         if (next < max_len) tile_slots(slot_s[(it + 1) & 1], table, next, max_len, block_size);
 
-        // S = Q K^T for 16 rows x PF_BK keys; 16-key blocks wholly past max_len are skipped
-        // (their scores are masked below).
+        // S = Q K^T for 16 rows x PF_BK keys. Only a tile reaching past max_len (the last)
+        // checks for 16-key blocks to skip, so every other tile runs branch-free.
         float s[PF_BK / 8][4];
-#pragma unroll
-        for (int j = 0; j < PF_BK / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-#pragma unroll
-            for (int jp = 0; jp < PF_BK / 16; jp++) {
-                if (k0 + jp * 16 < max_len) {
-                    u32 b[4];
-                    ldmatrix_x4(b, k_lane + jp * 16 * ROW_BYTES + kk * 32);
-                    mma_bf16_16816(s[2 * jp], q_frag[kk], b[0], b[1]);
-                    mma_bf16_16816(s[2 * jp + 1], q_frag[kk], b[2], b[3]);
-                }
-            }
+        if (next <= max_len) {
+            qk_tile<D, false>(s, q_frag, k_lane, 0);
+        } else {
+            qk_tile<D, true>(s, q_frag, k_lane, max_len - k0);
         }
         // Mask keys beyond each row's length (only tiles reaching past the shortest row).
         // Lane (g, t) holds keys 8j + 2t + {0, 1} of rows g (s[j][0..1]) and g + 8 (s[j][2..3]).
