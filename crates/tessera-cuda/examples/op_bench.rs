@@ -3,7 +3,9 @@
 //! split n, row-parallel ones k), by the GEMV kernels and by cuBLAS at batch sizes 1 to 64;
 //! `add_rms_norm` at 1 and 64 rows; decode attention of the 8B layout at batch 1 and 64
 //! (`Backend::attention` on decode rows: whichever kernel the backend picks for them, with
-//! `TESSERA_DECODE_ATTENTION` honoured as in the engine).
+//! `TESSERA_DECODE_ATTENTION` honoured as in the engine); prefill attention of the 8B layout for
+//! 8 prompts of 1023 tokens in TFLOP/s (causal FLOPs), by the current prefill_attention kernel
+//! and its first version (or only the one `TESSERA_PREFILL_ATTENTION` names).
 //!
 //! Figures: the median over `--reps` timings of `CALLS` back-to-back calls, each timing enqueued
 //! behind a long cuBLAS GEMM so that the GPU never waits for the host between calls (what a
@@ -233,6 +235,56 @@ fn bench_attention(
     time_us(b, busy, reps, |i| b.attention(&cache, i % layers, &qkv, &prepared, layout).map(drop))
 }
 
+/// Sequences and prompt length of the prefill attention row: a prefill step of 8 prompts of
+/// 1023 tokens (the shape measured for issue 8).
+const PREFILL_SEQS: usize = 8;
+const PREFILL_LEN: usize = 1023;
+
+/// Microseconds of `Backend::attention` for a prefill step of `PREFILL_SEQS` prompts of
+/// `PREFILL_LEN` tokens (causal, K/V in the paged cache), and its FLOPs: 4 * head_dim per query
+/// head and per visible key (Q K^T and P V, a multiply-add each).
+fn bench_prefill_attention(
+    b: &CudaBackend,
+    busy: &Busy,
+    values: &[bf16],
+    layout: QkvLayout,
+    reps: usize,
+) -> Result<(f64, f64), Error> {
+    let blocks_per_seq = PREFILL_LEN.div_ceil(BLOCK_SIZE);
+    let layer_bytes = PREFILL_SEQS * PREFILL_LEN * layout.num_kv_heads * layout.head_dim * 2 * 2;
+    let shape = KvCacheShape {
+        num_layers: ROTATION_BYTES.div_ceil(layer_bytes).clamp(1, 64),
+        num_blocks: PREFILL_SEQS * blocks_per_seq,
+        block_size: BLOCK_SIZE,
+        num_kv_heads: layout.num_kv_heads,
+        head_dim: layout.head_dim,
+    };
+    let cache = b.alloc_kv_cache(shape)?;
+    let tables: Vec<Vec<u32>> = (0..PREFILL_SEQS)
+        .map(|s| (0..blocks_per_seq).map(|j| (j * PREFILL_SEQS + s) as u32).collect())
+        .collect();
+    let tokens = vec![1u32; PREFILL_LEN];
+    let chunks: Vec<SeqChunk> = tables
+        .iter()
+        .map(|table| SeqChunk {
+            new_tokens: &tokens,
+            num_computed_tokens: 0,
+            block_table: table,
+            wants_logits: true,
+        })
+        .collect();
+    let input = ModelInput::build(BLOCK_SIZE, &chunks);
+    let prepared = b.prepare(&input)?;
+    let rows = PREFILL_SEQS * PREFILL_LEN;
+    let qkv = b.tensor_from_bf16(rows, layout.row_width(), &values[..rows * layout.row_width()])?;
+    let layers = shape.num_layers;
+    let us = time_us(b, busy, reps, |i| b.attention(&cache, i % layers, &qkv, &prepared, layout).map(drop))?;
+    // Row i of a prompt sees i + 1 keys.
+    let visible_keys = PREFILL_SEQS * PREFILL_LEN * (PREFILL_LEN + 1) / 2;
+    let flops = 4.0 * (layout.head_dim * layout.num_heads) as f64 * visible_keys as f64;
+    Ok((us, flops))
+}
+
 fn arg(args: &[String], flag: &str, default: &str) -> String {
     args.iter()
         .position(|a| a == flag)
@@ -354,6 +406,34 @@ fn main() -> Result<(), Error> {
             gbps(bytes, us),
             frac(bytes, us)
         ));
+    }
+    // Prefill attention, the current kernel and the first version (the launcher reads
+    // TESSERA_PREFILL_ATTENTION at every call), unless the caller chose one.
+    let chosen = std::env::var("TESSERA_PREFILL_ATTENTION").ok();
+    let kernels = match &chosen {
+        Some(k) => vec![k.clone()],
+        None => vec!["pipelined".to_string(), "v1".to_string()],
+    };
+    println!();
+    println!("| op | shape | us | TFLOP/s |");
+    println!("|---|---|---|---|");
+    for kernel in kernels {
+        std::env::set_var("TESSERA_PREFILL_ATTENTION", &kernel);
+        let (us, flops) = bench_prefill_attention(&b, &busy, &values, layout, reps)?;
+        let tflops = flops / (us * 1e-6) / 1e12;
+        let (h, kv, d) = (layout.num_heads, layout.num_kv_heads, layout.head_dim);
+        println!(
+            "| prefill attention {h}/{kv} x {d} ({kernel}) | {PREFILL_SEQS} x {PREFILL_LEN} tokens, causal | \
+             {us:.1} | {tflops:.0} |"
+        );
+        lines.push(format!(
+            "OPBENCH op=prefill_attention kernel={kernel} heads={h} kv_heads={kv} head_dim={d} \
+             block={BLOCK_SIZE} seqs={PREFILL_SEQS} prompt={PREFILL_LEN} us={us:.1} tflops={tflops:.1}"
+        ));
+    }
+    match chosen {
+        Some(k) => std::env::set_var("TESSERA_PREFILL_ATTENTION", k),
+        None => std::env::remove_var("TESSERA_PREFILL_ATTENTION"),
     }
 
     println!();

@@ -590,6 +590,19 @@ pub fn prefill_attention_supports(heads: Heads) -> bool {
     matches!(heads.head_dim, 64 | 128) && (1..=8).contains(&group)
 }
 
+/// The kernel of prefill_attention.cu for `heads`: the pipelined one, or with
+/// `TESSERA_PREFILL_ATTENTION=v1` the first version (same grid and arguments), so that one GPU run
+/// can compare them or tell a fault of the new kernel from one elsewhere.
+fn prefill_attention_kernel(heads: Heads) -> &'static str {
+    let v1 = std::env::var("TESSERA_PREFILL_ATTENTION").is_ok_and(|v| v == "v1");
+    match (heads.head_dim, v1) {
+        (64, false) => "prefill_attention_d64",
+        (64, true) => "prefill_attention_v1_d64",
+        (_, false) => "prefill_attention_d128",
+        (_, true) => "prefill_attention_v1_d128",
+    }
+}
+
 /// Tiles of up to `PREFILL_TILE_ROWS` consecutive rows of one sequence: their first rows and row
 /// counts.
 pub struct PrefillTiles<'a> {
@@ -620,8 +633,7 @@ pub fn prefill_attention(
     }
     let group = heads.num_heads / heads.num_kv_heads;
     let scale = 1.0 / (heads.head_dim as f32).sqrt();
-    let name = if heads.head_dim == 64 { "prefill_attention_d64" } else { "prefill_attention_d128" };
-    let mut b = device.stream.launch_builder(device.function(name));
+    let mut b = device.stream.launch_builder(device.function(prefill_attention_kernel(heads)));
     b.arg(&mut *out).arg(qkv).arg(k_cache).arg(v_cache);
     b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
     b.arg(&tiles.row_start).arg(&tiles.num_rows).arg(&scale);

@@ -389,6 +389,48 @@ fn paged_attention_prefill_chunks_and_decode() {
             ],
             16,
         ),
+        // The pipelined prefill kernel over long prompts: many 64-key tiles, tiles whose keys
+        // end mid-tile and mid-page, prefixes already cached (step 0 runs them as prefills too),
+        // a prompt that ends right after a tile and one shorter than a tile.
+        (
+            "long prompts, llama-8b layout (group 4)",
+            QkvLayout { num_heads: 32, num_kv_heads: 8, head_dim: 128 },
+            vec![
+                Seq { computed: 0, query: 1023 },
+                Seq { computed: 0, query: 300 },
+                Seq { computed: 200, query: 900 },
+                Seq { computed: 64, query: 700 },
+                Seq { computed: 0, query: 1100 },
+                Seq { computed: 511, query: 333 },
+                Seq { computed: 15, query: 517 },
+                Seq { computed: 0, query: 13 },
+            ],
+            16,
+        ),
+        (
+            "long prompts, group 8 head_dim 64, block 32",
+            QkvLayout { num_heads: 16, num_kv_heads: 2, head_dim: 64 },
+            vec![
+                Seq { computed: 0, query: 777 },
+                Seq { computed: 300, query: 450 },
+                Seq { computed: 1, query: 1000 },
+                Seq { computed: 0, query: 64 },
+            ],
+            32,
+        ),
+        (
+            // One warp per block: every thread copies many pieces of each K/V tile.
+            "MHA prefill head_dim 128 (group 1)",
+            QkvLayout { num_heads: 4, num_kv_heads: 4, head_dim: 128 },
+            vec![Seq { computed: 33, query: 200 }, Seq { computed: 0, query: 129 }],
+            16,
+        ),
+        (
+            "group 2 prefill head_dim 64, block 8",
+            QkvLayout { num_heads: 8, num_kv_heads: 4, head_dim: 64 },
+            vec![Seq { computed: 130, query: 250 }, Seq { computed: 0, query: 31 }],
+            8,
+        ),
         (
             "MHA head_dim 64, block 8",
             QkvLayout { num_heads: 4, num_kv_heads: 4, head_dim: 64 },
@@ -452,6 +494,22 @@ fn paged_attention_prefill_chunks_and_decode() {
         let got = attention(&gpu, layout, &seqs, block_size, seed);
         assert_close(&format!("attention: {name}"), &got, &want, BF16_TOL);
     }
+}
+
+/// The first version of prefill_attention.cu, kept for comparison and chosen through its
+/// environment variable, against the CPU like the default one.
+#[test]
+fn prefill_attention_v1_still_matches() {
+    let Some((cpu, gpu)) = backends("prefill_attention_v1_still_matches") else { return };
+    let layout = QkvLayout { num_heads: 32, num_kv_heads: 8, head_dim: 128 };
+    let seqs = vec![Seq { computed: 40, query: 300 }, Seq { computed: 0, query: 77 }];
+    let want = attention(&cpu, layout, &seqs, 16, 91);
+    // Other tests of this binary may run meanwhile and pick v1 up too: it is correct for them
+    // as well, which is what this test checks.
+    std::env::set_var("TESSERA_PREFILL_ATTENTION", "v1");
+    let got = attention(&gpu, layout, &seqs, 16, 91);
+    std::env::remove_var("TESSERA_PREFILL_ATTENTION");
+    assert_close("attention: prefill v1", &got, &want, BF16_TOL);
 }
 
 /// The candidate instance of decode_attention.cu for the Llama 8B layout, chosen through its
