@@ -60,7 +60,7 @@ __device__ __forceinline__ void unpack8(uint4 raw, float* f) {
 // Paged attention's split along the context (attention.cu, decode_attention.cu): keys per
 // partition, the batch's longest context split `max_splits` ways in whole multiples of
 // ATTN_PART (the host's ATTN_PART_ALIGN). Every kernel of a split must agree on it.
-#define ATTN_PART 64
+#define ATTN_PART 32
 __device__ __forceinline__ u32 partition_size(u32 max_kv_len, u32 max_splits) {
     const u32 per = (max_kv_len + max_splits - 1) / max_splits;
     const u32 parts = (per + ATTN_PART - 1) / ATTN_PART;

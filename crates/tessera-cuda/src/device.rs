@@ -93,7 +93,7 @@ const ENTRIES: [(&str, &[&str]); 10] = [
     ("embedding", &["embedding", "fill_dummy"]),
     ("norm", &["rms_norm", "add_rms_norm", "rms_norm_v8", "add_rms_norm_v8", "qk_norm"]),
     ("rope", &["rope", "rope_write_kv"]),
-    ("activation", &["silu_mul", "add_bias", "gather_rows", "concat_cols"]),
+    ("activation", &["silu_mul", "silu_mul_v8", "add_bias", "gather_rows", "concat_cols"]),
     ("kv_cache", &["write_kv"]),
     ("attention", &["paged_attention", "attention_reduce"]),
     (
