@@ -73,6 +73,9 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
     std::process::exit(code);
 }
 
+/// How long the process waits at exit for its worker threads to free their devices.
+const EXIT_GRACE: Duration = Duration::from_secs(15);
+
 async fn termination() {
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -143,6 +146,7 @@ async fn serve(config: EngineConfig) -> anyhow::Result<i32> {
     tracing::info!(address = %listener.local_addr()?, model = engine.model_name(), "serving");
     let (exit_tx, exit_rx) = watch::channel(0);
     let node_failure = cluster_failed(head.as_ref());
+    let engine_at_exit = engine.clone();
     let shutdown = async move {
         tokio::select! {
             _ = termination() => {}
@@ -154,6 +158,12 @@ async fn serve(config: EngineConfig) -> anyhow::Result<i32> {
     let code = *exit_rx.borrow();
     if let Some(head) = &head {
         head.shutdown("the head is shutting down").await;
+    }
+    // The ranks free their device state before the process exits (see wait_for_worker_threads).
+    engine_at_exit.shutdown().await;
+    let ended = tokio::task::spawn_blocking(|| tessera_engine::wait_for_worker_threads(EXIT_GRACE)).await?;
+    if !ended {
+        tracing::warn!(grace = ?EXIT_GRACE, "a worker thread is still running at exit");
     }
     tracing::info!(code, "stopped");
     Ok(code)

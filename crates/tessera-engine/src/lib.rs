@@ -31,4 +31,4 @@ pub use engine::{Engine, EngineOptions, GenerateRequest, Prompt};
 pub use error::EngineError;
 pub use health::HealthState;
 pub use stream::{Completion, RequestStream, TokenEvent, TokenOutput};
-pub use worker::{FaultInjection, FaultKind};
+pub use worker::{wait_for_worker_threads, FaultInjection, FaultKind};

@@ -11,8 +11,8 @@ pub use accel::{DeviceAccel, DeviceSample};
 pub use cuda_accel::CudaAccel;
 pub use runner::ModelRunner;
 pub use thread::{
-    ArmedFault, ExecutorFactory, ExecutorFactoryArgs, FaultInjection, FaultKind, WorkerJob, WorkerReply,
-    WorkerThread,
+    wait_for_worker_threads, ArmedFault, ExecutorFactory, ExecutorFactoryArgs, FaultInjection, FaultKind,
+    WorkerJob, WorkerReply, WorkerThread,
 };
 
 use tessera_core::step::{StepPlan, StepResult};

@@ -6,7 +6,7 @@
 use super::StepExecutor;
 use ractor::RpcReplyPort;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -57,6 +57,42 @@ pub struct ExecutorFactoryArgs {
     pub fault: Option<ArmedFault>,
 }
 
+/// Worker threads of this process that have not ended yet (every engine's).
+static LIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a worker thread as live from its spawn until its function returns (the executor, with
+/// its device state, is dropped before that).
+struct LiveGuard;
+
+impl LiveGuard {
+    fn new() -> Self {
+        LIVE_THREADS.fetch_add(1, Ordering::SeqCst);
+        LiveGuard
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        LIVE_THREADS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits until every worker thread of the process has ended (after the engines were shut down),
+/// at most `timeout`; false if some are still running (e.g. stuck in a step). A process should
+/// call it before `exit`: ending it while a rank still holds CUDA contexts, graphs or NCCL
+/// communicators lets the libraries' exit handlers run under live threads, which crashed a
+/// tensor-parallel server (SIGSEGV after a clean drain).
+pub fn wait_for_worker_threads(timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while LIVE_THREADS.load(Ordering::SeqCst) > 0 {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 pub struct WorkerThread {
     jobs: Option<mpsc::Sender<WorkerJob>>,
     handle: Option<JoinHandle<()>>,
@@ -72,9 +108,13 @@ impl WorkerThread {
     ) -> (Self, oneshot::Receiver<Result<(), String>>) {
         let (jobs, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
+        let live = LiveGuard::new();
         let handle = std::thread::Builder::new()
             .name(format!("tessera-worker-{rank}"))
-            .spawn(move || run(rank, factory, poison, fault.filter(|f| f.fault.rank == rank), rx, ready_tx))
+            .spawn(move || {
+                let _live = live;
+                run(rank, factory, poison, fault.filter(|f| f.fault.rank == rank), rx, ready_tx)
+            })
             .expect("spawning a worker thread");
         (WorkerThread { jobs: Some(jobs), handle: Some(handle) }, ready_rx)
     }
@@ -158,5 +198,26 @@ fn run(
             dead = Some(reason.clone());
         }
         let _ = reply.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread still building its executor counts as live; once its factory returns and the
+    /// handle is dropped (the channel closes), the wait succeeds.
+    #[test]
+    fn waiting_for_worker_threads_sees_them_end() {
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let factory: ExecutorFactory = Box::new(move || {
+            let _ = release_rx.recv();
+            Err("no executor in this test".to_string())
+        });
+        let (thread, _ready) = WorkerThread::spawn(0, factory, Box::new(|_| {}), None);
+        assert!(!wait_for_worker_threads(Duration::from_millis(50)), "the building thread is live");
+        release_tx.send(()).unwrap();
+        drop(thread);
+        assert!(wait_for_worker_threads(Duration::from_secs(10)), "the thread ended");
     }
 }
