@@ -83,14 +83,22 @@ __device__ __forceinline__ void decode_attention(
         for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
     }
 
-    for (u32 t0 = start + warp * TILE; t0 < end; t0 += DA_WARPS * TILE) {
-        // Issue every K and V load of the tile, then compute.
+    // The block-table entry of the warp's next tile, fetched one tile ahead so that a tile's K/V
+    // loads wait for one memory round trip, not two (table, then K/V). A tile lies in one KV block
+    // when block_size is a multiple of TILE (the default 16 and every Llama layout's TILE of 8,
+    // 16 or 32 keys, since tiles start at multiples of TILE); other tiles look each key up.
+    const u32 first = start + warp * TILE;
+    const bool one_block = block_size % TILE == 0;
+    u32 blk = one_block && first < end ? table[first / block_size] : 0;
+    for (u32 t0 = first; t0 < end; t0 += DA_WARPS * TILE) {
+        // Issue every K and V load of the tile, then the next tile's table entry, then compute.
         uint4 kraw[NL], vraw[NL];
 #pragma unroll
         for (int i = 0; i < NL; i++) {
             const u32 pos = t0 + i * KPL + sub;
             if (pos < end) {
-                const u32 slot = table[pos / block_size] * block_size + pos % block_size;
+                const u32 b = one_block ? blk : table[pos / block_size];
+                const u32 slot = b * block_size + pos % block_size;
                 const size_t off = (size_t)slot * kv_width + (size_t)kvh * D + dl * 8;
                 kraw[i] = *(const uint4*)(k_cache + off);
                 vraw[i] = *(const uint4*)(v_cache + off);
@@ -100,6 +108,8 @@ __device__ __forceinline__ void decode_attention(
                 vraw[i] = make_uint4(0, 0, 0, 0);
             }
         }
+        const u32 next = t0 + DA_WARPS * TILE;
+        if (one_block && next < end) blk = table[next / block_size];
         // Scores of this lane's keys, summed over the LPK lanes that hold each key.
         float s[NL][G];
 #pragma unroll
