@@ -14,8 +14,7 @@
 // Grid: (num_kv_heads, rows, max_splits); rows are `row_map[blockIdx.y]` when a map is given (the
 // decode rows of a mixed step; prefill rows go to prefill_attention.cu), else blockIdx.y. Long
 // contexts are split along the keys as in attention.cu (same `partition_size`, same partial
-// layout); the last partition to finish merges them (no `attention_reduce` launch). A row of KV
-// length 0 (graph padding) gets zeros.
+// layout, merged by `attention_reduce`). A row of KV length 0 (graph padding) gets zeros.
 //
 // Template parameters: D = head_dim (64 or 128), G = the largest group the instance handles (the
 // real group is a runtime value <= G), NL = loads per lane per tile. Instances give MIN_BLOCKS
@@ -32,8 +31,7 @@ __device__ __forceinline__ void decode_attention(
     const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
     const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,
     const u32* __restrict__ row_map, float scale, u32 num_heads, u32 num_kv_heads, u32 row_width,
-    u32 block_size, const u32* __restrict__ batch_max_kv_len, u32 max_splits,
-    u32* __restrict__ counters) {
+    u32 block_size, const u32* __restrict__ batch_max_kv_len, u32 max_splits) {
     constexpr int LPK = D / 8;        // lanes per key
     constexpr int KPL = 32 / LPK;     // keys per warp-wide load
     constexpr int TILE = NL * KPL;    // keys per warp per iteration
@@ -211,36 +209,6 @@ __device__ __forceinline__ void decode_attention(
             }
         }
     }
-    if (num_splits == 1) return;
-
-    // The last partition of this (row, KV head) to finish merges them all, instead of a second
-    // kernel (attention_reduce): at batch 1 that launch and its memory round trips were a tenth
-    // of the attention time. `counters` (one per grid row x KV head, zero between launches: the
-    // merging block resets its own) counts the partitions done.
-    __shared__ bool merge_here;
-    __threadfence();  // this block's partials are visible before it is counted
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        u32* counter = counters + blockIdx.y * num_kv_heads + kvh;
-        merge_here = atomicAdd(counter, 1u) == num_splits - 1;
-        if (merge_here) *counter = 0;
-    }
-    __syncthreads();
-    if (!merge_here) return;
-    __threadfence();
-    for (u32 idx = threadIdx.x; idx < group * D; idx += blockDim.x) {
-        const u32 g = idx / D, d = idx % D;
-        const size_t base = ((size_t)row * num_heads + kvh * group + g) * max_splits;
-        float mx = NEG_INF;
-        for (u32 sp = 0; sp < num_splits; sp++) mx = fmaxf(mx, __ldcg(part_ml + (base + sp) * 2));
-        float sum = 0.0f, o = 0.0f;
-        for (u32 sp = 0; sp < num_splits; sp++) {
-            const float f = __expf(__ldcg(part_ml + (base + sp) * 2) - mx);
-            sum += __ldcg(part_ml + (base + sp) * 2 + 1) * f;
-            o += __ldcg(part_o + (base + sp) * D + d) * f;
-        }
-        o_row[idx] = f2bf(o / sum);
-    }
 }
 
 #define DECODE_ATTENTION(NAME, D, G, NL, MIN_BLOCKS)                                            \
@@ -251,11 +219,11 @@ __device__ __forceinline__ void decode_attention(
         const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,            \
         const u32* __restrict__ row_map, float scale, u32 num_heads, u32 num_kv_heads,          \
         u32 row_width, u32 block_size, const u32* __restrict__ batch_max_kv_len,                \
-        u32 max_splits, u32* __restrict__ counters) {                                           \
+        u32 max_splits) {                                                                       \
         decode_attention<D, G, NL>(out, part_o, part_ml, qkv, k_cache, v_cache, block_tables,   \
                                    row_table_start, row_kv_len, row_map, scale, num_heads,      \
                                    num_kv_heads, row_width, block_size, batch_max_kv_len,       \
-                                   max_splits, counters);                                       \
+                                   max_splits);                                                 \
     }
 
 DECODE_ATTENTION(decode_attention_d64_g1, 64, 1, 8, 4)

@@ -154,7 +154,7 @@ impl CudaBackend {
     /// context is split as an eager step of as many rows would split it.
     fn max_splits(&self, rows: usize, num_kv_heads: usize, max_kv_len: usize) -> usize {
         let blocks = rows * num_kv_heads;
-        let target = crate::device::ATTN_BLOCKS_PER_SM * self.device.num_sms as usize;
+        let target = 2 * self.device.num_sms as usize;
         if blocks >= target {
             return 1;
         }

@@ -66,10 +66,6 @@ pub(crate) struct Device {
     pub blas: CudaBlas,
     _blas_workspace: CudaSlice<u8>,
     pub num_sms: u32,
-    /// decode_attention's partition counters: one per (row, KV head) of a launch whose rows are
-    /// split, which happens only below `ATTN_BLOCKS_PER_SM` x `num_sms` of them; zero between
-    /// launches.
-    pub attn_counters: CudaSlice<u32>,
     functions: HashMap<&'static str, CudaFunction>,
 }
 
@@ -91,10 +87,6 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
     }
     Ok(workspace)
 }
-
-/// Attention splits rows along their context only while rows x KV heads stay below this many
-/// blocks per multiprocessor (`CudaBackend::max_splits`).
-pub(crate) const ATTN_BLOCKS_PER_SM: usize = 2;
 
 /// Kernel entry points of each family (their `extern "C"` names).
 const ENTRIES: [(&str, &[&str]); 10] = [
@@ -156,10 +148,7 @@ impl Device {
                 functions.insert(*name, module.load_function(name).map_err(backend_err("function"))?);
             }
         }
-        let attn_counters =
-            stream.alloc_zeros::<u32>(ATTN_BLOCKS_PER_SM * num_sms as usize).map_err(backend_err("alloc"))?;
-        let device =
-            Device { ctx, stream, blas, _blas_workspace: blas_workspace, num_sms, attn_counters, functions };
+        let device = Device { ctx, stream, blas, _blas_workspace: blas_workspace, num_sms, functions };
         device.keep_pool_memory()?;
         Ok(device)
     }

@@ -553,17 +553,11 @@ pub fn decode_attention(
     b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
     push_row_map(&mut b, &meta.row_map);
     b.arg(&scale).arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width);
-    b.arg(&meta.block_size).arg(&meta.max_kv_len).arg(&meta.max_splits).arg(&device.attn_counters);
-    if meta.max_splits > 1 {
-        // The kernel's merge counts partitions in one counter per grid row x KV head.
-        let needed = grid_rows * heads.num_kv_heads as usize;
-        assert!(needed <= device.attn_counters.len(), "{needed} split rows x KV heads exceed the counters");
-    }
+    b.arg(&meta.block_size).arg(&meta.max_kv_len).arg(&meta.max_splits);
     let grid = (heads.num_kv_heads, grid_rows as u32, meta.max_splits);
-    // SAFETY: as paged_attention; mapped rows are rows of the batch (built by `encode`); the
-    // counters are zero between launches (each merging block resets its own) and one stream
-    // orders the launches that share them.
-    unsafe { b.launch(cfg(grid, DECODE_ATTN_THREADS, 0)) }.map(drop).map_err(backend_err("decode_attention"))
+    // SAFETY: as paged_attention; mapped rows are rows of the batch (built by `encode`).
+    unsafe { b.launch(cfg(grid, DECODE_ATTN_THREADS, 0)) }.map_err(backend_err("decode_attention"))?;
+    attention_reduce(device, out, part_o, part_ml, meta, heads)
 }
 
 /// Merges the partitions of split rows (a no-op launch-free return when nothing is split).
