@@ -407,15 +407,10 @@ impl Backend for CudaBackend {
     }
 
     fn silu_mul_linear(&self, gate_up: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
-        // TESSERA_UNFUSED_MLP=1 keeps the two kernels, to measure the fusion against them.
-        static UNFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let unfused = *UNFUSED.get_or_init(|| std::env::var("TESSERA_UNFUSED_MLP").is_ok_and(|v| v == "1"));
-        if !unfused {
-            if let Some(out) = crate::gemm::silu_mul_linear(&self.device, gate_up, w)? {
-                return Ok(out);
-            }
+        match crate::gemm::silu_mul_linear(&self.device, gate_up, w)? {
+            Some(out) => Ok(out),
+            None => self.linear(&self.silu_mul(gate_up)?, w, None),
         }
-        self.linear(&self.silu_mul(gate_up)?, w, None)
     }
 
     fn gather_logit_rows(&self, x: &CudaTensor, batch: &CudaBatch) -> Result<CudaTensor> {
