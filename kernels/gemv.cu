@@ -37,26 +37,8 @@ __device__ __forceinline__ uint4 ld_stream16(const bf16* p) {
     return v;
 }
 
-// Eight values of x = silu(gate) * up from a fused gate|up row (the MLP's activation, computed
-// where the down projection reads it instead of by a kernel of its own), rounded to bf16 as
-// activation.cu's silu_mul rounds them.
-__device__ __forceinline__ uint4 silu_mul8(const bf16* gate, const bf16* up) {
-    float g[8], u[8];
-    unpack8(*(const uint4*)gate, g);
-    unpack8(*(const uint4*)up, u);
-    u32 packed[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float a = g[2 * i] / (1.0f + __expf(-g[2 * i])) * u[2 * i];
-        const float b = g[2 * i + 1] / (1.0f + __expf(-g[2 * i + 1])) * u[2 * i + 1];
-        packed[i] = (u32)f2bf(a) | ((u32)f2bf(b) << 16);
-    }
-    return make_uint4(packed[0], packed[1], packed[2], packed[3]);
-}
-
-// NT: tiles of 8 rows of x (1 for m <= 8, 2 for m <= 16). SILU: x is a fused gate|up tensor
-// [m, 2k] and the product is with silu(gate) * up.
-template <int NT, bool SILU>
+// NT: tiles of 8 rows of x (1 for m <= 8, 2 for m <= 16).
+template <int NT>
 __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restrict__ x,
                                      const bf16* __restrict__ w, u32 m, u32 n, u32 k) {
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -87,15 +69,8 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
             a_lo[u] = ld_stream16(w_lo + off);
             a_hi[u] = ld_stream16(w_hi + off);
 #pragma unroll
-            for (int j = 0; j < NT; j++) {
-                const size_t xr = umin(j * 8 + g, m - 1);
-                if (SILU) {
-                    const bf16* gate = x + xr * 2 * k + off;
-                    b[j][u] = silu_mul8(gate, gate + k);
-                } else {
-                    b[j][u] = *(const uint4*)(x + xr * k + off);
-                }
-            }
+            for (int j = 0; j < NT; j++)
+                b[j][u] = *(const uint4*)(x + (size_t)umin(j * 8 + g, m - 1) * k + off);
         }
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
@@ -146,18 +121,11 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
     gemv_m8(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w, u32 m,
             u32 n, u32 k) {
-    gemv<1, false>(out, x, w, m, n, k);
+    gemv<1>(out, x, w, m, n, k);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
     gemv_m16(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w, u32 m,
              u32 n, u32 k) {
-    gemv<2, false>(out, x, w, m, n, k);
-}
-
-// out = (silu(gate) * up) @ w^T for a fused gate|up of m <= 8 rows of 2k.
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
-    gemv_silu_m8(bf16* __restrict__ out, const bf16* __restrict__ gate_up,
-                 const bf16* __restrict__ w, u32 m, u32 n, u32 k) {
-    gemv<1, true>(out, gate_up, w, m, n, k);
+    gemv<2>(out, x, w, m, n, k);
 }

@@ -406,13 +406,6 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
-    fn silu_mul_linear(&self, gate_up: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
-        match crate::gemm::silu_mul_linear(&self.device, gate_up, w)? {
-            Some(out) => Ok(out),
-            None => self.linear(&self.silu_mul(gate_up)?, w, None),
-        }
-    }
-
     fn gather_logit_rows(&self, x: &CudaTensor, batch: &CudaBatch) -> Result<CudaTensor> {
         let indices = batch.view(&batch.layout.logits_indices);
         let mut out = self.tensor(indices.len(), x.cols)?;

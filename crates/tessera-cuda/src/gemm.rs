@@ -65,28 +65,6 @@ pub fn linear_with(
     Ok(CudaTensor { rows: m, cols: n, data: out })
 }
 
-/// `(silu(gate) * up) @ w^T` for a fused gate|up `[m, 2k]` in one GEMV launch (the activation
-/// computed as the down projection reads it), when `m <= GEMV_MAX_M` and the GEMV takes the
-/// shape; `None` otherwise (the caller runs silu_mul, then `linear`).
-pub fn silu_mul_linear(device: &Device, gate_up: &CudaTensor, w: &CudaTensor) -> Result<Option<CudaTensor>> {
-    assert_eq!(
-        gate_up.cols,
-        2 * w.cols,
-        "silu_mul_linear: gate|up of {} for a weight of {}",
-        gate_up.cols,
-        w.cols
-    );
-    let (m, n, k) = (gate_up.rows, w.rows, w.cols);
-    if m > GEMV_MAX_M || !launch::gemv_supports(device, &gate_up.data, &w.data, m, n, k) {
-        return Ok(None);
-    }
-    // SAFETY: allocation only; the GEMV writes every element.
-    let mut out = unsafe { device.stream.alloc::<bf16>(m * n) }
-        .map_err(|e| ModelError::Backend(format!("CUDA alloc: {e}")))?;
-    launch::gemv_silu(device, &mut out, &gate_up.data, &w.data, m, n, k)?;
-    Ok(Some(CudaTensor { rows: m, cols: n, data: out }))
-}
-
 /// cuBLAS is column-major, so this computes `out^T = w @ x^T` with `w` transposed in place of the
 /// row-major view.
 fn cublas(

@@ -192,29 +192,6 @@ pub fn gemv(
         .map_err(backend_err(name))
 }
 
-/// `out[m, n] = (silu(gate) * up)[m, k] @ w[n, k]^T` for a fused gate|up `[m, 2k]` (gemv.cu's
-/// `gemv_silu_m8`); the caller checked `gemv_supports` for the gate|up buffer and m <= 8.
-pub fn gemv_silu(
-    device: &Device,
-    out: &mut CudaSlice<bf16>,
-    gate_up: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Result<()> {
-    assert!(m <= 8 && gemv_supports(device, gate_up, w, m, n, k), "gemv_silu of {m}x{k} @ {n}x{k}^T");
-    assert!(gate_up.len() >= m * 2 * k && w.len() >= n * k && out.len() >= m * n, "gemv_silu buffers");
-    let (m32, n32, k32) = (m as u32, n as u32, k as u32);
-    let mut b = device.stream.launch_builder(device.function("gemv_silu_m8"));
-    b.arg(out).arg(gate_up).arg(w).arg(&m32).arg(&n32).arg(&k32);
-    // SAFETY: as gemv, with x rows of 2k (gate then up), both halves 16-byte aligned since k % 8
-    // == 0.
-    unsafe { b.launch(cfg((n.div_ceil(GEMV_ROWS) as u32, 1, 1), GEMV_THREADS, 0)) }
-        .map(drop)
-        .map_err(backend_err("gemv_silu_m8"))
-}
-
 /// Heads of `head_dim` in fused rows of `row_width`: q heads, then k heads, then v heads.
 #[derive(Clone, Copy, Debug)]
 pub struct Heads {

@@ -150,11 +150,6 @@ pub trait Backend {
     ) -> Result<Self::Tensor>;
     /// `silu(gate) * up` for a fused `[rows, 2 * n]` gate|up tensor.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
-    /// `linear(silu_mul(gate_up), w)` without a bias (the MLP's down projection): one pass a
-    /// backend may fuse, computing the activation as the projection reads it.
-    fn silu_mul_linear(&self, gate_up: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor> {
-        self.linear(&self.silu_mul(gate_up)?, w, None)
-    }
     /// The rows at the batch's `logits_indices`.
     fn gather_logit_rows(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
     /// Sums `x` over the tensor-parallel group, in place.
