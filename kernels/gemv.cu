@@ -37,12 +37,16 @@ __device__ __forceinline__ uint4 ld_stream16(const bf16* p) {
     return v;
 }
 
-// NT: tiles of 8 rows of x (1 for m <= 8, 2 for m <= 16).
-template <int NT>
+// NT: tiles of 8 rows of x (1 for m <= 8, 2 for m <= 16). ROWS: weight rows per block, 16 (an
+// mma tile) or 8 (the tile's upper half zero): twice the blocks for a short weight, where 16-row
+// blocks would each stream their rows in several dependent steps with the GPU half full (o_proj
+// of an 8B model reached 72% of the copy bandwidth); the registers the unused half frees hold
+// UNROLL = 8 steps of loads instead of 4.
+template <int NT, int ROWS, int UNROLL>
 __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restrict__ x,
                                      const bf16* __restrict__ w, u32 m, u32 n, u32 k) {
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const u32 row0 = blockIdx.x * GEMV_ROWS;
+    const u32 row0 = blockIdx.x * ROWS;
     // Rows past n read row n - 1 (valid memory); their sums are never written.
     const bf16* w_lo = w + (size_t)umin(row0 + g, n - 1) * k;
     const bf16* w_hi = w + (size_t)umin(row0 + g + 8, n - 1) * k;
@@ -56,31 +60,31 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
 #pragma unroll
         for (int i = 0; i < 8; i++) acc[j][i / 4][i % 4] = 0.0f;
 
-    for (u32 tile0 = warp * GEMV_UNROLL; tile0 < tiles; tile0 += GEMV_WARPS * GEMV_UNROLL) {
+    for (u32 tile0 = warp * UNROLL; tile0 < tiles; tile0 += GEMV_WARPS * UNROLL) {
         // Every load of the step first, unconditionally (clamped addresses, zeroed after), so
         // the compiler issues them back to back and they are in flight together. A chunk past k
         // (the last tile of a row whose k is not a multiple of 32) is zero in both operands;
         // rows of x past m are zero in B.
-        uint4 a_lo[GEMV_UNROLL], a_hi[GEMV_UNROLL], b[NT][GEMV_UNROLL];
+        uint4 a_lo[UNROLL], a_hi[UNROLL], b[NT][UNROLL];
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
+        for (int u = 0; u < UNROLL; u++) {
             const u32 c = (tile0 + u) * 4 + t;
             const size_t off = (size_t)umin(c, chunks - 1) * 8;
             a_lo[u] = ld_stream16(w_lo + off);
-            a_hi[u] = ld_stream16(w_hi + off);
+            a_hi[u] = ROWS == 16 ? ld_stream16(w_hi + off) : zero;
 #pragma unroll
             for (int j = 0; j < NT; j++)
                 b[j][u] = *(const uint4*)(x + (size_t)umin(j * 8 + g, m - 1) * k + off);
         }
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
+        for (int u = 0; u < UNROLL; u++) {
             if ((tile0 + u) * 4 + t >= chunks) a_lo[u] = a_hi[u] = zero;
 #pragma unroll
             for (int j = 0; j < NT; j++)
                 if (j * 8 + g >= m) b[j][u] = zero;
         }
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
+        for (int u = 0; u < UNROLL; u++) {
             // A registers: {row g, row g + 8} x {slots 2t.., slots 2t+8..}.
             const u32 a0[4] = {a_lo[u].x, a_hi[u].x, a_lo[u].y, a_hi[u].y};
             const u32 a1[4] = {a_lo[u].z, a_hi[u].z, a_lo[u].w, a_hi[u].w};
@@ -94,7 +98,7 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
 
     // acc[j][*] = {(row g, x row 2t), (row g, 2t + 1), (row g + 8, 2t), (row g + 8, 2t + 1)}
     // of tile j, stored [x row][weight row] so that the final sums write consecutive outputs.
-    __shared__ float part[GEMV_WARPS][NT * 8][GEMV_ROWS];
+    __shared__ float part[GEMV_WARPS][NT * 8][16];
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         const float* c0 = acc[j][0];
@@ -105,8 +109,8 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
         part[warp][j * 8 + 2 * t + 1][g + 8] = c0[3] + c1[3];
     }
     __syncthreads();
-    for (u32 i = threadIdx.x; i < NT * 8 * GEMV_ROWS; i += blockDim.x) {
-        const u32 xr = i / GEMV_ROWS, r = i % GEMV_ROWS;
+    for (u32 i = threadIdx.x; i < NT * 8 * ROWS; i += blockDim.x) {
+        const u32 xr = i / ROWS, r = i % ROWS;
         if (xr >= m || row0 + r >= n) continue;
         float s = 0.0f;
 #pragma unroll
@@ -121,11 +125,18 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
     gemv_m8(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w, u32 m,
             u32 n, u32 k) {
-    gemv<1>(out, x, w, m, n, k);
+    gemv<1, 16, GEMV_UNROLL>(out, x, w, m, n, k);
+}
+
+// 8 weight rows per block, for short weights (the host picks it; see `gemv`'s ROWS).
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
+    gemv_m8_r8(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w,
+               u32 m, u32 n, u32 k) {
+    gemv<1, 8, 2 * GEMV_UNROLL>(out, x, w, m, n, k);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
     gemv_m16(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w, u32 m,
              u32 n, u32 k) {
-    gemv<2>(out, x, w, m, n, k);
+    gemv<2, 16, GEMV_UNROLL>(out, x, w, m, n, k);
 }

@@ -167,8 +167,23 @@ pub fn gemv_supports(
         && aligned16(device, w)
 }
 
-/// `out[m, n] = x[m, k] @ w[n, k]^T` by the GEMV kernels (one block per 16 weight rows); the
-/// caller checked `gemv_supports`.
+/// Weights of at most this many rows run in blocks of 8 rows (gemv.cu's `gemv_m8_r8`): twice the
+/// blocks for the short projections (q|k|v and o of an 8B model), whose 16-row blocks left the
+/// GPU half busy.
+const GEMV_R8_MAX_N: usize = 8192;
+
+/// Weight rows per block of the m <= 8 GEMV for a weight of `n` rows. `TESSERA_GEMV_ROWS=8|16`
+/// forces one, to measure them against each other (op_bench, decode_bench).
+fn gemv_block_rows(n: usize) -> usize {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        std::env::var("TESSERA_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).filter(|r| [8, 16].contains(r))
+    });
+    forced.unwrap_or(if n <= GEMV_R8_MAX_N { 8 } else { GEMV_ROWS })
+}
+
+/// `out[m, n] = x[m, k] @ w[n, k]^T` by the GEMV kernels (one block per 8 or 16 weight rows);
+/// the caller checked `gemv_supports`.
 pub fn gemv(
     device: &Device,
     out: &mut CudaSlice<bf16>,
@@ -180,14 +195,19 @@ pub fn gemv(
 ) -> Result<()> {
     assert!(gemv_supports(device, x, w, m, n, k), "gemv of {m}x{k} @ {n}x{k}^T");
     assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "gemv buffers");
-    let name = if m <= 8 { "gemv_m8" } else { "gemv_m16" };
+    let rows = if m <= 8 { gemv_block_rows(n) } else { GEMV_ROWS };
+    let name = match (m <= 8, rows) {
+        (true, 8) => "gemv_m8_r8",
+        (true, _) => "gemv_m8",
+        _ => "gemv_m16",
+    };
     let (m32, n32, k32) = (m as u32, n as u32, k as u32);
     let mut b = device.stream.launch_builder(device.function(name));
     b.arg(out).arg(x).arg(w).arg(&m32).arg(&n32).arg(&k32);
     // SAFETY: x holds m x k values, w n x k, out m x n, all 16-byte aligned with k % 8 == 0
     // (`gemv_supports`); the kernel clamps its reads to those extents and writes only rows < m
     // and columns < n.
-    unsafe { b.launch(cfg((n.div_ceil(GEMV_ROWS) as u32, 1, 1), GEMV_THREADS, 0)) }
+    unsafe { b.launch(cfg((n.div_ceil(rows) as u32, 1, 1), GEMV_THREADS, 0)) }
         .map(drop)
         .map_err(backend_err(name))
 }
