@@ -172,16 +172,25 @@ def throughput(model, num_prompts, input_len, output_len, batch, seed, mode):
 
     prompts = random_prompts(num_prompts, input_len, model.config.vocab_size, seed)
     used = mode
+    failed = None
     with torch.inference_mode():
         if mode in ("auto", "continuous") and hasattr(model, "generate_batch"):
             try:
                 throughput_continuous(model, prompts[:2], 4)  # warm-up
                 elapsed, generated = throughput_continuous(model, prompts, output_len)
                 used = "continuous (generate_batch)"
+                expected = num_prompts * output_len
+                if generated < expected and mode == "auto":
+                    # transformers 5.17's generate_batch returned no tokens for this workload on an
+                    # H100 (twice): a throughput of 0 says nothing, so measure batched generate.
+                    failed = dict(duration_s=elapsed, total_output_tokens=generated, expected=expected)
+                    log(f"generate_batch made {generated} of {expected} tokens; falling back to batched generate")
+                    used = "auto"
             except Exception as err:  # an older or partial API: fall back, and say so
                 if mode == "continuous":
                     raise
                 log(f"generate_batch failed ({err!r}); falling back to batched generate")
+                failed = dict(error=repr(err))
                 used = "auto"
         if used in ("auto", "batched"):
             time_generate(model, prompts[:2].cuda(), 4)  # warm-up
@@ -189,6 +198,7 @@ def throughput(model, num_prompts, input_len, output_len, batch, seed, mode):
             used = f"batched generate (batch {batch})"
     return dict(
         mode=used,
+        generate_batch_failed=failed,
         num_prompts=num_prompts,
         input_len=input_len,
         output_len=output_len,
