@@ -201,6 +201,24 @@ on_exit() {
     [ -z "$WORK" ] || rm -rf "$WORK"
 }
 
+# How long the launcher waits, once a node has ended, for others that end with it.
+EXIT_SETTLE_S=1
+
+# Reaps every node whose ssh has ended and names them all in one line.
+report_exits() {
+    local i status ended=""
+    for i in "${!PIDS[@]}"; do
+        kill -0 "${PIDS[i]}" 2>/dev/null && continue
+        status=0
+        wait "${PIDS[i]}" || status=$?
+        unset 'PIDS[i]'
+        close_lifeline "$i"
+        [ "$status" -ne 255 ] || status="255 (ssh failed or the connection dropped)"
+        ended+="${ended:+; }node $i (${HOSTS[i]}) exited with status $status"
+    done
+    say "$ended: stopping every node"
+}
+
 # Until a node exits, a signal arrives, or the head is not ready in time.
 monitor() {
     local deadline=$((SECONDS + READY_TIMEOUT)) up="" i status
@@ -214,12 +232,12 @@ monitor() {
         fi
         for i in "${!PIDS[@]}"; do
             kill -0 "${PIDS[i]}" 2>/dev/null && continue
-            status=0
-            wait "${PIDS[i]}" || status=$?
-            unset 'PIDS[i]'
-            close_lifeline "$i"
-            [ "$status" -ne 255 ] || status="255 (ssh failed or the connection dropped)"
-            say "node $i (${HOSTS[i]}) exited with status $status: stopping every node"
+            # One node's end often ends others (a lost worker stops a head configured with
+            # on_node_failure = "exit", a lost head its workers), and which ssh the launcher sees
+            # end first is a race: wait a moment and name every node that ended, not only the
+            # first one seen.
+            sleep "$EXIT_SETTLE_S" || true
+            report_exits
             stop_nodes
             exit 1
         done
