@@ -2,10 +2,12 @@
 # Multi-node on one host with two GPUs: two processes, one GPU each (CUDA_VISIBLE_DEVICES), form
 # one TP=2 group over NCCL through the cluster path (`serve` head + `worker --join`), and must
 # give the same greedy completions as a single-process TP=2 run on the same GPUs. No ssh.
+# TP=N (e.g. 4, on a machine with as many GPUs) does the same with N processes against one
+# process of N ranks.
 #
 #   scripts/gpu/cluster_tp2.sh [path/to/tessera]      (default .gpu/tessera)
 #
-# Logs and the compared outputs go to $OUT (or ./gpu-logs/cluster_tp2). Exit status 0 when the
+# Logs and the compared outputs go to $OUT (or ./gpu-logs/cluster_tpN). Exit status 0 when the
 # outputs match.
 #
 # BENCH_PROMPTS=N (e.g. 64, with SHAPE=llama-3-8b) also times both deployments with `bench serve`
@@ -15,7 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=$(realpath "${1:-.gpu/tessera}")
-LOGS="${OUT:-$PWD/gpu-logs}/cluster_tp2"
+TP=${TP:-2}
+LOGS="${OUT:-$PWD/gpu-logs}/cluster_tp$TP"
 mkdir -p "$LOGS"
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export NCCL_NVLS_ENABLE=0
@@ -24,10 +27,13 @@ export RUST_BACKTRACE=1
 
 [ -x "$BIN" ] || { echo "no tessera binary at $BIN (build with --features cuda)" >&2; exit 2; }
 gpus=$(nvidia-smi --list-gpus | wc -l)
-if [ "$gpus" -lt 2 ]; then
-    echo "SKIPPED: cluster_tp2 needs 2 GPUs, this machine has $gpus"
+if [ "$gpus" -lt "$TP" ]; then
+    echo "SKIPPED: cluster TP=$TP needs $TP GPUs, this machine has $gpus"
     exit 0
 fi
+ALL_GPUS=$(seq -s, 0 $((TP - 1)))
+ONE_RANK_EACH=$(printf '1, %.0s' $(seq 1 "$TP"))
+ONE_RANK_EACH="[${ONE_RANK_EACH%, }]"
 
 SHAPE=${SHAPE:-llama-3.2-1b}
 HTTP_REF=18710
@@ -47,17 +53,17 @@ load_format = "dummy"
 dummy_shape = "$SHAPE"
 max_model_len = 1024
 [parallel]
-tensor_parallel_size = 2
+tensor_parallel_size = $TP
 [cache]
 num_blocks = 4096
 [server]
 host = "127.0.0.1"
 port = $HTTP_HEAD
 [cluster]
-nodes = 2
+nodes = $TP
 listen = "127.0.0.1:$CLUSTER_PORT"
 cookie = "gpu-check"
-ranks_per_node = [1, 1]
+ranks_per_node = $ONE_RANK_EACH
 heartbeat_interval_ms = 500
 heartbeat_timeout_ms = 5000
 join_timeout_ms = 120000
@@ -90,9 +96,9 @@ complete() { # port, output file
     done
 }
 
-echo "== single process, TP=2 on GPUs 0 and 1"
+echo "== single process, TP=$TP on GPUs $ALL_GPUS"
 start=$SECONDS
-CUDA_VISIBLE_DEVICES=0,1 TESSERA_CACHE__NUM_BLOCKS=4096 "$BIN" serve --device cuda --dummy "$SHAPE" --tensor-parallel-size 2 \
+CUDA_VISIBLE_DEVICES=$ALL_GPUS TESSERA_CACHE__NUM_BLOCKS=4096 "$BIN" serve --device cuda --dummy "$SHAPE" --tensor-parallel-size "$TP" \
     --max-model-len 1024 --port "$HTTP_REF" >"$LOGS/reference.log" 2>&1 &
 pids+=($!)
 wait_ready "$HTTP_REF" "${pids[0]}" reference
@@ -101,31 +107,38 @@ complete "$HTTP_REF" "$LOGS/reference.jsonl"
 bench "$HTTP_REF" threads
 kill -TERM "${pids[0]}"; wait "${pids[0]}" || true
 
-echo "== two processes (head on GPU 0, worker on GPU 1), one TP=2 group over NCCL"
+echo "== $TP processes (head on GPU 0, worker r on GPU r), one TP=$TP group over NCCL"
 start=$SECONDS
 CUDA_VISIBLE_DEVICES=0 "$BIN" serve --config "$LOGS/cluster.toml" >"$LOGS/head.log" 2>&1 &
 head_pid=$!
 pids+=("$head_pid")
-CUDA_VISIBLE_DEVICES=1 "$BIN" worker --join "127.0.0.1:$CLUSTER_PORT" --node-rank 1 \
-    --config "$LOGS/cluster.toml" >"$LOGS/worker.log" 2>&1 &
-worker_pid=$!
-pids+=("$worker_pid")
+worker_pids=()
+for rank in $(seq 1 $((TP - 1))); do
+    CUDA_VISIBLE_DEVICES=$rank "$BIN" worker --join "127.0.0.1:$CLUSTER_PORT" --node-rank "$rank" \
+        --config "$LOGS/cluster.toml" >"$LOGS/worker$rank.log" 2>&1 &
+    worker_pids+=($!)
+    pids+=($!)
+done
 wait_ready "$HTTP_HEAD" "$head_pid" head
 echo "ready in $((SECONDS - start)) s"
 complete "$HTTP_HEAD" "$LOGS/cluster.jsonl"
 bench "$HTTP_HEAD" processes
-grep -m1 "nccl\|NCCL" "$LOGS/head.log" "$LOGS/worker.log" || true
+grep -m1 "nccl\|NCCL" "$LOGS/head.log" "$LOGS/worker1.log" || true
 
-echo "== clean shutdown: SIGTERM to the head; both exit 0"
+echo "== clean shutdown: SIGTERM to the head; every process exits 0"
 kill -TERM "$head_pid"
 head_status=0; wait "$head_pid" || head_status=$?
-worker_status=0; wait "$worker_pid" || worker_status=$?
-echo "head exit $head_status, worker exit $worker_status"
+worker_status=0
+for pid in "${worker_pids[@]}"; do
+    status=0; wait "$pid" || status=$?
+    [ "$status" = 0 ] || worker_status=$status
+done
+echo "head exit $head_status, workers exit $worker_status"
 
 echo "== compare"
 paste -d'\n' "$LOGS/reference.jsonl" "$LOGS/cluster.jsonl"
 if cmp -s "$LOGS/reference.jsonl" "$LOGS/cluster.jsonl" && [ "$head_status" = 0 ] && [ "$worker_status" = 0 ]; then
-    echo "PASS: two-process TP=2 over the cluster path matches single-process TP=2 ($(wc -l <"$LOGS/cluster.jsonl") prompts)"
+    echo "PASS: $TP-process TP=$TP over the cluster path matches single-process TP=$TP ($(wc -l <"$LOGS/cluster.jsonl") prompts)"
 else
     echo "FAIL: outputs differ or a process did not exit 0 (logs in $LOGS)"
     exit 1
