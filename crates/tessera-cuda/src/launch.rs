@@ -532,11 +532,14 @@ fn decode_attention_kernel(heads: Heads) -> &'static str {
         (_, 4) => "decode_attention_d128_g4",
         _ => "decode_attention_d128_g8",
     };
-    match std::env::var("TESSERA_DECODE_ATTENTION") {
-        Ok(chosen) if chosen.starts_with(&format!("{name}_")) && chosen == DECODE_ATTENTION_VARIANT => {
-            DECODE_ATTENTION_VARIANT
-        }
-        _ => name,
+    // Read at each launch (tests switch it within one process); only the variant's own layout
+    // takes it.
+    let variant_chosen =
+        std::env::var_os("TESSERA_DECODE_ATTENTION").is_some_and(|v| v == DECODE_ATTENTION_VARIANT);
+    if variant_chosen && name == "decode_attention_d128_g4" {
+        DECODE_ATTENTION_VARIANT
+    } else {
+        name
     }
 }
 
