@@ -393,39 +393,39 @@ fn peer_round(
 
 /// `read_exact` with an overall deadline (a socket timeout bounds each call, not the whole read).
 fn read_full(stream: &mut &TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(), String> {
-    let mut done = 0;
-    while done < buf.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("deadline passed waiting for data".into());
-        }
-        stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-        match stream.read(&mut buf[done..]) {
-            Ok(0) => return Err("connection closed".into()),
-            Ok(n) => done += n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err("deadline passed waiting for data".into())
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(())
+    until_done(buf.len(), deadline, "waiting for data", |left, done| {
+        stream.set_read_timeout(Some(left))?;
+        stream.read(&mut buf[done..])
+    })
 }
 
+/// `write_all` with an overall deadline.
 fn write_full(stream: &mut &TcpStream, buf: &[u8], deadline: Instant) -> Result<(), String> {
+    until_done(buf.len(), deadline, "sending data", |left, done| {
+        stream.set_write_timeout(Some(left))?;
+        stream.write(&buf[done..])
+    })
+}
+
+/// Calls `step(time left, bytes done so far)`, which moves some of the `len` bytes, until all are
+/// moved, the peer closes, or `deadline` passes (`waiting` says doing what, in the error).
+fn until_done(
+    len: usize,
+    deadline: Instant,
+    waiting: &str,
+    mut step: impl FnMut(Duration, usize) -> std::io::Result<usize>,
+) -> Result<(), String> {
     let mut done = 0;
-    while done < buf.len() {
+    while done < len {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("deadline passed sending data".into());
+            return Err(format!("deadline passed {waiting}"));
         }
-        stream.set_write_timeout(Some(left)).map_err(|e| e.to_string())?;
-        match stream.write(&buf[done..]) {
+        match step(left, done) {
             Ok(0) => return Err("connection closed".into()),
             Ok(n) => done += n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err("deadline passed sending data".into())
+                return Err(format!("deadline passed {waiting}"))
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e.to_string()),
