@@ -1,0 +1,265 @@
+//! Launchers of the attention kernels (attention.cu, decode_attention.cu, prefill_attention.cu)
+//! and the per-row metadata they read.
+
+use super::{cfg, row_threads, Heads, SHARED_LIMIT};
+use crate::device::{backend_err, Device};
+use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
+use half::bf16;
+use tessera_model::Result;
+
+/// Compile-time constants of attention.cu.
+pub const ATTN_THREADS: usize = 128;
+pub const ATTN_CHUNK: usize = 128;
+pub const ATTN_ACC: usize = 16;
+pub const ATTN_GMAX: usize = 8;
+/// Partitions of a context split are whole multiples of this many keys (common.cuh's ATTN_PART).
+pub const ATTN_PART_ALIGN: usize = 32;
+/// Threads of a `decode_attention` block (decode_attention.cu's DA_WARPS warps).
+const DECODE_ATTN_THREADS: u32 = 128;
+
+/// The per-row metadata the attention kernels read, and how the context is split.
+pub struct AttentionMeta<'a> {
+    pub block_tables: CudaView<'a, u32>,
+    pub row_table_start: CudaView<'a, u32>,
+    pub row_kv_len: CudaView<'a, u32>,
+    pub block_size: u32,
+    /// The batch's longest context (one value on the device): the kernels split it `max_splits`
+    /// ways, in whole chunks, so a captured graph partitions each replay for its own contexts.
+    pub max_kv_len: CudaView<'a, u32>,
+    /// The grid's partitions per row: the most any row may use.
+    pub max_splits: u32,
+    /// The rows to attend for, when not all of them (the decode rows of a step with prompt
+    /// chunks, whose other rows go to `prefill_attention`).
+    pub row_map: Option<CudaView<'a, u32>>,
+}
+
+impl AttentionMeta<'_> {
+    /// Rows the launch covers: the mapped ones, or every row of the batch.
+    fn grid_rows(&self) -> usize {
+        self.row_map.as_ref().map_or(self.row_kv_len.len(), |m| m.len())
+    }
+
+    fn check_partials(&self, part_o: &CudaSlice<f32>, part_ml: &CudaSlice<f32>, heads: Heads) {
+        let (rows, splits) = (self.row_kv_len.len(), self.max_splits as usize);
+        assert!(self.max_kv_len.len() == 1 && splits >= 1, "attention: the batch's context bound");
+        assert!(self.grid_rows() <= 65535, "attention over {} rows exceeds the grid", self.grid_rows());
+        if splits > 1 {
+            let entries = rows * heads.num_heads as usize * splits;
+            assert!(part_o.len() >= entries * heads.head_dim as usize, "partials too small");
+            assert!(part_ml.len() >= entries * 2, "partials too small");
+        }
+    }
+}
+
+/// Passes the row map, or a null pointer for "every row" (the kernels' `row_map ? ... : ...`).
+fn push_row_map<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, map: &'a Option<CudaView<'a, u32>>) {
+    const EVERY_ROW: u64 = 0;
+    match map {
+        Some(map) => b.arg(map),
+        None => b.arg(&EVERY_ROW),
+    };
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    part_o: &mut CudaSlice<f32>,
+    part_ml: &mut CudaSlice<f32>,
+    qkv: &CudaSlice<bf16>,
+    k_cache: &CudaSlice<bf16>,
+    v_cache: &CudaSlice<bf16>,
+    meta: &AttentionMeta<'_>,
+    heads: Heads,
+) -> Result<()> {
+    let rows = meta.row_kv_len.len();
+    heads.check(qkv.len(), rows);
+    let (group, d) = ((heads.num_heads / heads.num_kv_heads) as usize, heads.head_dim as usize);
+    assert!(d <= 256 && group * d <= ATTN_ACC * ATTN_THREADS, "attention: head_dim {d}, group {group}");
+    assert!(meta.row_map.is_none(), "paged_attention covers every row");
+    assert_eq!(out.len(), rows * heads.num_heads as usize * d);
+    meta.check_partials(part_o, part_ml, heads);
+    if rows == 0 {
+        return Ok(());
+    }
+    // The kernel's fast path (16-byte K/V loads) adds a reduction area of one partial sum per
+    // key slot; its condition must match attention.cu's `fast`.
+    let d8 = d / 8;
+    let fast = d.is_multiple_of(8) && d8 > 0 && 32 % d8 == 0 && group <= ATTN_GMAX;
+    let reduce = if fast { (ATTN_THREADS / d8) * group * d } else { 0 };
+    let smem = (group * d + group * ATTN_CHUNK + 3 * group + ATTN_CHUNK + reduce) * 4;
+    assert!(smem <= SHARED_LIMIT);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut b = device.stream.launch_builder(device.function("paged_attention"));
+    b.arg(&mut *out).arg(&mut *part_o).arg(&mut *part_ml).arg(qkv).arg(k_cache).arg(v_cache);
+    b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len).arg(&scale);
+    b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim).arg(&heads.row_width);
+    b.arg(&meta.block_size).arg(&meta.max_kv_len).arg(&meta.max_splits);
+    let grid = (heads.num_kv_heads, rows as u32, meta.max_splits);
+    // SAFETY: block tables, lengths and slots were validated on the host (`prepare`); partials
+    // hold max_splits entries per (row, head) when rows are split.
+    unsafe { b.launch(cfg(grid, ATTN_THREADS as u32, smem as u32)) }
+        .map_err(backend_err("paged_attention"))?;
+    attention_reduce(device, out, part_o, part_ml, meta, heads)
+}
+
+/// Whether `decode_attention` handles this head layout: head_dim 64 or 128, group at most 8.
+pub fn decode_attention_supports(heads: Heads) -> bool {
+    let group = heads.num_heads / heads.num_kv_heads;
+    matches!(heads.head_dim, 64 | 128) && (1..=8).contains(&group)
+}
+
+/// The instance of decode_attention.cu for `heads`. Instances exist for groups 1, 2, 4 and 8; a
+/// group in between runs in the next one up. `TESSERA_DECODE_ATTENTION=<instance>` picks another
+/// instance of the same layout, to measure candidates against each other (op_bench); it is
+/// ignored unless it names an instance for this head_dim and group.
+fn decode_attention_kernel(heads: Heads) -> &'static str {
+    let group = (heads.num_heads / heads.num_kv_heads).next_power_of_two();
+    let name = match (heads.head_dim, group) {
+        (64, 1) => "decode_attention_d64_g1",
+        (64, 2) => "decode_attention_d64_g2",
+        (64, 4) => "decode_attention_d64_g4",
+        (64, _) => "decode_attention_d64_g8",
+        (_, 1) => "decode_attention_d128_g1",
+        (_, 2) => "decode_attention_d128_g2",
+        (_, 4) => "decode_attention_d128_g4",
+        _ => "decode_attention_d128_g8",
+    };
+    // Read at each launch (tests switch it within one process); only the variant's own layout
+    // takes it.
+    let variant_chosen =
+        std::env::var_os("TESSERA_DECODE_ATTENTION").is_some_and(|v| v == DECODE_ATTENTION_VARIANT);
+    if variant_chosen && name == "decode_attention_d128_g4" {
+        DECODE_ATTENTION_VARIANT
+    } else {
+        name
+    }
+}
+
+/// The one extra instance of decode_attention.cu (a candidate for the Llama 8B layout).
+pub const DECODE_ATTENTION_VARIANT: &str = "decode_attention_d128_g4_nl8";
+
+/// Attention of single rows at memory speed (decode_attention.cu), for the mapped rows or every
+/// row of the batch.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    part_o: &mut CudaSlice<f32>,
+    part_ml: &mut CudaSlice<f32>,
+    qkv: &CudaSlice<bf16>,
+    k_cache: &CudaSlice<bf16>,
+    v_cache: &CudaSlice<bf16>,
+    meta: &AttentionMeta<'_>,
+    heads: Heads,
+) -> Result<()> {
+    let rows = meta.row_kv_len.len();
+    heads.check(qkv.len(), rows);
+    assert!(decode_attention_supports(heads), "decode_attention: head_dim {}", heads.head_dim);
+    assert_eq!(out.len(), rows * (heads.num_heads * heads.head_dim) as usize);
+    meta.check_partials(part_o, part_ml, heads);
+    let grid_rows = meta.grid_rows();
+    if grid_rows == 0 {
+        return Ok(());
+    }
+    let name = decode_attention_kernel(heads);
+    let scale = 1.0 / (heads.head_dim as f32).sqrt();
+    let mut b = device.stream.launch_builder(device.function(name));
+    b.arg(&mut *out).arg(&mut *part_o).arg(&mut *part_ml).arg(qkv).arg(k_cache).arg(v_cache);
+    b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
+    push_row_map(&mut b, &meta.row_map);
+    b.arg(&scale).arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width);
+    b.arg(&meta.block_size).arg(&meta.max_kv_len).arg(&meta.max_splits);
+    let grid = (heads.num_kv_heads, grid_rows as u32, meta.max_splits);
+    // SAFETY: as paged_attention; mapped rows are rows of the batch (built by `encode`).
+    unsafe { b.launch(cfg(grid, DECODE_ATTN_THREADS, 0)) }.map_err(backend_err("decode_attention"))?;
+    attention_reduce(device, out, part_o, part_ml, meta, heads)
+}
+
+/// Merges the partitions of split rows (a no-op launch-free return when nothing is split).
+fn attention_reduce(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    part_o: &CudaSlice<f32>,
+    part_ml: &CudaSlice<f32>,
+    meta: &AttentionMeta<'_>,
+    heads: Heads,
+) -> Result<()> {
+    if meta.max_splits <= 1 {
+        return Ok(());
+    }
+    let mut b = device.stream.launch_builder(device.function("attention_reduce"));
+    b.arg(out).arg(part_o).arg(part_ml).arg(&meta.row_kv_len);
+    push_row_map(&mut b, &meta.row_map);
+    b.arg(&heads.num_heads).arg(&heads.head_dim).arg(&meta.max_kv_len).arg(&meta.max_splits);
+    let grid = (heads.num_heads, meta.grid_rows() as u32, 1);
+    // SAFETY: reads the partials the attention launch wrote for rows with more than one partition.
+    unsafe { b.launch(cfg(grid, row_threads(heads.head_dim as usize).min(128), 0)) }
+        .map(drop)
+        .map_err(backend_err("attention_reduce"))
+}
+
+/// Query rows per tile of `prefill_attention` (one mma row block).
+pub const PREFILL_TILE_ROWS: usize = 16;
+
+/// Whether `prefill_attention` handles this head layout: head_dim 64 or 128 and one warp per
+/// query head of a KV group (at most 8).
+pub fn prefill_attention_supports(heads: Heads) -> bool {
+    let group = heads.num_heads / heads.num_kv_heads;
+    matches!(heads.head_dim, 64 | 128) && (1..=8).contains(&group)
+}
+
+/// The kernel of prefill_attention.cu for `heads`: the pipelined one, or with
+/// `TESSERA_PREFILL_ATTENTION=v1` the first version (same grid and arguments), so that one GPU run
+/// can compare them or tell a fault of the new kernel from one elsewhere.
+fn prefill_attention_kernel(heads: Heads) -> &'static str {
+    let v1 = std::env::var("TESSERA_PREFILL_ATTENTION").is_ok_and(|v| v == "v1");
+    match (heads.head_dim, v1) {
+        (64, false) => "prefill_attention_d64",
+        (64, true) => "prefill_attention_v1_d64",
+        (_, false) => "prefill_attention_d128",
+        (_, true) => "prefill_attention_v1_d128",
+    }
+}
+
+/// Tiles of up to `PREFILL_TILE_ROWS` consecutive rows of one sequence: their first rows and row
+/// counts.
+pub struct PrefillTiles<'a> {
+    pub row_start: CudaView<'a, u32>,
+    pub num_rows: CudaView<'a, u32>,
+}
+
+/// Tensor-core attention for every row of the batch, tile by tile (see prefill_attention.cu).
+#[allow(clippy::too_many_arguments)]
+pub fn prefill_attention(
+    device: &Device,
+    out: &mut CudaSlice<bf16>,
+    qkv: &CudaSlice<bf16>,
+    k_cache: &CudaSlice<bf16>,
+    v_cache: &CudaSlice<bf16>,
+    meta: &AttentionMeta<'_>,
+    tiles: &PrefillTiles<'_>,
+    heads: Heads,
+) -> Result<()> {
+    let rows = meta.row_kv_len.len();
+    heads.check(qkv.len(), rows);
+    assert!(prefill_attention_supports(heads), "prefill_attention: head_dim {}", heads.head_dim);
+    assert_eq!(out.len(), rows * (heads.num_heads * heads.head_dim) as usize);
+    let num_tiles = tiles.row_start.len();
+    assert!(num_tiles <= 65535, "prefill attention over {num_tiles} tiles exceeds the grid");
+    if num_tiles == 0 {
+        return Ok(());
+    }
+    let group = heads.num_heads / heads.num_kv_heads;
+    let scale = 1.0 / (heads.head_dim as f32).sqrt();
+    let mut b = device.stream.launch_builder(device.function(prefill_attention_kernel(heads)));
+    b.arg(&mut *out).arg(qkv).arg(k_cache).arg(v_cache);
+    b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
+    b.arg(&tiles.row_start).arg(&tiles.num_rows).arg(&scale);
+    b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width).arg(&meta.block_size);
+    // SAFETY: tiles cover rows of the batch within one sequence each (built by `prepare`), and
+    // block tables, lengths and slots were validated on the host.
+    unsafe { b.launch(cfg((heads.num_kv_heads, num_tiles as u32, 1), 32 * group, 0)) }
+        .map_err(backend_err("prefill_attention"))?;
+    Ok(())
+}
