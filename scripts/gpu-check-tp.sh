@@ -2,7 +2,7 @@
 # Tensor parallelism on a machine with 2 or 4 GPUs (H200s), from the prebuilt binaries in .gpu/
 # (scripts/gpu-build.sh makes them on a development machine): the collective and watchdog tests,
 # TP=2/4 against TP=1 and transformers (fixtures and the 1B shape), the engine's TP parity and
-# injected hangs, then the decode benchmarks: Llama-3-70B shape at TP = number of GPUs (or
+# injected hangs, then the decode benchmarks (eager and CUDA graphs): Llama-3-70B shape at TP = number of GPUs (or
 # $BENCH_70B_TP, e.g. "2 4"), batches 1 and 64, and the 8B shape at batch 64, TP=1 vs TP=2.
 #
 # Logs go to $OUT (or ./gpu-logs-tp); bench.txt holds the BENCH lines, figures.txt the measured
@@ -10,7 +10,7 @@
 # new steps after $BUDGET_S seconds (default 510), so it ends inside a 10-minute call.
 # Exit status: non-zero when any check failed or was cut short.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 ROOT=$PWD
 LOGS="${OUT:-$ROOT/gpu-logs-tp}"
 mkdir -p "$LOGS"
@@ -64,10 +64,13 @@ run engine-tp 180 "$(test_bin cuda_tp)" --nocapture --test-threads=1
 
 # The benchmarks.
 for tp in ${BENCH_70B_TP:-$NGPU}; do
-    run "bench-70b-tp$tp" 240 .gpu/decode_bench --shape llama-3-70b --tp "$tp" --batches 1,64 --context 1024 --iters 20
+    run "bench-70b-tp$tp" 240 .gpu/decode_bench --shape llama-3-70b --tp "$tp" --batches 1,64 --context 1024 --iters 20 --graphs
 done
-run bench-8b-tp1 120 .gpu/decode_bench --shape llama-3-8b --tp 1 --batches 64 --context 1024 --iters 20
-run bench-8b-tp2 120 .gpu/decode_bench --shape llama-3-8b --tp 2 --batches 64 --context 1024 --iters 20
+run bench-8b-tp1 120 .gpu/decode_bench --shape llama-3-8b --tp 1 --batches 64 --context 1024 --iters 20 --graphs
+run bench-8b-tp2 120 .gpu/decode_bench --shape llama-3-8b --tp 2 --batches 64 --context 1024 --iters 20 --graphs
+if [ "$NGPU" -ge 4 ]; then
+    run bench-8b-tp4 120 .gpu/decode_bench --shape llama-3-8b --tp 4 --batches 64 --context 1024 --iters 20 --graphs
+fi
 
 # TP=2/4 against TP=1 and transformers; the 1B reference is made once per machine.
 if [ ! -f "$TESSERA_LLAMA1B/expected.json" ]; then
@@ -76,14 +79,17 @@ fi
 run tp-vs-tp1-and-transformers 240 "$(test_bin tp)" --nocapture --test-threads=1
 
 cat "$LOGS"/bench-*.log 2>/dev/null | grep -h '^BENCH' >"$LOGS/bench.txt" || true
-# Scaling efficiency of the 8B shape at batch 64: TP=2 throughput over TP=1 (and per GPU).
+# Scaling efficiency of the 8B shape at batch 64: TP=2 (and TP=4) throughput over TP=1, and per GPU.
 python3 - "$LOGS/bench.txt" <<'PY' | tee -a "$LOGS/bench.txt"
 import sys
 rows = [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in open(sys.argv[1]) if line.startswith("BENCH")]
-tps = {int(r["tp"]): float(r["tokens_per_s"]) for r in rows if r["shape"] == "llama-3-8b" and r["batch"] == "64"}
-if 1 in tps and 2 in tps:
-    s = tps[2] / tps[1]
-    print(f"SCALING llama-3-8b batch=64 tp1_tokens_per_s={tps[1]:.0f} tp2_tokens_per_s={tps[2]:.0f} speedup={s:.3f} efficiency={s / 2:.3f}")
+# Graph replays (what the engine runs by default) where the bench captured them.
+mode = "graph" if any(r["mode"] == "graph" for r in rows) else "eager"
+tps = {int(r["tp"]): float(r["tokens_per_s"]) for r in rows
+       if r["shape"] == "llama-3-8b" and r["batch"] == "64" and r["mode"] == mode}
+for tp in sorted(t for t in tps if t > 1 and 1 in tps):
+    s = tps[tp] / tps[1]
+    print(f"SCALING llama-3-8b batch=64 mode={mode} tp1_tokens_per_s={tps[1]:.0f} tp{tp}_tokens_per_s={tps[tp]:.0f} speedup={s:.3f} efficiency={s / tp:.3f}")
 PY
 grep -hE "relative difference|identical|agreement|failed after|freed after|detected|rebuilt|exact|rank-major|KV blocks|SKIPPED|panicked|loaded in|prefill:|copy:|^\| " "$LOGS"/*.log >"$LOGS/figures.txt" || true
 cat "$LOGS/bench.txt"

@@ -24,8 +24,11 @@ use tessera_model::{argmax, open_model, DType, Model, ModelFiles, SingleSequence
 
 const BLOCK_SIZE: usize = 16;
 /// TP=N against TP=1, relative to the largest logit: a few extra bf16 roundings (4e-3 each) of
-/// partial sums, compounded over the layers.
-const TP_TOL: f32 = 3e-2;
+/// partial sums, compounded over the layers, and more of them the more ranks there are. Measured
+/// on four H200s (2026-11-22): 2.55e-2 at TP=2 and 3.23e-2 at TP=4 on the llama fixture, 2.5e-2 on
+/// the 1B shape at both; the 1B shape's allowance against transformers (5e-2) covers them, while
+/// a wrong shard or a missing all-reduce moves logits by O(1).
+const TP_TOL: f32 = 5e-2;
 /// Teacher-forced greedy tokens of TP=N equal to TP=1's; only near ties may differ. The issue's
 /// allowance for bf16 against transformers (95%): the tiny llama fixture has many near-ties and
 /// agreed on 124/128 at TP=2 (2026-11-22, two H200s), where 98% asked for 126.
