@@ -44,6 +44,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) paged_attention(
     const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len, float scale,
     u32 num_heads, u32 num_kv_heads, u32 head_dim, u32 row_width, u32 block_size,
     const u32* __restrict__ batch_max_kv_len, u32 max_splits) {
+    pdl_start();
     extern __shared__ float smem[];
     const u32 kvh = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
     const u32 group = num_heads / num_kv_heads;
@@ -283,6 +284,7 @@ extern "C" __global__ void attention_reduce(bf16* __restrict__ out,
                                            u32 head_dim,
                                            const u32* __restrict__ batch_max_kv_len,
                                            u32 max_splits) {
+    pdl_start();
     const u32 head = blockIdx.x, row = row_map ? row_map[blockIdx.y] : blockIdx.y;
     const u32 part_size = partition_size(*batch_max_kv_len, max_splits);
     const u32 num_splits = (row_kv_len[row] + part_size - 1) / part_size;

@@ -43,6 +43,30 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return scratch[0];
 }
 
+// Programmatic dependent launch (sm_90 and later; launch/builder.rs sets the launch attribute):
+// a kernel may start while the kernel before it on the stream is still running. pdl_trigger lets
+// the kernel after this one start (its blocks then wait in their own pdl_wait); pdl_wait returns
+// once every earlier kernel on the stream has finished and its writes are visible. Every kernel
+// calls pdl_start before it touches memory that an earlier kernel writes or reads (only constant
+// inputs, weights, may be read before; compile.rs's tests check that each kernel calls it).
+// Without the attribute, or before sm_90, both are no-ops.
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_start() {
+    pdl_trigger();
+    pdl_wait();
+}
+
 #define NEG_INF __int_as_float(0xff800000)
 
 __device__ __forceinline__ u32 umin(u32 a, u32 b) { return a < b ? a : b; }

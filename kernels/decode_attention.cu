@@ -220,6 +220,7 @@ __device__ __forceinline__ void decode_attention(
         const u32* __restrict__ row_map, float scale, u32 num_heads, u32 num_kv_heads,          \
         u32 row_width, u32 block_size, const u32* __restrict__ batch_max_kv_len,                \
         u32 max_splits) {                                                                       \
+        pdl_start();                                                                            \
         decode_attention<D, G, NL>(out, part_o, part_ml, qkv, k_cache, v_cache, block_tables,   \
                                    row_table_start, row_kv_len, row_map, scale, num_heads,      \
                                    num_kv_heads, row_width, block_size, batch_max_kv_len,       \

@@ -5,6 +5,7 @@
 extern "C" __global__ void embedding(bf16* __restrict__ out, const bf16* __restrict__ table,
                                      const u32* __restrict__ tokens, u32 vocab_start,
                                      u32 vocab_rows, u32 hidden) {
+    pdl_start();
     u32 row = blockIdx.x;
     u32 local = tokens[row] - vocab_start;  // wraps for tokens below vocab_start
     bf16* o = out + (size_t)row * hidden;
@@ -31,6 +32,7 @@ extern "C" __global__ void fill_dummy(bf16* __restrict__ out, unsigned long long
                                       unsigned long long base, float center, float half_width,
                                       unsigned long long cols, unsigned long long row0,
                                       unsigned long long col0, unsigned long long full_cols) {
+    pdl_start();
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (unsigned long long)gridDim.x * blockDim.x) {
         const unsigned long long global = (row0 + i / cols) * full_cols + col0 + i % cols;

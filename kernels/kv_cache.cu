@@ -8,6 +8,7 @@ extern "C" __global__ void write_kv(bf16* __restrict__ k_cache, bf16* __restrict
                                    const bf16* __restrict__ qkv,
                                    const u32* __restrict__ slot_mapping, u32 q_width,
                                    u32 kv_width, u32 row_width) {
+    pdl_start();
     u32 slot = slot_mapping[blockIdx.x];
     if (slot == 0xffffffffu) return;
     const bf16* row = qkv + (size_t)blockIdx.x * row_width;

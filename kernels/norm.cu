@@ -13,6 +13,7 @@
 
 extern "C" __global__ void rms_norm(bf16* __restrict__ out, const bf16* __restrict__ x,
                                    const bf16* __restrict__ w, float eps, u32 cols) {
+    pdl_start();
     extern __shared__ float row[];
     __shared__ float scratch[32];
     size_t base = (size_t)blockIdx.x * cols;
@@ -30,6 +31,7 @@ extern "C" __global__ void rms_norm(bf16* __restrict__ out, const bf16* __restri
 extern "C" __global__ void add_rms_norm(bf16* __restrict__ out, bf16* __restrict__ residual,
                                        const bf16* __restrict__ delta, const bf16* __restrict__ w,
                                        float eps, u32 cols) {
+    pdl_start();
     extern __shared__ float row[];
     __shared__ float scratch[32];
     size_t base = (size_t)blockIdx.x * cols;
@@ -125,12 +127,14 @@ __device__ __forceinline__ void norm_row_v8(bf16* __restrict__ out, bf16* __rest
 
 extern "C" __global__ void rms_norm_v8(bf16* __restrict__ out, const bf16* __restrict__ x,
                                       const bf16* __restrict__ w, float eps, u32 cols) {
+    pdl_start();
     norm_row_v8<false>(out, nullptr, x, w, eps, cols);
 }
 
 extern "C" __global__ void add_rms_norm_v8(bf16* __restrict__ out, bf16* __restrict__ residual,
                                           const bf16* __restrict__ delta,
                                           const bf16* __restrict__ w, float eps, u32 cols) {
+    pdl_start();
     norm_row_v8<true>(out, residual, delta, w, eps, cols);
 }
 
@@ -138,6 +142,7 @@ extern "C" __global__ void add_rms_norm_v8(bf16* __restrict__ out, bf16* __restr
 extern "C" __global__ void qk_norm(bf16* __restrict__ qkv, const bf16* __restrict__ q_w,
                                   const bf16* __restrict__ k_w, float eps, u32 num_heads,
                                   u32 num_kv_heads, u32 head_dim, u32 row_width) {
+    pdl_start();
     u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     u32 head = blockIdx.y * (blockDim.x >> 5) + warp;
     if (head >= num_heads + num_kv_heads) return;

@@ -329,6 +329,7 @@ __device__ __forceinline__ void prefill_attention_tile(
         const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,                \
         const u32* __restrict__ tile_row_start, const u32* __restrict__ tile_num_rows, float scale, \
         u32 num_heads, u32 num_kv_heads, u32 row_width, u32 block_size) {                           \
+        pdl_start();                                                                                \
         prefill_attention_tile<D>(out, qkv, k_cache, v_cache, block_tables, row_table_start,        \
                                   row_kv_len, tile_row_start, tile_num_rows, scale, num_heads,      \
                                   num_kv_heads, row_width, block_size);                             \
@@ -501,6 +502,7 @@ __device__ __forceinline__ void prefill_attention_tile_v1(
         const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,                \
         const u32* __restrict__ tile_row_start, const u32* __restrict__ tile_num_rows, float scale, \
         u32 num_heads, u32 num_kv_heads, u32 row_width, u32 block_size) {                           \
+        pdl_start();                                                                                \
         prefill_attention_tile_v1<D>(out, qkv, k_cache, v_cache, block_tables, row_table_start,        \
                                   row_kv_len, tile_row_start, tile_num_rows, scale, num_heads,      \
                                   num_kv_heads, row_width, block_size);                             \

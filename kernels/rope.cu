@@ -7,6 +7,7 @@
 extern "C" __global__ void rope(bf16* __restrict__ qkv, const u32* __restrict__ positions,
                                const float* __restrict__ cos_t, const float* __restrict__ sin_t,
                                u32 num_rot_heads, u32 head_dim, u32 row_width) {
+    pdl_start();
     u32 half = head_dim / 2;
     bf16* row = qkv + (size_t)blockIdx.x * row_width;
     size_t table = (size_t)positions[blockIdx.x] * half;
@@ -30,6 +31,7 @@ extern "C" __global__ void rope_write_kv(bf16* __restrict__ qkv, bf16* __restric
                                         const float* __restrict__ cos_t,
                                         const float* __restrict__ sin_t, u32 num_heads,
                                         u32 num_kv_heads, u32 head_dim, u32 row_width) {
+    pdl_start();
     const u32 half = head_dim / 2, q_width = num_heads * head_dim, kv_width = num_kv_heads * head_dim;
     bf16* row = qkv + (size_t)blockIdx.x * row_width;
     const size_t table = (size_t)positions[blockIdx.x] * half;

@@ -41,6 +41,7 @@ __device__ __forceinline__ Best warp_best(Best b) {
 
 extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
     argmax_rows(u32* __restrict__ out, const bf16* __restrict__ logits, u32 cols) {
+    pdl_start();
     __shared__ float values[32];
     __shared__ u32 indices[32];
     const bf16* row = logits + (size_t)blockIdx.x * cols;
@@ -101,6 +102,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     penalize_rows(float* __restrict__ work, const bf16* __restrict__ logits, u32 vocab,
                   const float* __restrict__ fparams, const u32* __restrict__ pen_offsets,
                   const u32* __restrict__ pen_tokens, const u32* __restrict__ pen_counts) {
+    pdl_start();
     const u32 row = blockIdx.x;
     float* w = work + (size_t)row * vocab;
     const bf16* l = logits + (size_t)row * vocab;
@@ -249,6 +251,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_rows(u32* __restrict__ out, const float* __restrict__ work, u32 vocab,
                 const float* __restrict__ fparams, const u32* __restrict__ top_ks,
                 const double* __restrict__ uniforms) {
+    pdl_start();
     __shared__ u32 hist[256];
     __shared__ double mass[256];
     __shared__ u32 su[32];

@@ -101,6 +101,52 @@ mod tests {
         assert_ne!(fnv1a(&["ab", "c"]), fnv1a(&["a", "bc"]));
     }
 
+    /// The body of each `extern "C" __global__` kernel of `source`, by brace matching.
+    fn kernel_bodies(source: &str) -> Vec<&str> {
+        let mut bodies = Vec::new();
+        for (at, _) in source.match_indices("extern \"C\" __global__") {
+            let open = at + source[at..].find('{').expect("a kernel has a body");
+            let mut depth = 0;
+            for (i, c) in source[open..].char_indices() {
+                depth += match c {
+                    '{' => 1,
+                    '}' => -1,
+                    _ => 0,
+                };
+                if depth == 0 {
+                    bodies.push(&source[open..=open + i]);
+                    break;
+                }
+            }
+        }
+        bodies
+    }
+
+    /// Kernels are launched with programmatic dependent launch (launch/builder.rs), which is
+    /// only correct when each waits for the previous kernel before touching its data.
+    #[test]
+    fn every_kernel_waits_for_the_previous_one() {
+        let mut kernels = 0;
+        for family in &FAMILIES {
+            for body in kernel_bodies(family.source) {
+                kernels += 1;
+                assert!(
+                    body.contains("pdl_start();"),
+                    "a kernel of {} does not call pdl_start: {body}",
+                    family.name
+                );
+            }
+        }
+        assert!(kernels >= 20, "found only {kernels} kernels");
+    }
+
+    #[test]
+    fn kernel_bodies_are_found_by_brace_matching() {
+        let source = "extern \"C\" __global__ void a(int* x) { if (x) { pdl_start(); } }\n\
+                      extern \"C\" __global__ void b() { }";
+        assert_eq!(kernel_bodies(source), ["{ if (x) { pdl_start(); } }", "{ }"]);
+    }
+
     /// Compiles every family when NVRTC is present (it needs no GPU), so kernel syntax errors
     /// show up on a development machine.
     #[test]

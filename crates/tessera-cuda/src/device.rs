@@ -66,6 +66,9 @@ pub(crate) struct Device {
     pub blas: CudaBlas,
     _blas_workspace: CudaSlice<u8>,
     pub num_sms: u32,
+    /// Kernels launch with programmatic dependent launch (launch/builder.rs): sm_90 and later,
+    /// unless TESSERA_PDL=0 (for A/B measurements).
+    pub pdl: bool,
     functions: HashMap<&'static str, CudaFunction>,
 }
 
@@ -148,7 +151,8 @@ impl Device {
                 functions.insert(*name, module.load_function(name).map_err(backend_err("function"))?);
             }
         }
-        let device = Device { ctx, stream, blas, _blas_workspace: blas_workspace, num_sms, functions };
+        let pdl = arch.0 >= 9 && std::env::var("TESSERA_PDL").map_or(true, |v| v != "0");
+        let device = Device { ctx, stream, blas, _blas_workspace: blas_workspace, num_sms, pdl, functions };
         device.keep_pool_memory()?;
         Ok(device)
     }

@@ -2,13 +2,15 @@
 //! grid, and holds the only `unsafe` of its launch. Kernel arguments must match the `.cu`
 //! signatures exactly (order and width), which is what these functions pin down.
 
-use crate::device::{backend_err, Device};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
+use crate::device::Device;
+use builder::KernelLaunch;
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig};
 use half::bf16;
 use tessera_model::weights::DummyFill;
 use tessera_model::Result;
 
 mod attention;
+mod builder;
 pub use attention::*;
 
 /// Threads of a per-row block: enough to stride a row in few passes, at most 1024.
@@ -61,12 +63,10 @@ pub fn embedding(
     if rows == 0 {
         return Ok(());
     }
-    let mut b = device.stream.launch_builder(device.function("embedding"));
+    let mut b = KernelLaunch::new(device, "embedding");
     b.arg(out).arg(table).arg(tokens).arg(&vocab_start).arg(&vocab_rows).arg(&hidden);
     // SAFETY: the table holds vocab_rows x hidden values, out rows x hidden, tokens rows.
     unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(hidden as usize), 0)) }
-        .map(drop)
-        .map_err(backend_err("embedding"))
 }
 
 /// Generates one part of a dummy weight into `out` (embedding.cu's `fill_dummy`).
@@ -77,11 +77,11 @@ pub fn fill_dummy(device: &Device, out: &mut CudaViewMut<'_, bf16>, fill: &Dummy
     }
     let [n, cols, row0, col0, full_cols] =
         [fill.numel(), fill.cols, fill.row0, fill.col0, fill.full_cols].map(|v| v as u64);
-    let mut b = device.stream.launch_builder(device.function("fill_dummy"));
+    let mut b = KernelLaunch::new(device, "fill_dummy");
     b.arg(out).arg(&n).arg(&fill.base).arg(&fill.center).arg(&fill.half_width);
     b.arg(&cols).arg(&row0).arg(&col0).arg(&full_cols);
     // SAFETY: writes exactly the `n` elements of `out`.
-    unsafe { b.launch(elementwise(device, fill.numel())) }.map(drop).map_err(backend_err("fill_dummy"))
+    unsafe { b.launch(elementwise(device, fill.numel())) }
 }
 
 pub fn rms_norm(
@@ -105,11 +105,11 @@ pub fn rms_norm(
             ("rms_norm", cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32))
         }
     };
-    let mut b = device.stream.launch_builder(device.function(name));
+    let mut b = KernelLaunch::new(device, name);
     b.arg(out).arg(x).arg(w).arg(&eps).arg(&cols32);
     // SAFETY: x and out are rows x cols, w is cols; the scalar kernel's row fits the shared
     // memory asked for, the vector kernel's block covers the row (`norm_v8_threads`).
-    unsafe { b.launch(launch) }.map(drop).map_err(backend_err(name))
+    unsafe { b.launch(launch) }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -136,10 +136,10 @@ pub fn add_rms_norm(
             ("add_rms_norm", cfg((rows as u32, 1, 1), row_threads(cols), (cols * 4) as u32))
         }
     };
-    let mut b = device.stream.launch_builder(device.function(name));
+    let mut b = KernelLaunch::new(device, name);
     b.arg(out).arg(residual).arg(delta).arg(w).arg(&eps).arg(&cols32);
     // SAFETY: as rms_norm; residual is updated in place by the block that owns its row.
-    unsafe { b.launch(launch) }.map(drop).map_err(backend_err(name))
+    unsafe { b.launch(launch) }
 }
 
 /// Weight rows per block and threads per block of the GEMV kernels (gemv.cu's GEMV_ROWS and
@@ -205,14 +205,12 @@ pub fn gemv(
         _ => "gemv_m16",
     };
     let (m32, n32, k32) = (m as u32, n as u32, k as u32);
-    let mut b = device.stream.launch_builder(device.function(name));
+    let mut b = KernelLaunch::new(device, name);
     b.arg(out).arg(x).arg(w).arg(&m32).arg(&n32).arg(&k32);
     // SAFETY: x holds m x k values, w n x k, out m x n, all 16-byte aligned with k % 8 == 0
     // (`gemv_supports`); the kernel clamps its reads to those extents and writes only rows < m
     // and columns < n.
     unsafe { b.launch(cfg((n.div_ceil(rows) as u32, 1, 1), GEMV_THREADS, 0)) }
-        .map(drop)
-        .map_err(backend_err(name))
 }
 
 /// Heads of `head_dim` in fused rows of `row_width`: q heads, then k heads, then v heads.
@@ -248,13 +246,11 @@ pub fn qk_norm(
     }
     let warps = 8u32;
     let norm_heads = heads.num_heads + heads.num_kv_heads;
-    let mut b = device.stream.launch_builder(device.function("qk_norm"));
+    let mut b = KernelLaunch::new(device, "qk_norm");
     b.arg(qkv).arg(q_w).arg(k_w).arg(&eps).arg(&heads.num_heads).arg(&heads.num_kv_heads);
     b.arg(&heads.head_dim).arg(&heads.row_width);
     // SAFETY: one warp per q/k head of each row; the kernel bounds-checks the head index.
     unsafe { b.launch(cfg((rows as u32, norm_heads.div_ceil(warps), 1), warps * 32, 0)) }
-        .map(drop)
-        .map_err(backend_err("qk_norm"))
 }
 
 pub fn rope(
@@ -272,12 +268,10 @@ pub fn rope(
         return Ok(());
     }
     let rot_heads = heads.num_heads + heads.num_kv_heads;
-    let mut b = device.stream.launch_builder(device.function("rope"));
+    let mut b = KernelLaunch::new(device, "rope");
     b.arg(qkv).arg(positions).arg(cos).arg(sin).arg(&rot_heads).arg(&heads.head_dim).arg(&heads.row_width);
     // SAFETY: positions were checked against the table length on the host (`prepare`).
     unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads((rot_heads * heads.head_dim / 2) as usize), 0)) }
-        .map(drop)
-        .map_err(backend_err("rope"))
 }
 
 /// `rope` and `write_kv` in one launch (rope.cu's `rope_write_kv`).
@@ -302,14 +296,12 @@ pub fn rope_write_kv(
         return Ok(());
     }
     let rot_pairs = (heads.num_heads + heads.num_kv_heads) * heads.head_dim / 2;
-    let mut b = device.stream.launch_builder(device.function("rope_write_kv"));
+    let mut b = KernelLaunch::new(device, "rope_write_kv");
     b.arg(qkv).arg(k_cache).arg(v_cache).arg(positions).arg(slots).arg(cos).arg(sin);
     b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim).arg(&heads.row_width);
     // SAFETY: positions were checked against the table length and slots against the cache on the
     // host (`prepare`, `rope_write_kv`); padding slots are skipped by the kernel.
     unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(rot_pairs as usize), 0)) }
-        .map(drop)
-        .map_err(backend_err("rope_write_kv"))
 }
 
 pub fn silu_mul(
@@ -326,11 +318,11 @@ pub fn silu_mul(
     let (rows32, n32) = (rows as u32, n as u32);
     let vector = n.is_multiple_of(8) && aligned16(device, out) && aligned16(device, gate_up);
     let (name, threads) = if vector { ("silu_mul_v8", rows * n / 8) } else { ("silu_mul", rows * n) };
-    let mut b = device.stream.launch_builder(device.function(name));
+    let mut b = KernelLaunch::new(device, name);
     b.arg(out).arg(gate_up).arg(&rows32).arg(&n32);
     // SAFETY: grid-stride loop bounded by rows * n (in vectors of 8 for the vector kernel, whose
     // 16-byte accesses are aligned: n % 8 == 0 and both buffers start 16-byte aligned).
-    unsafe { b.launch(elementwise(device, threads)) }.map(drop).map_err(backend_err(name))
+    unsafe { b.launch(elementwise(device, threads)) }
 }
 
 pub fn add_bias(
@@ -345,10 +337,10 @@ pub fn add_bias(
     }
     assert!(x.len() == rows * cols && bias.len() == cols, "add_bias shapes");
     let (rows32, cols32) = (rows as u32, cols as u32);
-    let mut b = device.stream.launch_builder(device.function("add_bias"));
+    let mut b = KernelLaunch::new(device, "add_bias");
     b.arg(x).arg(bias).arg(&rows32).arg(&cols32);
     // SAFETY: grid-stride loop bounded by rows * cols.
-    unsafe { b.launch(elementwise(device, rows * cols)) }.map(drop).map_err(backend_err("add_bias"))
+    unsafe { b.launch(elementwise(device, rows * cols)) }
 }
 
 pub fn gather_rows(
@@ -364,12 +356,10 @@ pub fn gather_rows(
     }
     assert!(out.len() == n * cols && x.len().is_multiple_of(cols), "gather_rows shapes");
     let cols32 = cols as u32;
-    let mut b = device.stream.launch_builder(device.function("gather_rows"));
+    let mut b = KernelLaunch::new(device, "gather_rows");
     b.arg(out).arg(x).arg(indices).arg(&cols32);
     // SAFETY: indices were checked against the row count on the host (`prepare`).
     unsafe { b.launch(cfg((n as u32, 1, 1), row_threads(cols), 0)) }
-        .map(drop)
-        .map_err(backend_err("gather_rows"))
 }
 
 /// `out[r, p * cols + c] = parts[p, r, c]` for `num_parts` blocks of `rows x cols`.
@@ -387,10 +377,10 @@ pub fn concat_cols(
     }
     assert!(out.len() >= total && parts.len() >= total, "concat_cols shapes");
     let (n, r, c) = (num_parts as u32, rows as u32, cols as u32);
-    let mut b = device.stream.launch_builder(device.function("concat_cols"));
+    let mut b = KernelLaunch::new(device, "concat_cols");
     b.arg(out).arg(parts).arg(&n).arg(&r).arg(&c);
     // SAFETY: both buffers hold at least num_parts x rows x cols values.
-    unsafe { b.launch(elementwise(device, total)) }.map(drop).map_err(backend_err("concat_cols"))
+    unsafe { b.launch(elementwise(device, total)) }
 }
 
 pub fn write_kv(
@@ -409,12 +399,10 @@ pub fn write_kv(
         return Ok(());
     }
     let q_width = heads.num_heads * heads.head_dim;
-    let mut b = device.stream.launch_builder(device.function("write_kv"));
+    let mut b = KernelLaunch::new(device, "write_kv");
     b.arg(k_cache).arg(v_cache).arg(qkv).arg(slot_mapping).arg(&q_width).arg(&kv_width).arg(&heads.row_width);
     // SAFETY: slots were checked against the cache's slot count on the host (`prepare`/`write_kv`).
     unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(kv_width as usize), 0)) }
-        .map(drop)
-        .map_err(backend_err("write_kv"))
 }
 
 /// Threads of `argmax_rows` (sampling.cu's ARGMAX_THREADS).
@@ -434,12 +422,10 @@ pub fn argmax_rows(
         return Ok(());
     }
     let cols32 = cols as u32;
-    let mut b = device.stream.launch_builder(device.function("argmax_rows"));
+    let mut b = KernelLaunch::new(device, "argmax_rows");
     b.arg(out).arg(logits).arg(&cols32);
     // SAFETY: one block per row, each reading its own `cols` values of `logits`.
     unsafe { b.launch(cfg((rows as u32, 1, 1), ARGMAX_THREADS, 0)) }
-        .map(drop)
-        .map_err(backend_err("argmax_rows"))
 }
 
 /// Threads of `penalize_rows` and `sample_rows` (sampling.cu's SAMPLE_THREADS).
@@ -478,14 +464,14 @@ pub fn sample_rows(
     }
     let vocab32 = vocab as u32;
     let grid = cfg((rows as u32, 1, 1), SAMPLE_THREADS, 0);
-    let mut b = device.stream.launch_builder(device.function("penalize_rows"));
-    b.arg(&mut *work).arg(logits).arg(&vocab32).arg(args.fparams).arg(args.pen_offsets);
+    let mut b = KernelLaunch::new(device, "penalize_rows");
+    b.arg(work).arg(logits).arg(&vocab32).arg(args.fparams).arg(args.pen_offsets);
     b.arg(args.pen_tokens).arg(args.pen_counts);
     // SAFETY: one block per row over its own `vocab` values; the CSR offsets index the token and
     // count lists (built by `CudaBackend::sample_rows`), tokens outside the vocabulary are skipped.
-    unsafe { b.launch(grid) }.map_err(backend_err("penalize_rows"))?;
-    let mut b = device.stream.launch_builder(device.function("sample_rows"));
+    unsafe { b.launch(grid) }?;
+    let mut b = KernelLaunch::new(device, "sample_rows");
     b.arg(out).arg(&*work).arg(&vocab32).arg(args.fparams).arg(args.top_ks).arg(args.uniforms);
     // SAFETY: one block per row over its own `vocab` values of `work`, written above.
-    unsafe { b.launch(grid) }.map(drop).map_err(backend_err("sample_rows"))
+    unsafe { b.launch(grid) }
 }

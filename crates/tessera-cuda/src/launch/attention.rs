@@ -1,9 +1,10 @@
 //! Launchers of the attention kernels (attention.cu, decode_attention.cu, prefill_attention.cu)
 //! and the per-row metadata they read.
 
+use super::builder::KernelLaunch;
 use super::{cfg, row_threads, Heads, SHARED_LIMIT};
-use crate::device::{backend_err, Device};
-use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
+use crate::device::Device;
+use cudarc::driver::{CudaSlice, CudaView};
 use half::bf16;
 use tessera_model::Result;
 
@@ -52,7 +53,7 @@ impl AttentionMeta<'_> {
 }
 
 /// Passes the row map, or a null pointer for "every row" (the kernels' `row_map ? ... : ...`).
-fn push_row_map<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, map: &'a Option<CudaView<'a, u32>>) {
+fn push_row_map(b: &mut KernelLaunch<'_>, map: &Option<CudaView<'_, u32>>) {
     const EVERY_ROW: u64 = 0;
     match map {
         Some(map) => b.arg(map),
@@ -90,16 +91,15 @@ pub fn paged_attention(
     let smem = (group * d + group * ATTN_CHUNK + 3 * group + ATTN_CHUNK + reduce) * 4;
     assert!(smem <= SHARED_LIMIT);
     let scale = 1.0 / (d as f32).sqrt();
-    let mut b = device.stream.launch_builder(device.function("paged_attention"));
-    b.arg(&mut *out).arg(&mut *part_o).arg(&mut *part_ml).arg(qkv).arg(k_cache).arg(v_cache);
+    let mut b = KernelLaunch::new(device, "paged_attention");
+    b.arg(out).arg(part_o).arg(part_ml).arg(qkv).arg(k_cache).arg(v_cache);
     b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len).arg(&scale);
     b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim).arg(&heads.row_width);
     b.arg(&meta.block_size).arg(&meta.max_kv_len).arg(&meta.max_splits);
     let grid = (heads.num_kv_heads, rows as u32, meta.max_splits);
     // SAFETY: block tables, lengths and slots were validated on the host (`prepare`); partials
     // hold max_splits entries per (row, head) when rows are split.
-    unsafe { b.launch(cfg(grid, ATTN_THREADS as u32, smem as u32)) }
-        .map_err(backend_err("paged_attention"))?;
+    unsafe { b.launch(cfg(grid, ATTN_THREADS as u32, smem as u32)) }?;
     attention_reduce(device, out, part_o, part_ml, meta, heads)
 }
 
@@ -164,15 +164,15 @@ pub fn decode_attention(
     }
     let name = decode_attention_kernel(heads);
     let scale = 1.0 / (heads.head_dim as f32).sqrt();
-    let mut b = device.stream.launch_builder(device.function(name));
-    b.arg(&mut *out).arg(&mut *part_o).arg(&mut *part_ml).arg(qkv).arg(k_cache).arg(v_cache);
+    let mut b = KernelLaunch::new(device, name);
+    b.arg(out).arg(part_o).arg(part_ml).arg(qkv).arg(k_cache).arg(v_cache);
     b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
     push_row_map(&mut b, &meta.row_map);
     b.arg(&scale).arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width);
     b.arg(&meta.block_size).arg(&meta.max_kv_len).arg(&meta.max_splits);
     let grid = (heads.num_kv_heads, grid_rows as u32, meta.max_splits);
     // SAFETY: as paged_attention; mapped rows are rows of the batch (built by `encode`).
-    unsafe { b.launch(cfg(grid, DECODE_ATTN_THREADS, 0)) }.map_err(backend_err("decode_attention"))?;
+    unsafe { b.launch(cfg(grid, DECODE_ATTN_THREADS, 0)) }?;
     attention_reduce(device, out, part_o, part_ml, meta, heads)
 }
 
@@ -188,15 +188,13 @@ fn attention_reduce(
     if meta.max_splits <= 1 {
         return Ok(());
     }
-    let mut b = device.stream.launch_builder(device.function("attention_reduce"));
+    let mut b = KernelLaunch::new(device, "attention_reduce");
     b.arg(out).arg(part_o).arg(part_ml).arg(&meta.row_kv_len);
     push_row_map(&mut b, &meta.row_map);
     b.arg(&heads.num_heads).arg(&heads.head_dim).arg(&meta.max_kv_len).arg(&meta.max_splits);
     let grid = (heads.num_heads, meta.grid_rows() as u32, 1);
     // SAFETY: reads the partials the attention launch wrote for rows with more than one partition.
     unsafe { b.launch(cfg(grid, row_threads(heads.head_dim as usize).min(128), 0)) }
-        .map(drop)
-        .map_err(backend_err("attention_reduce"))
 }
 
 /// Query rows per tile of `prefill_attention` (one mma row block).
@@ -252,14 +250,13 @@ pub fn prefill_attention(
     }
     let group = heads.num_heads / heads.num_kv_heads;
     let scale = 1.0 / (heads.head_dim as f32).sqrt();
-    let mut b = device.stream.launch_builder(device.function(prefill_attention_kernel(heads)));
-    b.arg(&mut *out).arg(qkv).arg(k_cache).arg(v_cache);
+    let mut b = KernelLaunch::new(device, prefill_attention_kernel(heads));
+    b.arg(out).arg(qkv).arg(k_cache).arg(v_cache);
     b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
     b.arg(&tiles.row_start).arg(&tiles.num_rows).arg(&scale);
     b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width).arg(&meta.block_size);
     // SAFETY: tiles cover rows of the batch within one sequence each (built by `prepare`), and
     // block tables, lengths and slots were validated on the host.
-    unsafe { b.launch(cfg((heads.num_kv_heads, num_tiles as u32, 1), 32 * group, 0)) }
-        .map_err(backend_err("prefill_attention"))?;
+    unsafe { b.launch(cfg((heads.num_kv_heads, num_tiles as u32, 1), 32 * group, 0)) }?;
     Ok(())
 }
