@@ -5,6 +5,9 @@ Builds a Llama model of a named shape with random bf16 weights on cuda (no downl
 the same workloads `tessera bench latency` and `tessera bench serve` run:
 
 - decode latency at batch 1 and batch 64 (prefill time, then the mean decode step);
+- `bench serve` at max concurrency C (default 1, 16, 64): a library without a server has at most C
+  requests in flight when it runs static batches of C through `generate`, so each C runs its
+  prompts in batches of C, on a subset of the prompts (see `serve`);
 - the throughput workload: N prompts of 1024 random token ids, 128 new tokens each with EOS
   ignored, through continuous batching (`generate_batch`) when this transformers has it, else
   one batched `generate`.
@@ -13,6 +16,7 @@ Prints one JSON object on stdout; progress goes to stderr. Greedy decoding throu
 sampling cost matches Tessera's `temperature = 0` runs.
 
     python3 scripts/bench/transformers_baseline.py --shape llama-3-8b --num-prompts 256
+    python3 scripts/bench/transformers_baseline.py --shape tiny --device cpu ...   # checks the script
 """
 
 import argparse
@@ -61,7 +65,7 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
-def build_model(shape, seed):
+def build_model(shape, seed, device):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -70,7 +74,7 @@ def build_model(shape, seed):
     # produce exactly the requested number of tokens (Tessera's `ignore_eos`).
     config = LlamaConfig(**SHAPES[shape], eos_token_id=None, bos_token_id=None, pad_token_id=0)
     config.torch_dtype = torch.bfloat16
-    with torch.device("cuda"):
+    with torch.device(device):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.eval()
     model.generation_config.eos_token_id = None
@@ -88,11 +92,16 @@ def random_prompts(num, length, vocab, seed):
 def sync():
     import torch
 
-    torch.cuda.synchronize()
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
-def time_generate(model, input_ids, new_tokens):
-    """Seconds for one batched greedy `generate` of exactly `new_tokens` tokens."""
+def generate_timed(model, input_ids, new_tokens):
+    """(seconds, tokens generated) for one batched greedy `generate` asking `new_tokens` per row.
+
+    Tokens are counted from the output, not assumed: with no EOS no row can finish before the
+    others, so every row has out.shape[1] - input length new tokens, and a run that stopped short
+    (a max_length in the generation config, say) shows up in the count."""
     import torch
 
     attention_mask = torch.ones_like(input_ids)
@@ -109,7 +118,13 @@ def time_generate(model, input_ids, new_tokens):
     )
     sync()
     elapsed = time.perf_counter() - start
-    assert out.shape[1] == input_ids.shape[1] + new_tokens, out.shape
+    return elapsed, input_ids.shape[0] * (out.shape[1] - input_ids.shape[1])
+
+
+def time_generate(model, input_ids, new_tokens):
+    """Seconds for one batched greedy `generate` that must make exactly `new_tokens` per row."""
+    elapsed, generated = generate_timed(model, input_ids, new_tokens)
+    assert generated == input_ids.shape[0] * new_tokens, (generated, input_ids.shape, new_tokens)
     return elapsed
 
 
@@ -118,7 +133,7 @@ def decode_latency(model, batch, input_len, output_len, iters, seed):
     The same split `tessera bench latency` reports."""
     import torch
 
-    ids = random_prompts(batch, input_len, model.config.vocab_size, seed).cuda()
+    ids = random_prompts(batch, input_len, model.config.vocab_size, seed).to(model.device)
     with torch.inference_mode():
         time_generate(model, ids, 2)  # warm-up: kernels, allocator
         prefills, totals = [], []
@@ -161,10 +176,57 @@ def throughput_batched(model, prompts, output_len, batch):
     generated = 0
     elapsed = 0.0
     for i in range(0, prompts.shape[0], batch):
-        chunk = prompts[i : i + batch].cuda()
-        elapsed += time_generate(model, chunk, output_len)
-        generated += chunk.shape[0] * output_len
+        seconds, made = generate_timed(model, prompts[i : i + batch].to(model.device), output_len)
+        elapsed += seconds
+        generated += made
     return elapsed, generated
+
+
+def serve(model, concurrency, num_prompts, input_len, output_len, seed):
+    """`bench serve` at max concurrency C for a library: static batches of C prompts, one
+    `generate` each, measured on `num_prompts` prompts like the workload's (a multiple of C, so
+    every batch has C requests in flight). All prompts have the same length and EOS is off, so
+    every batch of the full workload costs the same: a few batches give its throughput at a
+    fraction of the device time (at ~70 ms a decode step, 256 prompts at C = 1 would take ~40 min).
+
+    Per batch, a 1-token `generate` first: in a static batch every request gets its first token
+    when the batch's prefill ends, so that time is each request's TTFT (its clock starts when its
+    batch starts, as `--max-concurrency` starts it when it gets its slot). TPOT = (full generate -
+    TTFT) / (output_len - 1), the same for every request of the batch. The 1-token runs are not
+    part of the duration, which is the sum of the full generates."""
+    import torch
+
+    assert num_prompts % concurrency == 0 and num_prompts > 0, (num_prompts, concurrency)
+    prompts = random_prompts(num_prompts, input_len, model.config.vocab_size, seed).to(model.device)
+    duration, generated, ttfts, tpots = 0.0, 0, [], []
+    with torch.inference_mode():
+        # Counted only in the full generates: a shortfall is reported in the JSON, not raised.
+        generate_timed(model, prompts[:concurrency], 2)  # warm-up at this batch size
+        for i in range(0, num_prompts, concurrency):
+            batch = prompts[i : i + concurrency]
+            ttft, _ = generate_timed(model, batch, 1)
+            seconds, made = generate_timed(model, batch, output_len)
+            duration += seconds
+            generated += made
+            ttfts.append(ttft)
+            tpots.append((seconds - ttft) / (output_len - 1))
+    expected = num_prompts * output_len
+    if generated != expected:
+        log(f"serve at concurrency {concurrency}: made {generated} of {expected} tokens")
+    return dict(
+        mode=f"batched generate (static batches of {concurrency})",
+        max_concurrency=concurrency,
+        num_prompts=num_prompts,
+        input_len=input_len,
+        output_len=output_len,
+        duration_s=duration,
+        total_output_tokens=generated,
+        expected_output_tokens=expected,
+        request_throughput=num_prompts / duration,
+        output_throughput=generated / duration,
+        mean_ttft_ms=1e3 * sum(ttfts) / len(ttfts),
+        mean_tpot_ms=1e3 * sum(tpots) / len(tpots),
+    )
 
 
 def throughput(model, num_prompts, input_len, output_len, batch, seed, mode):
@@ -193,7 +255,7 @@ def throughput(model, num_prompts, input_len, output_len, batch, seed, mode):
                 failed = dict(error=repr(err))
                 used = "auto"
         if used in ("auto", "batched"):
-            time_generate(model, prompts[:2].cuda(), 4)  # warm-up
+            time_generate(model, prompts[:2].to(model.device), 4)  # warm-up
             elapsed, generated = throughput_batched(model, prompts, output_len, batch)
             used = f"batched generate (batch {batch})"
     return dict(
@@ -221,25 +283,34 @@ def main():
     parser.add_argument("--input-len", type=int, default=1024)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--batched-generate-batch", type=int, default=64)
+    # CONCURRENCY:PROMPTS pairs. Device time on an H100 (~70 ms a decode step at any batch up to
+    # 64, prefill ~0.08 s at batch 1 and ~1.9 s at 64): C=1, 2 prompts: 2 x (TTFT + 128 steps)
+    # ~19 s; C=16, 1 batch: warm-up + TTFT + 128 steps ~11 s; C=64, 1 batch: ~2 + 2 + 11 s ~15 s;
+    # about 45 s in all.
+    parser.add_argument("--serve", default="1:2,16:16,64:64", help="CONCURRENCY:PROMPTS,...")
     parser.add_argument("--mode", default="auto", choices=["auto", "continuous", "batched"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--device", default="cuda", help="cpu only to check the script (--shape tiny)")
     args = parser.parse_args()
 
     import torch
     import transformers
 
-    log(f"building {args.shape} with random bf16 weights on {torch.cuda.get_device_name()}")
-    model = build_model(args.shape, args.seed)
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+    log(f"building {args.shape} with random bf16 weights on {gpu}")
+    model = build_model(args.shape, args.seed, args.device)
     result = dict(
         engine="transformers",
         transformers_version=transformers.__version__,
         torch_version=torch.__version__,
-        gpu=torch.cuda.get_device_name(),
+        gpu=gpu,
         shape=args.shape,
         num_params=sum(p.numel() for p in model.parameters()),
         latency=[],
+        serve=[],
     )
     if not args.skip_latency:
         for batch in (int(b) for b in args.latency_batch_sizes.split(",")):
@@ -248,6 +319,13 @@ def main():
                 decode_latency(
                     model, batch, args.latency_input_len, args.latency_output_len, args.latency_iters, args.seed
                 )
+            )
+    if not args.skip_serve:
+        for pair in args.serve.split(","):
+            concurrency, prompts = (int(x) for x in pair.split(":"))
+            log(f"serve: concurrency {concurrency}, {prompts} prompts")
+            result["serve"].append(
+                serve(model, concurrency, prompts, args.input_len, args.output_len, args.seed)
             )
     if not args.skip_throughput:
         log(f"throughput: {args.num_prompts} x {args.input_len} in / {args.output_len} out")
@@ -260,7 +338,8 @@ def main():
             args.seed,
             args.mode,
         )
-    result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if args.device.startswith("cuda"):
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(result, indent=2))
 
 

@@ -9,6 +9,11 @@ the duration, whichever is largest:
   - N * (output_len - 1) / C steps (a step makes at most C tokens), each reading the weights and C
     sequences' KV at the mean context;
   - at concurrency 1 nothing overlaps: N times (one prefill + output_len - 1 steps of one).
+
+The transformers figures of the serve rows come from transformers_baseline.py: at concurrency 1,
+16 and 64 its `serve` entries (static batches of C through `generate`, measured on fewer prompts,
+said in the cell), at 256 its `throughput` workload. A baseline that made fewer tokens than asked
+is shown with the shortfall and left out of the ratio.
 """
 
 import json
@@ -22,6 +27,29 @@ def load(path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def baseline_serve(base, c, s):
+    """(output tok/s, cell text) of the baseline at concurrency c beside Tessera's serve run s, or
+    (None, '-') when the baseline has no run of the same lengths at c. Its TTFT and TPOT are means
+    over its static batches (every request of a batch has the same ones)."""
+    if c == 256:
+        r = base.get("throughput")
+    else:
+        r = next((e for e in base.get("serve", []) if e["max_concurrency"] == c), None)
+    if not r or (r["input_len"], r["output_len"]) != (s["input_len"], s["output_len"]):
+        return None, "-"
+    if c == 256:
+        note = f"{r['num_prompts']} prompts, {r['mode']}"
+    else:
+        note = (f"measured on {r['num_prompts']} prompts; TTFT {r['mean_ttft_ms']:.0f} ms, "
+                f"TPOT {r['mean_tpot_ms']:.2f} ms")
+    cell = f"{r['output_throughput']:.0f} ({note})"
+    # Older baseline JSON has no expected count; every prompt asks for output_len tokens.
+    expected = r.get("expected_output_tokens", r["num_prompts"] * r["output_len"])
+    if r["total_output_tokens"] < expected:
+        return None, f"{cell}, SHORT: made {r['total_output_tokens']} of {expected} tokens"
+    return r["output_throughput"], cell
 
 
 def main(logs):
@@ -62,12 +90,12 @@ def main(logs):
             if c == 1:
                 duration = max(duration, prefill + n * (output_len - 1) * step)
             roof = out / duration
-        theirs = base.get("throughput", {}).get("output_throughput") if c == 256 else None
+        theirs, their_cell = baseline_serve(base, c, s)
         ours = s["output_throughput"]
         print(
             f"| serve {n} prompts, concurrency {c}: output tok/s (TTFT {s['median_ttft_ms']:.0f} ms, "
             f"TPOT {s['median_tpot_ms']:.2f} ms, failed {s['failed']}) | {ours:.0f} | "
-            f"{theirs and f'{theirs:.0f}' or '-'} | {roof and f'{roof:.0f}' or '-'} | "
+            f"{their_cell} | {roof and f'{roof:.0f}' or '-'} | "
             f"{roof and f'{ours / roof:.1%}' or '-'} | {theirs and f'{ours / theirs:.1f}x' or '-'} |"
         )
     if base:
