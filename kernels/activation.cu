@@ -14,7 +14,7 @@ extern "C" __global__ void silu_mul(bf16* __restrict__ out, const bf16* __restri
         size_t r = idx / n, c = idx % n;
         float g = bf2f(gate_up[r * 2 * n + c]);
         float u = bf2f(gate_up[r * 2 * n + n + c]);
-        out[idx] = f2bf(g / (1.0f + __expf(-g)) * u);
+        out[idx] = f2bf(silu_mul_f(g, u));
     }
 }
 
@@ -35,8 +35,8 @@ extern "C" __global__ void silu_mul_v8(bf16* __restrict__ out, const bf16* __res
         u32 packed[4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const float a = g[2 * i] / (1.0f + __expf(-g[2 * i])) * u[2 * i];
-            const float b = g[2 * i + 1] / (1.0f + __expf(-g[2 * i + 1])) * u[2 * i + 1];
+            const float a = silu_mul_f(g[2 * i], u[2 * i]);
+            const float b = silu_mul_f(g[2 * i + 1], u[2 * i + 1]);
             packed[i] = (u32)f2bf(a) | ((u32)f2bf(b) << 16);
         }
         *(uint4*)(out + v * 8) = make_uint4(packed[0], packed[1], packed[2], packed[3]);

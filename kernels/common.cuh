@@ -67,6 +67,9 @@ __device__ __forceinline__ void pdl_start() {
     pdl_wait();
 }
 
+// silu(g) * u, the MLP's activation (activation.cu's silu_mul, gemv.cu's GLU epilogue).
+__device__ __forceinline__ float silu_mul_f(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
+
 #define NEG_INF __int_as_float(0xff800000)
 
 __device__ __forceinline__ u32 umin(u32 a, u32 b) { return a < b ? a : b; }

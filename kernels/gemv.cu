@@ -1,5 +1,6 @@
 // GEMV for decode batches: out[m, n] = x[m, k] @ w[n, k]^T, bf16 in and out, f32 accumulation,
-// for m <= 8 (gemv_m8) or m <= 16 (gemv_m16). One kernel, no split-K second pass.
+// for m <= 8 (gemv_m8) or m <= 16 (gemv_m16). One kernel, no split-K second pass. gemv_glu_m8
+// also applies the MLP's activation to a fused gate|up weight (see GLU below).
 //
 // At small m a linear layer is a stream over its weight: each weight byte serves only m
 // products, so the kernel is bound by memory bandwidth as long as it keeps enough loads in flight
@@ -42,14 +43,21 @@ __device__ __forceinline__ uint4 ld_stream16(const bf16* p) {
 // blocks would each stream their rows in several dependent steps with the GPU half full (o_proj
 // of an 8B model reached 72% of the copy bandwidth); the registers the unused half frees hold
 // UNROLL = 8 steps of loads instead of 4.
-template <int NT, int ROWS, int UNROLL>
+//
+// GLU: w is a fused [gate; up] weight of 2n rows and the output is silu(x @ gate^T) * (x @ up^T),
+// n wide (the MLP's gate|up projection and silu_mul in one kernel). A block then owns 8 outputs:
+// gate rows row0.. in the tile's lower half and the matching up rows n + row0.. in its upper
+// half, so each output's two sums end in the same block. Both are rounded to bf16 before the
+// activation, as the unfused kernels round the gate|up tensor, so the results are the same.
+template <int NT, int ROWS, int UNROLL, bool GLU = false>
 __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restrict__ x,
                                      const bf16* __restrict__ w, u32 m, u32 n, u32 k) {
+    static_assert(!GLU || ROWS == 16, "a GLU block pairs 8 gate rows with 8 up rows");
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const u32 row0 = blockIdx.x * ROWS;
+    const u32 row0 = blockIdx.x * (GLU ? 8 : ROWS);
     // Rows past n read row n - 1 (valid memory); their sums are never written.
     const bf16* w_lo = w + (size_t)umin(row0 + g, n - 1) * k;
-    const bf16* w_hi = w + (size_t)umin(row0 + g + 8, n - 1) * k;
+    const bf16* w_hi = w + (size_t)(GLU ? n + umin(row0 + g, n - 1) : umin(row0 + g + 8, n - 1)) * k;
     const u32 chunks = k / 8, tiles = (chunks + 3) / 4;
     const uint4 zero = make_uint4(0, 0, 0, 0);
     // Two accumulator tiles per tile of x, one for each mma of a 16-byte load: two shorter
@@ -109,13 +117,27 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
         part[warp][j * 8 + 2 * t + 1][g + 8] = c0[3] + c1[3];
     }
     __syncthreads();
-    for (u32 i = threadIdx.x; i < NT * 8 * ROWS; i += blockDim.x) {
-        const u32 xr = i / ROWS, r = i % ROWS;
-        if (xr >= m || row0 + r >= n) continue;
-        float s = 0.0f;
+    if constexpr (GLU) {
+        for (u32 i = threadIdx.x; i < NT * 8 * 8; i += blockDim.x) {
+            const u32 xr = i / 8, r = i % 8;
+            if (xr >= m || row0 + r >= n) continue;
+            float gate = 0.0f, up = 0.0f;
 #pragma unroll
-        for (int v = 0; v < GEMV_WARPS; v++) s += part[v][xr][r];
-        out[(size_t)xr * n + row0 + r] = f2bf(s);
+            for (int v = 0; v < GEMV_WARPS; v++) {
+                gate += part[v][xr][r];
+                up += part[v][xr][r + 8];
+            }
+            out[(size_t)xr * n + row0 + r] = f2bf(silu_mul_f(bf2f(f2bf(gate)), bf2f(f2bf(up))));
+        }
+    } else {
+        for (u32 i = threadIdx.x; i < NT * 8 * ROWS; i += blockDim.x) {
+            const u32 xr = i / ROWS, r = i % ROWS;
+            if (xr >= m || row0 + r >= n) continue;
+            float s = 0.0f;
+#pragma unroll
+            for (int v = 0; v < GEMV_WARPS; v++) s += part[v][xr][r];
+            out[(size_t)xr * n + row0 + r] = f2bf(s);
+        }
     }
 }
 
@@ -124,13 +146,14 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
 // while the previous kernel still runs, so its first loads then come from L2 instead of starting
 // cold when that kernel ends. One step of each warp (a quarter or a half of a row of 4096 for
 // 16- and 8-row blocks) keeps what the first wave asks for (a few MB) well inside L2.
-template <int ROWS, int UNROLL>
+template <int ROWS, int UNROLL, bool GLU = false>
 __device__ __forceinline__ void gemv_prefetch(const bf16* __restrict__ w, u32 n, u32 k) {
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const u32 row0 = blockIdx.x * ROWS, chunks = k / 8;
+    const u32 row0 = blockIdx.x * (GLU ? 8 : ROWS), chunks = k / 8;
 #pragma unroll
     for (int half = 0; half < ROWS / 8; half++) {
-        const bf16* row = w + (size_t)umin(row0 + g + 8 * half, n - 1) * k;
+        const u32 r = GLU ? half * n + umin(row0 + g, n - 1) : umin(row0 + g + 8 * half, n - 1);
+        const bf16* row = w + (size_t)r * k;
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             const u32 c = umin((warp * UNROLL + u) * 4 + t, chunks - 1);
@@ -165,4 +188,13 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
     gemv_prefetch<16, GEMV_UNROLL>(w, n, k);
     pdl_start();
     gemv<2, 16, GEMV_UNROLL>(out, x, w, m, n, k);
+}
+
+// gemv_m8 with the GLU epilogue: out[m, n] = silu(x @ w[:n]^T) * (x @ w[n:]^T), w of 2n rows.
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
+    gemv_glu_m8(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w,
+                u32 m, u32 n, u32 k) {
+    gemv_prefetch<16, GEMV_UNROLL, true>(w, n, k);
+    pdl_start();
+    gemv<1, 16, GEMV_UNROLL, true>(out, x, w, m, n, k);
 }

@@ -4,7 +4,7 @@
 # Logs go to $OUT (or ./gpu-logs); a summary table is printed last. Exit status: non-zero when
 # any check failed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 ROOT=$PWD
 LOGS="${OUT:-$ROOT/gpu-logs}"
 mkdir -p "$LOGS"

@@ -398,6 +398,13 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn linear_silu_mul(&self, x: &CudaTensor, gate_up: &CudaTensor) -> Result<CudaTensor> {
+        match crate::gemm::linear_glu(&self.device, x, gate_up)? {
+            Some(out) => Ok(out),
+            None => self.silu_mul(&self.linear(x, gate_up, None)?),
+        }
+    }
+
     fn silu_mul(&self, gate_up: &CudaTensor) -> Result<CudaTensor> {
         assert_eq!(gate_up.cols % 2, 0, "silu_mul needs a fused gate|up tensor");
         let n = gate_up.cols / 2;

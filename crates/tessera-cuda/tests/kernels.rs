@@ -151,6 +151,38 @@ fn silu_and_mul() {
     }
 }
 
+fn linear_silu_mul<B: Backend>(b: &B, m: usize, k: usize, n: usize, seed: u64) -> Vec<f32> {
+    let x = activation(b, m, k, &random_bf16(seed, m * k, 1.0));
+    // Large enough weights that silu's curve, not only its linear part near 0, is exercised.
+    let w = b.upload(host_bf16(vec![2 * n, k], &random_bf16(seed + 1, 2 * n * k, 0.1))).unwrap();
+    b.to_host(&b.linear_silu_mul(&x, &w).unwrap()).unwrap()
+}
+
+/// The MLP's gate|up projection with its activation: on the GPU one GEMV with the activation in
+/// its epilogue for up to 8 rows (gemv_glu_m8), cuBLAS then silu_mul above; against the CPU's
+/// linear then silu_mul. Widths that end mid-block and Llama 8B's gate|up.
+#[test]
+fn linear_silu_mul_fused_and_not() {
+    let Some((cpu, gpu)) = backends("linear_silu_mul_fused_and_not") else { return };
+    for (i, (m, k, n)) in [
+        (1, 4096, 14336),
+        (8, 4096, 14336),
+        (3, 256, 13),
+        (1, 8, 1),
+        (2, 4104, 100),
+        (9, 512, 64),
+        (33, 256, 40),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 900 + 10 * i as u64;
+        let (got, want) = (linear_silu_mul(&gpu, m, k, n, seed), linear_silu_mul(&cpu, m, k, n, seed));
+        assert_eq!(got.len(), m * n);
+        assert_close(&format!("linear_silu_mul {m}x{k} @ {}x{k}^T", 2 * n), &got, &want, BF16_TOL);
+    }
+}
+
 fn embed_and_gather<B: Backend>(
     b: &B,
     vocab: usize,

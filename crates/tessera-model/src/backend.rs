@@ -150,6 +150,11 @@ pub trait Backend {
     ) -> Result<Self::Tensor>;
     /// `silu(gate) * up` for a fused `[rows, 2 * n]` gate|up tensor.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// The MLP's first half: `silu_mul(linear(x, gate_up))` for a fused gate|up weight (gate rows,
+    /// then up rows): one pass a backend may fuse (the activation in the GEMV's epilogue on a GPU).
+    fn linear_silu_mul(&self, x: &Self::Tensor, gate_up: &Self::Weight) -> Result<Self::Tensor> {
+        self.silu_mul(&self.linear(x, gate_up, None)?)
+    }
     /// The rows at the batch's `logits_indices`.
     fn gather_logit_rows(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
     /// Sums `x` over the tensor-parallel group, in place.

@@ -252,8 +252,7 @@ impl<B: Backend> Model<B> {
             };
             let attn = self.attention(b, layer, i, &h, batch, cache)?;
             let h = b.add_rms_norm(&mut residual, &attn, &layer.post_norm, eps)?;
-            let gate_up = b.linear(&h, &layer.gate_up, None)?;
-            let mut mlp = b.linear(&b.silu_mul(&gate_up)?, &layer.down, None)?;
+            let mut mlp = b.linear(&b.linear_silu_mul(&h, &layer.gate_up)?, &layer.down, None)?;
             b.all_reduce(&mut mlp)?;
             pending = Some(mlp);
         }
