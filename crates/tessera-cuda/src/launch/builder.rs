@@ -70,20 +70,27 @@ impl KernelArg for f32 {
     }
 }
 
+/// Most arguments a kernel of kernels/ takes (decode_attention: 18), with room to spare. The
+/// slots live in the builder, so a launch allocates nothing.
+const MAX_ARGS: usize = 24;
+
 /// One launch of the kernel `name`, its arguments pushed in the order of the `.cu` signature.
 pub(crate) struct KernelLaunch<'a> {
     device: &'a Device,
     name: &'a str,
-    slots: Vec<u64>,
+    slots: [u64; MAX_ARGS],
+    len: usize,
 }
 
 impl<'a> KernelLaunch<'a> {
     pub fn new(device: &'a Device, name: &'a str) -> Self {
-        KernelLaunch { device, name, slots: Vec::with_capacity(24) }
+        KernelLaunch { device, name, slots: [0; MAX_ARGS], len: 0 }
     }
 
     pub fn arg(&mut self, arg: &(impl KernelArg + ?Sized)) -> &mut Self {
-        self.slots.push(arg.slot(self.device));
+        assert!(self.len < MAX_ARGS, "{}: more than {MAX_ARGS} kernel arguments", self.name);
+        self.slots[self.len] = arg.slot(self.device);
+        self.len += 1;
         self
     }
 
@@ -116,8 +123,10 @@ impl<'a> KernelLaunch<'a> {
             numAttrs: u32::from(device.pdl),
         };
         // The slots stay put from here on: `params` points into them.
-        let mut params: Vec<*mut c_void> =
-            self.slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
+        for (param, slot) in params.iter_mut().zip(&mut self.slots[..self.len]) {
+            *param = slot as *mut u64 as *mut c_void;
+        }
         let function = device.function(self.name).cu_function();
         // SAFETY: the caller vouches for the arguments; config, attribute and params outlive the
         // call, which copies them.
