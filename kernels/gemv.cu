@@ -164,37 +164,20 @@ __device__ __forceinline__ void gemv_prefetch(const bf16* __restrict__ w, u32 n,
 
 // At least 2 blocks per SM: without a minimum, ptxas trades the loads in flight for registers
 // (it moved each step's loads next to their mma's, 3 in flight instead of 12); with it, a lane
-// keeps all of a step's loads in flight (84 / 108 registers for sm_90).
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
-    gemv_m8(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w, u32 m,
-            u32 n, u32 k) {
-    gemv_prefetch<16, GEMV_UNROLL>(w, n, k);
-    pdl_start();
-    gemv<1, 16, GEMV_UNROLL>(out, x, w, m, n, k);
-}
+// keeps all of a step's loads in flight (84 / 108 registers for sm_90). Each kernel first asks L2
+// for its first step of weights, then waits for the kernel that writes x (pdl_start).
+#define GEMV_KERNEL(NAME, NT, ROWS, UNROLL, GLU)                                                    \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)                              \
+        NAME(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w, u32 m, \
+             u32 n, u32 k) {                                                                      \
+        gemv_prefetch<ROWS, UNROLL, GLU>(w, n, k);                                                \
+        pdl_start();                                                                              \
+        gemv<NT, ROWS, UNROLL, GLU>(out, x, w, m, n, k);                                          \
+    }
 
+GEMV_KERNEL(gemv_m8, 1, 16, GEMV_UNROLL, false)
 // 8 weight rows per block, for short weights (the host picks it; see `gemv`'s ROWS).
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
-    gemv_m8_r8(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w,
-               u32 m, u32 n, u32 k) {
-    gemv_prefetch<8, 2 * GEMV_UNROLL>(w, n, k);
-    pdl_start();
-    gemv<1, 8, 2 * GEMV_UNROLL>(out, x, w, m, n, k);
-}
-
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
-    gemv_m16(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w, u32 m,
-             u32 n, u32 k) {
-    gemv_prefetch<16, GEMV_UNROLL>(w, n, k);
-    pdl_start();
-    gemv<2, 16, GEMV_UNROLL>(out, x, w, m, n, k);
-}
-
+GEMV_KERNEL(gemv_m8_r8, 1, 8, 2 * GEMV_UNROLL, false)
+GEMV_KERNEL(gemv_m16, 2, 16, GEMV_UNROLL, false)
 // gemv_m8 with the GLU epilogue: out[m, n] = silu(x @ w[:n]^T) * (x @ w[n:]^T), w of 2n rows.
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
-    gemv_glu_m8(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w,
-                u32 m, u32 n, u32 k) {
-    gemv_prefetch<16, GEMV_UNROLL, true>(w, n, k);
-    pdl_start();
-    gemv<1, 16, GEMV_UNROLL, true>(out, x, w, m, n, k);
-}
+GEMV_KERNEL(gemv_glu_m8, 1, 16, GEMV_UNROLL, true)
