@@ -399,10 +399,17 @@ impl Backend for CudaBackend {
     }
 
     fn linear_silu_mul(&self, x: &CudaTensor, gate_up: &CudaTensor) -> Result<CudaTensor> {
-        match crate::gemm::linear_glu(&self.device, x, gate_up)? {
-            Some(out) => Ok(out),
-            None => self.silu_mul(&self.linear(x, gate_up, None)?),
+        assert_eq!(
+            x.cols, gate_up.cols,
+            "linear_silu_mul: x has {} features, the weight {}",
+            x.cols, gate_up.cols
+        );
+        if !crate::gemm::glu_applies(&self.device, x, gate_up) {
+            return self.silu_mul(&self.linear(x, gate_up, None)?);
         }
+        let mut out = self.tensor(x.rows, gate_up.rows / 2)?;
+        launch::gemv_glu(&self.device, &mut out.data, &x.data, &gate_up.data, x.rows, out.cols, x.cols)?;
+        Ok(out)
     }
 
     fn silu_mul(&self, gate_up: &CudaTensor) -> Result<CudaTensor> {

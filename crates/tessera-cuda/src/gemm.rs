@@ -65,27 +65,17 @@ pub fn linear_with(
     Ok(CudaTensor { rows: m, cols: n, data: out })
 }
 
-/// `silu(x @ gate^T) * (x @ up^T)` for a fused gate|up weight (gate rows, then up rows) by one
-/// GEMV kernel with the activation in its epilogue, where `linear` would take the GEMV: a kernel
-/// less per layer at decode. None where it does not apply (the caller runs `linear` then
-/// `silu_mul`), or with TESSERA_GLU=0, for A/B measurements.
-pub fn linear_glu(device: &Device, x: &CudaTensor, w: &CudaTensor) -> Result<Option<CudaTensor>> {
+/// Whether `silu(x @ gate^T) * (x @ up^T)` for a fused gate|up weight `w` (gate rows, then up
+/// rows) runs as one GEMV with the activation in its epilogue (`launch::gemv_glu`): where
+/// `linear` would take the GEMV, a kernel less per layer at decode. TESSERA_GLU=0 turns it off,
+/// for A/B measurements.
+pub fn glu_applies(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
     static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let fused = *FUSED.get_or_init(|| std::env::var("TESSERA_GLU").map_or(true, |v| v != "0"));
-    assert_eq!(x.cols, w.cols, "linear_glu: x has {} features, the weight {}", x.cols, w.cols);
-    let (m, n, k) = (x.rows, w.rows / 2, x.cols);
-    if !fused
-        || m > GEMV_MAX_M
-        || !w.rows.is_multiple_of(2)
-        || !launch::gemv_supports(device, &x.data, &w.data, m, 2 * n, k)
-    {
-        return Ok(None);
-    }
-    // SAFETY: allocation only; the kernel writes every element.
-    let mut out = unsafe { device.stream.alloc::<bf16>(m * n) }
-        .map_err(|e| ModelError::Backend(format!("CUDA alloc: {e}")))?;
-    launch::gemv_glu(device, &mut out, &x.data, &w.data, m, n, k)?;
-    Ok(Some(CudaTensor { rows: m, cols: n, data: out }))
+    fused
+        && x.rows <= GEMV_MAX_M
+        && w.rows.is_multiple_of(2)
+        && launch::gemv_supports(device, &x.data, &w.data, x.rows, w.rows, x.cols)
 }
 
 /// cuBLAS is column-major, so this computes `out^T = w @ x^T` with `w` transposed in place of the

@@ -68,13 +68,7 @@ pub fn gemv(
         (true, _) => "gemv_m8",
         _ => "gemv_m16",
     };
-    let (m32, n32, k32) = (m as u32, n as u32, k as u32);
-    let mut b = KernelLaunch::new(device, name);
-    b.arg(out).arg(x).arg(w).arg(&m32).arg(&n32).arg(&k32);
-    // SAFETY: x holds m x k values, w n x k, out m x n, all 16-byte aligned with k % 8 == 0
-    // (`gemv_supports`); the kernel clamps its reads to those extents and writes only rows < m
-    // and columns < n.
-    unsafe { b.launch(cfg((n.div_ceil(rows) as u32, 1, 1), GEMV_THREADS, 0)) }
+    launch_gemv(device, name, out, x, w, [m, n, k], n.div_ceil(rows))
 }
 
 /// `out[m, n] = silu(x @ w[..n]^T) * (x @ w[n..]^T)` for a fused gate|up weight `w` of 2n rows
@@ -91,10 +85,26 @@ pub fn gemv_glu(
 ) -> Result<()> {
     assert!(m <= 8 && gemv_supports(device, x, w, m, 2 * n, k), "gemv_glu of {m}x{k} @ {}x{k}^T", 2 * n);
     assert!(x.len() >= m * k && w.len() >= 2 * n * k && out.len() >= m * n, "gemv_glu buffers");
+    launch_gemv(device, "gemv_glu_m8", out, x, w, [m, n, k], n.div_ceil(8))
+}
+
+/// Launches the GEMV kernel `name` (every one takes `out, x, w, m, n, k`) on `blocks` blocks;
+/// the callers checked the buffers against the shape.
+fn launch_gemv(
+    device: &Device,
+    name: &str,
+    out: &mut CudaSlice<bf16>,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    [m, n, k]: [usize; 3],
+    blocks: usize,
+) -> Result<()> {
     let (m32, n32, k32) = (m as u32, n as u32, k as u32);
-    let mut b = KernelLaunch::new(device, "gemv_glu_m8");
+    let mut b = KernelLaunch::new(device, name);
     b.arg(out).arg(x).arg(w).arg(&m32).arg(&n32).arg(&k32);
-    // SAFETY: as `gemv`, with w of 2n rows: gate rows < n and up rows n + (< n) are read, and out
-    // is written at rows < m and columns < n.
-    unsafe { b.launch(cfg((n.div_ceil(8) as u32, 1, 1), GEMV_THREADS, 0)) }
+    // SAFETY: x holds m x k values, w the weight's rows (n, or 2n gate|up rows for the GLU) of k
+    // values, out m x n, all 16-byte aligned with k % 8 == 0 (`gemv_supports`, asserted by `gemv`
+    // and `gemv_glu`); the kernels clamp their reads to those extents and write only rows < m and
+    // columns < n.
+    unsafe { b.launch(cfg((blocks as u32, 1, 1), GEMV_THREADS, 0)) }
 }
