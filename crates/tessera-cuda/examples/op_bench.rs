@@ -22,7 +22,7 @@
 
 use half::bf16;
 use std::time::Instant;
-use tessera_cuda::{CudaBackend, CudaTensor, LinearKernel, GEMV_KERNEL_MAX_M, GEMV_MAX_M};
+use tessera_cuda::{CudaBackend, CudaKvCache, CudaTensor, LinearKernel, GEMV_KERNEL_MAX_M, GEMV_MAX_M};
 use tessera_model::shapes::dummy_spec;
 use tessera_model::{Backend, KvCacheShape, ModelInput, ModelSpec, QkvLayout, SeqChunk};
 
@@ -206,19 +206,7 @@ fn bench_attention(
     batch: usize,
     reps: usize,
 ) -> Result<f64, Error> {
-    let blocks_per_seq = CONTEXT.div_ceil(BLOCK_SIZE);
-    let layer_bytes = batch * CONTEXT * layout.num_kv_heads * layout.head_dim * 2 * 2;
-    let shape = KvCacheShape {
-        num_layers: ROTATION_BYTES.div_ceil(layer_bytes).clamp(1, 64),
-        num_blocks: batch * blocks_per_seq,
-        block_size: BLOCK_SIZE,
-        num_kv_heads: layout.num_kv_heads,
-        head_dim: layout.head_dim,
-    };
-    let cache = b.alloc_kv_cache(shape)?;
-    // Sequence s owns blocks s, s + batch, ...: interleaved, as a busy cache would be.
-    let tables: Vec<Vec<u32>> =
-        (0..batch).map(|s| (0..blocks_per_seq).map(|j| (j * batch + s) as u32).collect()).collect();
+    let (cache, tables, layers) = rotated_cache(b, layout, batch, CONTEXT)?;
     let chunks: Vec<SeqChunk> = tables
         .iter()
         .map(|table| SeqChunk {
@@ -231,8 +219,30 @@ fn bench_attention(
     let input = ModelInput::build(BLOCK_SIZE, &chunks);
     let prepared = b.prepare(&input)?;
     let qkv = b.tensor_from_bf16(batch, layout.row_width(), &values[..batch * layout.row_width()])?;
-    let layers = shape.num_layers;
     time_us(b, busy, reps, |i| b.attention(&cache, i % layers, &qkv, &prepared, layout).map(drop))
+}
+
+/// A KV cache for `seqs` sequences of `tokens` tokens, with as many layers as make
+/// ROTATION_BYTES (so that rotating through them reads from memory, not L2), and each sequence's
+/// block table: sequence s owns blocks s, s + seqs, ...: interleaved, as a busy cache would be.
+fn rotated_cache(
+    b: &CudaBackend,
+    layout: QkvLayout,
+    seqs: usize,
+    tokens: usize,
+) -> Result<(CudaKvCache, Vec<Vec<u32>>, usize), Error> {
+    let blocks_per_seq = tokens.div_ceil(BLOCK_SIZE);
+    let layer_bytes = seqs * tokens * layout.num_kv_heads * layout.head_dim * 2 * 2;
+    let shape = KvCacheShape {
+        num_layers: ROTATION_BYTES.div_ceil(layer_bytes).clamp(1, 64),
+        num_blocks: seqs * blocks_per_seq,
+        block_size: BLOCK_SIZE,
+        num_kv_heads: layout.num_kv_heads,
+        head_dim: layout.head_dim,
+    };
+    let cache = b.alloc_kv_cache(shape)?;
+    let tables = (0..seqs).map(|s| (0..blocks_per_seq).map(|j| (j * seqs + s) as u32).collect()).collect();
+    Ok((cache, tables, shape.num_layers))
 }
 
 /// Sequences and prompt length of the prefill attention row: a prefill step of 8 prompts of
@@ -250,19 +260,7 @@ fn bench_prefill_attention(
     layout: QkvLayout,
     reps: usize,
 ) -> Result<(f64, f64), Error> {
-    let blocks_per_seq = PREFILL_LEN.div_ceil(BLOCK_SIZE);
-    let layer_bytes = PREFILL_SEQS * PREFILL_LEN * layout.num_kv_heads * layout.head_dim * 2 * 2;
-    let shape = KvCacheShape {
-        num_layers: ROTATION_BYTES.div_ceil(layer_bytes).clamp(1, 64),
-        num_blocks: PREFILL_SEQS * blocks_per_seq,
-        block_size: BLOCK_SIZE,
-        num_kv_heads: layout.num_kv_heads,
-        head_dim: layout.head_dim,
-    };
-    let cache = b.alloc_kv_cache(shape)?;
-    let tables: Vec<Vec<u32>> = (0..PREFILL_SEQS)
-        .map(|s| (0..blocks_per_seq).map(|j| (j * PREFILL_SEQS + s) as u32).collect())
-        .collect();
+    let (cache, tables, layers) = rotated_cache(b, layout, PREFILL_SEQS, PREFILL_LEN)?;
     let tokens = vec![1u32; PREFILL_LEN];
     let chunks: Vec<SeqChunk> = tables
         .iter()
@@ -277,7 +275,6 @@ fn bench_prefill_attention(
     let prepared = b.prepare(&input)?;
     let rows = PREFILL_SEQS * PREFILL_LEN;
     let qkv = b.tensor_from_bf16(rows, layout.row_width(), &values[..rows * layout.row_width()])?;
-    let layers = shape.num_layers;
     let us = time_us(b, busy, reps, |i| b.attention(&cache, i % layers, &qkv, &prepared, layout).map(drop))?;
     // Row i of a prompt sees i + 1 keys.
     let visible_keys = PREFILL_SEQS * PREFILL_LEN * (PREFILL_LEN + 1) / 2;
