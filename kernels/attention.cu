@@ -274,8 +274,15 @@ extern "C" __global__ void __launch_bounds__(THREADS) paged_attention(
     }
 }
 
-// Merges the partitions of rows split along the context. Grid: (num_heads, rows).
-// Rows are `row_map[blockIdx.y]` when a map is given (as decode_attention.cu's), else blockIdx.y.
+// Merges the partitions of rows split along the context. Grid: (num_heads, rows); dynamic
+// shared memory: 2 * max_splits floats. Rows are `row_map[blockIdx.y]` when a map is given (as
+// decode_attention.cu's), else blockIdx.y.
+//
+// The block first copies every partition's (max, sum) into shared memory, all loads in flight
+// at once, and each thread's sum over the partitions of its output dims is unrolled so that its
+// loads overlap too: loops that loaded one partition's values per iteration waited for one
+// memory round trip per partition (5.4 us for 16 partitions on an H100, more than the attention
+// it merged).
 extern "C" __global__ void attention_reduce(bf16* __restrict__ out,
                                            const float* __restrict__ part_o,
                                            const float* __restrict__ part_ml,
@@ -284,21 +291,23 @@ extern "C" __global__ void attention_reduce(bf16* __restrict__ out,
                                            u32 head_dim,
                                            const u32* __restrict__ batch_max_kv_len,
                                            u32 max_splits) {
+    extern __shared__ float ml[];  // [num_splits][2]
     pdl_start();
     const u32 head = blockIdx.x, row = row_map ? row_map[blockIdx.y] : blockIdx.y;
     const u32 part_size = partition_size(*batch_max_kv_len, max_splits);
     const u32 num_splits = (row_kv_len[row] + part_size - 1) / part_size;
-    if (num_splits <= 1) return;  // written directly by paged_attention
-    size_t base = ((size_t)row * num_heads + head) * max_splits;
+    if (num_splits <= 1) return;  // written directly by the attention kernel
+    const size_t base = ((size_t)row * num_heads + head) * max_splits;
+    for (u32 i = threadIdx.x; i < 2 * num_splits; i += blockDim.x) ml[i] = part_ml[base * 2 + i];
+    __syncthreads();
     float m = NEG_INF;
-    for (u32 s = 0; s < num_splits; s++) m = fmaxf(m, part_ml[(base + s) * 2]);
+    for (u32 s = 0; s < num_splits; s++) m = fmaxf(m, ml[2 * s]);
     float l = 0.0f;
-    for (u32 s = 0; s < num_splits; s++)
-        l += part_ml[(base + s) * 2 + 1] * __expf(part_ml[(base + s) * 2] - m);
+    for (u32 s = 0; s < num_splits; s++) l += ml[2 * s + 1] * __expf(ml[2 * s] - m);
     for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float o = 0.0f;
-        for (u32 s = 0; s < num_splits; s++)
-            o += part_o[(base + s) * head_dim + d] * __expf(part_ml[(base + s) * 2] - m);
+#pragma unroll 8
+        for (u32 s = 0; s < num_splits; s++) o += part_o[(base + s) * head_dim + d] * __expf(ml[2 * s] - m);
         out[(size_t)row * num_heads * head_dim + (size_t)head * head_dim + d] = f2bf(o / l);
     }
 }

@@ -86,12 +86,15 @@ __device__ __forceinline__ void unpack8(uint4 raw, float* f) {
 
 // Paged attention's split along the context (attention.cu, decode_attention.cu): keys per
 // partition, the batch's longest context split `max_splits` ways in whole multiples of
-// ATTN_PART (the host's ATTN_PART_ALIGN). Every kernel of a split must agree on it.
+// ATTN_PART, and at least ATTN_MIN_PART keys (the host's ATTN_MIN_PART): a shorter partition
+// costs its block's start and its share of the merge more than it saves. Every kernel of a
+// split must agree on it.
 #define ATTN_PART 32
+#define ATTN_MIN_PART 64
 __device__ __forceinline__ u32 partition_size(u32 max_kv_len, u32 max_splits) {
     const u32 per = (max_kv_len + max_splits - 1) / max_splits;
-    const u32 parts = (per + ATTN_PART - 1) / ATTN_PART;
-    return (parts > 0 ? parts : 1) * ATTN_PART;
+    const u32 size = (per + ATTN_PART - 1) / ATTN_PART * ATTN_PART;
+    return size > ATTN_MIN_PART ? size : ATTN_MIN_PART;
 }
 
 // c += a * b for one 16x8x16 tile on tensor cores (bf16 in, f32 accumulate); every lane of the

@@ -2,7 +2,7 @@
 
 use crate::batch::{encode, CudaBatch};
 use crate::device::{backend_err, Device, MemoryStats};
-use crate::launch::{self, Heads, ATTN_PART_ALIGN};
+use crate::launch::{self, Heads, ATTN_MIN_PART};
 use crate::nccl::{CommConfig, NcclComm};
 use crate::tensor::{CudaKvCache, CudaRope, CudaTensor};
 use cudarc::driver::CudaSlice;
@@ -148,17 +148,17 @@ impl CudaBackend {
 
     /// Partitions per row in the attention kernels' grid: a row is split along its context only when
     /// rows x KV heads alone would leave the multiprocessors idle (small decode batches with long
-    /// contexts), into at most as many partitions as `max_kv_len` has chunks. The kernels size
-    /// the partitions from the batch's longest context on the device (attention.cu's
-    /// `partition_size`), so for a graph's batch, whose `max_kv_len` is a capacity bound, a short
-    /// context is split as an eager step of as many rows would split it.
+    /// contexts), into at most as many partitions as `max_kv_len` holds of the shortest size
+    /// (`ATTN_MIN_PART` keys). The kernels size the partitions from the batch's longest context on
+    /// the device (common.cuh's `partition_size`), so for a graph's batch, whose `max_kv_len` is a
+    /// capacity bound, a short context is split as an eager step of as many rows would split it.
     fn max_splits(&self, rows: usize, num_kv_heads: usize, max_kv_len: usize) -> usize {
         let blocks = rows * num_kv_heads;
         let target = 2 * self.device.num_sms as usize;
         if blocks >= target {
             return 1;
         }
-        target.div_ceil(blocks.max(1)).min(max_kv_len.div_ceil(ATTN_PART_ALIGN)).max(1)
+        target.div_ceil(blocks.max(1)).min(max_kv_len.div_ceil(ATTN_MIN_PART)).max(1)
     }
 }
 

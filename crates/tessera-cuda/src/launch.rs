@@ -230,10 +230,15 @@ pub fn rope_write_kv(
     let mut b = KernelLaunch::new(device, "rope_write_kv");
     b.arg(qkv).arg(k_cache).arg(v_cache).arg(positions).arg(slots).arg(cos).arg(sin);
     b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim).arg(&heads.row_width);
+    // One pair per thread: rows x blocks of ROPE_THREADS.
+    let per_row = rot_pairs.div_ceil(ROPE_THREADS);
     // SAFETY: positions were checked against the table length and slots against the cache on the
     // host (`prepare`, `rope_write_kv`); padding slots are skipped by the kernel.
-    unsafe { b.launch(cfg((rows as u32, 1, 1), row_threads(rot_pairs as usize), 0)) }
+    unsafe { b.launch(cfg((rows as u32, per_row, 1), ROPE_THREADS, 0)) }
 }
+
+/// Threads per block of `rope_write_kv`.
+const ROPE_THREADS: u32 = 256;
 
 pub fn silu_mul(
     device: &Device,

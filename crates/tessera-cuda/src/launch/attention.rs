@@ -13,8 +13,9 @@ pub const ATTN_THREADS: usize = 128;
 pub const ATTN_CHUNK: usize = 128;
 pub const ATTN_ACC: usize = 16;
 pub const ATTN_GMAX: usize = 8;
-/// Partitions of a context split are whole multiples of this many keys (common.cuh's ATTN_PART).
-pub const ATTN_PART_ALIGN: usize = 32;
+/// Keys of the shortest partition of a context split (common.cuh's ATTN_MIN_PART; partitions are
+/// also whole multiples of its ATTN_PART, 32 keys).
+pub const ATTN_MIN_PART: usize = 64;
 /// Threads of a `decode_attention` block (decode_attention.cu's DA_WARPS warps).
 const DECODE_ATTN_THREADS: u32 = 128;
 
