@@ -194,8 +194,12 @@ fn attention_reduce(
     push_row_map(&mut b, &meta.row_map);
     b.arg(&heads.num_heads).arg(&heads.head_dim).arg(&meta.max_kv_len).arg(&meta.max_splits);
     let grid = (heads.num_heads, meta.grid_rows() as u32, 1);
-    // SAFETY: reads the partials the attention launch wrote for rows with more than one partition.
-    unsafe { b.launch(cfg(grid, row_threads(heads.head_dim as usize).min(128), 0)) }
+    // Each partition's (max, sum), staged in shared memory.
+    let shared = 2 * meta.max_splits as usize * std::mem::size_of::<f32>();
+    assert!(shared <= SHARED_LIMIT, "{} partitions per row", meta.max_splits);
+    // SAFETY: reads the partials the attention launch wrote for rows with more than one
+    // partition, at most `max_splits` per row, whose (max, sum) pairs fit the shared memory.
+    unsafe { b.launch(cfg(grid, row_threads(heads.head_dim as usize).min(128), shared as u32)) }
 }
 
 /// Query rows per tile of `prefill_attention` (one mma row block).
