@@ -17,6 +17,12 @@
 //! in `meta`. Prefill and mixed steps run eagerly; so do decode batches larger than the largest
 //! captured size.
 //!
+//! Chained replays: the metadata is copied from pinned staging (`staging.rs`), so a replay is
+//! only queued, never waited for. `queue_argmax` chooses the greedy tokens of the last replay on
+//! the device and queues their copy to the host; `replay_chained` queues the next decode step of
+//! the same rows behind it, its tokens copied on the device from those greedy choices. The host
+//! reads a step's tokens (`take_tokens`) while the next step already runs.
+//!
 //! Invariant: the model and KV cache a `DecodeGraphs` was captured with stay alive and unmoved on
 //! the device while it replays (the engine's `ModelRunner` owns all three together).
 //! Invariant: a replayed batch passes the same checks as an eager one (`eligible`); anything
@@ -25,9 +31,12 @@
 use crate::backend::CudaBackend;
 use crate::batch::{encode, Bounds, CudaBatch, Layout};
 use crate::device::backend_err;
+use crate::launch;
+use crate::staging::{PinnedRing, Queued};
 use crate::tensor::{CudaKvCache, CudaTensor};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice};
+use std::collections::VecDeque;
 use std::time::Instant;
 use tessera_model::{Model, ModelError, ModelInput, Result};
 
@@ -56,6 +65,13 @@ pub struct DecodeGraphs {
     meta: CudaSlice<u32>,
     /// `[largest size, vocab]`; after a replay of `n` rows, rows `0..n` are that batch's logits.
     logits: CudaTensor,
+    /// Host staging of `meta`'s uploads.
+    staging: PinnedRing,
+    /// The greedy tokens of the last `queue_argmax`, one per row: a chained replay's tokens.
+    tokens: CudaSlice<u32>,
+    /// Host copies of `tokens`, oldest first: at most two queued (a step and the one after it).
+    token_copies: PinnedRing,
+    queued: VecDeque<Queued>,
     block_size: usize,
     max_model_len: usize,
     num_blocks: usize,
@@ -155,6 +171,10 @@ impl DecodeGraphs {
         }
         graphs.reverse();
         backend.synchronize()?;
+        let ctx = &backend.device.ctx;
+        let staging = PinnedRing::new(ctx, capacity, true).map_err(backend_err("pinned staging"))?;
+        let token_copies = PinnedRing::new(ctx, largest, false).map_err(backend_err("pinned staging"))?;
+        let tokens = stream.alloc_zeros::<u32>(largest).map_err(backend_err("alloc"))?;
         let report = GraphReport {
             batch_sizes: sizes.to_vec(),
             capture_ms: start.elapsed().as_secs_f64() * 1e3,
@@ -165,6 +185,10 @@ impl DecodeGraphs {
             graphs,
             meta,
             logits,
+            staging,
+            tokens,
+            token_copies,
+            queued: VecDeque::new(),
             block_size,
             max_model_len,
             num_blocks: cache.shape.num_blocks,
@@ -208,8 +232,20 @@ impl DecodeGraphs {
     /// Runs `input` from the graph of the next captured size up and returns the logits, whose
     /// first `input.num_tokens()` rows are the batch's; `None` when it must run eagerly.
     pub fn replay(&mut self, backend: &CudaBackend, input: &ModelInput) -> Result<Option<&CudaTensor>> {
+        Ok(self.launch(backend, input, false)?.then_some(&self.logits))
+    }
+
+    /// Queues `input` behind the work already on the stream, as `replay` does, except that row
+    /// `i`'s token is the greedy choice of row `i` of the last `queue_argmax`, copied on the
+    /// device (`input`'s token ids are not read). False when it must run eagerly; then nothing
+    /// was queued.
+    pub fn replay_chained(&mut self, backend: &CudaBackend, input: &ModelInput) -> Result<bool> {
+        self.launch(backend, input, true)
+    }
+
+    fn launch(&mut self, backend: &CudaBackend, input: &ModelInput, chained: bool) -> Result<bool> {
         if !self.eligible(input) {
-            return Ok(None);
+            return Ok(false);
         }
         let n = input.num_tokens();
         let size = self.padded_size(n).expect("eligible");
@@ -220,14 +256,56 @@ impl DecodeGraphs {
             && b.max_block < self.num_blocks
             && encoded.meta.len() <= self.meta.len();
         if !in_range {
-            return Ok(None);
+            return Ok(false);
         }
         let stream = &backend.device.stream;
         let mut front = self.meta.slice_mut(0..encoded.meta.len());
-        stream.memcpy_htod(&encoded.meta, &mut front).map_err(backend_err("graph metadata upload"))?;
+        self.staging
+            .upload(stream, &encoded.meta, &mut front)
+            .map_err(backend_err("graph metadata upload"))?;
+        if chained {
+            let start = encoded.layout.token_ids.start;
+            let mut token_ids = self.meta.slice_mut(start..start + n);
+            stream
+                .memcpy_dtod(&self.tokens.slice(0..n), &mut token_ids)
+                .map_err(backend_err("chained tokens copy"))?;
+        }
         let (_, graph) = self.graphs.iter().find(|(s, _)| *s == size).expect("captured");
         graph.launch().map_err(backend_err("graph launch"))?;
-        Ok(Some(&self.logits))
+        Ok(true)
+    }
+
+    /// Chooses the greedy token of rows `0..rows` of the last replay's logits on the device (the
+    /// host sampler's `argmax`) and queues their copy to the host, read by `take_tokens`. At most
+    /// two are queued at once.
+    pub fn queue_argmax(&mut self, backend: &CudaBackend, rows: usize) -> Result<()> {
+        assert!(self.queued.len() < 2, "two steps' tokens are already queued");
+        assert!(rows > 0 && rows <= self.logits.rows, "argmax of {rows} rows");
+        let device = &backend.device;
+        launch::argmax_rows(
+            device,
+            &mut self.tokens.slice_mut(0..rows),
+            &self.logits.data,
+            self.logits.cols,
+        )?;
+        let queued = self
+            .token_copies
+            .download(&device.stream, &self.tokens.slice(0..rows))
+            .map_err(backend_err("copy to host"))?;
+        self.queued.push_back(queued);
+        Ok(())
+    }
+
+    /// The tokens of the oldest queued `queue_argmax`, once its step is done.
+    pub fn take_tokens(&mut self) -> Result<Vec<u32>> {
+        let queued = self.queued.pop_front().expect("take_tokens with nothing queued");
+        self.token_copies.read(queued).map_err(backend_err("copy to host"))
+    }
+
+    /// Forgets the oldest queued tokens (a chained step whose plan did not come): its work still
+    /// runs, and nothing reads it.
+    pub fn discard_tokens(&mut self) {
+        self.queued.pop_front().expect("discard_tokens with nothing queued");
     }
 }
 

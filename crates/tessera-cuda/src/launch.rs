@@ -348,7 +348,7 @@ const ARGMAX_THREADS: u32 = 1024;
 /// rows.
 pub fn argmax_rows(
     device: &Device,
-    out: &mut CudaSlice<u32>,
+    out: &mut CudaViewMut<'_, u32>,
     logits: &CudaSlice<bf16>,
     cols: usize,
 ) -> Result<()> {

@@ -15,7 +15,8 @@
 //! on the device (`sampling.rs`).
 //!
 //! Architecture invariant: the only crate with CUDA `unsafe`: kernel launches (`launch.rs`),
-//! cuBLAS (`gemm.rs`), driver calls cudarc leaves unsafe (`device.rs`), NCCL calls
+//! cuBLAS (`gemm.rs`), driver calls cudarc leaves unsafe (`device.rs`; async copies from pinned
+//! buffers in `staging.rs`), NCCL calls
 //! (`nccl/ffi.rs`), uninitialised allocations that a kernel fills (`backend.rs`, `gemm.rs`,
 //! `sampling.rs`), and `Send` for captured graphs (`graphs.rs`).
 
@@ -41,6 +42,8 @@ mod nccl;
 mod profile;
 #[cfg(feature = "cuda")]
 mod sampling;
+#[cfg(feature = "cuda")]
+mod staging;
 #[cfg(feature = "cuda")]
 mod tensor;
 #[cfg(feature = "cuda")]

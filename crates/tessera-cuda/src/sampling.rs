@@ -46,7 +46,7 @@ impl CudaBackend {
         }
         // SAFETY: the kernel writes every one of the `rows` entries.
         let mut out = unsafe { self.device.stream.alloc::<u32>(rows) }.map_err(backend_err("alloc"))?;
-        launch::argmax_rows(&self.device, &mut out, &logits.data, logits.cols)?;
+        launch::argmax_rows(&self.device, &mut out.slice_mut(..), &logits.data, logits.cols)?;
         self.device.stream.clone_dtoh(&out).map_err(backend_err("copy to host"))
     }
 

@@ -106,10 +106,11 @@ fn runner(
 ) -> Result<Box<dyn StepExecutor>, String> {
     let samples = model.tp().rank == 0;
     let sizes = graph_batch_sizes(config);
+    let chain = config.engine.decode_lookahead && model.tp().world == 1;
     let runner = ModelRunner::new(backend, model, num_blocks, config.cache.block_size, samples)?.with_accel(
         |backend, model, cache| {
             let accel: Box<dyn DeviceAccel<CudaBackend>> =
-                Box::new(CudaAccel::capture(backend, model, cache, &sizes)?);
+                Box::new(CudaAccel::capture(backend, model, cache, &sizes, chain)?);
             Ok(accel)
         },
     )?;

@@ -56,6 +56,13 @@ pub fn step_phase(phase: &'static str, d: Duration) {
     metrics::histogram!("tessera_step_phase_seconds", "phase" => phase).record(d.as_secs_f64());
 }
 
+/// A decode step queued ahead of its plan (`engine.decode_lookahead`): `used` when the plan was
+/// that step, `discarded` when the batch changed and its device time was lost.
+pub fn decode_lookahead(used: bool) {
+    let outcome = if used { "used" } else { "discarded" };
+    metrics::counter!("tessera_decode_lookahead_steps_total", "outcome" => outcome).increment(1);
+}
+
 pub fn step_failed() {
     metrics::counter!("tessera_worker_failures_total").increment(1);
 }

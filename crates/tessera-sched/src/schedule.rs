@@ -47,8 +47,20 @@ impl Scheduler {
             let n = seq.num_uncomputed().min(cap).min(allowance);
             assert!(n >= 1, "{id}: nothing to schedule for a running sequence");
             let target = seq.num_computed_tokens + n;
+            let decode = seq.num_uncomputed() == 1;
+            let kv_limit = Sequence::max_kv_tokens(
+                seq.num_prompt_tokens,
+                seq.params.max_tokens as usize,
+                self.max_model_len,
+            );
             if !self.allocate_or_preempt(id, target, plan) {
                 break; // it preempted itself, and it was the last one
+            }
+            if decode && target < kv_limit {
+                // The next decode's slot too, when a block is free (never preempting for it): the
+                // workers can then queue that step before its plan comes (decode lookahead)
+                // instead of waiting for the plan that brings the block.
+                let _ = self.kv.allocate_slots(id, target + 1, &[]);
             }
             *budget -= n;
             plan.cached_sequences.push(self.cached_entry(id, n));

@@ -36,14 +36,35 @@ fn one_request_new_once_then_diffs_then_finished() {
         sample: true,
     };
     assert_eq!(plan.cached_sequences, vec![decode(1000, &[], 6)]);
-    assert_eq!(step(&mut s).0.cached_sequences, vec![decode(1001, &[], 7)]);
-    // Token 9 lives in position 8: the third block.
+    // Token 9 lives in position 8, the third block, which comes with the decode before it (one
+    // slot ahead, for the workers' decode lookahead).
+    assert_eq!(step(&mut s).0.cached_sequences, vec![decode(1001, &[2], 7)]);
     let (plan, out) = step(&mut s);
-    assert_eq!(plan.cached_sequences, vec![decode(1002, &[2], 8)]);
+    assert_eq!(plan.cached_sequences, vec![decode(1002, &[], 8)]);
     assert_eq!((out[0].token_id, out[0].finish_reason), (1003, Some(FinishReason::Length)));
     let (plan, out) = step(&mut s);
     assert_eq!((plan.finished_ids.clone(), plan.is_empty(), out), (vec![RequestId(1)], true, vec![]));
     assert_eq!(s.kv().pool().num_used_blocks(), 0);
+}
+
+#[test]
+fn the_block_of_the_next_decode_comes_ahead_only_when_free() {
+    // Two requests of 3 prompt tokens (one block each) and 3 blocks in all.
+    let mut s = scheduler(config(4, 16), 3, 64);
+    s.add_request(request(1, 1, 3, 8)).unwrap();
+    s.add_request(request(2, 10, 3, 8)).unwrap();
+    step(&mut s);
+    // Both decode position 3 and want position 4's block ahead: 1 takes the last free block, 2
+    // finds none, and nobody is preempted for a block that is only wanted ahead.
+    let (plan, _) = step(&mut s);
+    assert!(plan.preempted_ids.is_empty());
+    let blocks: Vec<usize> = plan.cached_sequences.iter().map(|c| c.new_block_ids.len()).collect();
+    assert_eq!(blocks, [1, 0]);
+    // Ahead of its block, request 1 gets nothing new; request 2 needs one now and has to preempt.
+    let (plan, _) = step(&mut s);
+    assert_eq!(plan.preempted_ids, vec![RequestId(2)]);
+    assert!(plan.cached_sequences[0].new_block_ids.is_empty());
+    drain(&mut s, 40);
 }
 
 #[test]

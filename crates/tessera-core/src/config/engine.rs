@@ -28,6 +28,13 @@ pub struct EngineSection {
     /// the largest runs eagerly. Empty means `DEFAULT_GRAPH_BATCH_SIZES`. Sizes above
     /// `scheduler.max_num_seqs` are never used, so they are not captured.
     pub cuda_graph_batch_sizes: Vec<usize>,
+    /// Queue the next decode step on the GPU while the host handles this step's tokens, its
+    /// input tokens taken on the device from this step's greedy choices, so the GPU does not
+    /// wait for the host between steps. Applies to replayed decode steps in which every sequence
+    /// is plain greedy, on one GPU (not yet under tensor parallelism). A step queued for a batch
+    /// that then changes (a request arrived, stopped on an end-of-sequence token or was aborted)
+    /// is discarded: its GPU time is lost, its results are never used.
+    pub decode_lookahead: bool,
 }
 
 /// vLLM's capture sizes: 1, 2, 4, then every multiple of 8 up to 256. Fine steps keep the padding
@@ -49,6 +56,7 @@ impl Default for EngineSection {
             max_consecutive_restarts: 3,
             cuda_graphs: true,
             cuda_graph_batch_sizes: Vec::new(),
+            decode_lookahead: true,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Device shortcuts for a step, beyond the `Backend` operations every device has: replaying a
 //! captured decode step (CUDA graphs) and choosing tokens on the device, so a step reads back 4
-//! bytes per sequence instead of its logits. The CPU backend has none: its runner runs every step
+//! bytes per sequence instead of its logits, and queueing the next greedy decode step behind the
+//! running one (chaining, see `runner.rs`). The CPU backend has none: its runner runs every step
 //! eagerly and samples on the host. `cuda_accel.rs` is the CUDA one.
 
 use tessera_core::SamplingParams;
@@ -32,4 +33,19 @@ pub trait DeviceAccel<B: Backend>: Send {
     /// from the same uniform number (a draw within rounding of a boundary may differ). Logprobs
     /// are not the device's: a step that wants them samples on the host.
     fn sample_rows(&self, backend: &B, logits: &B::Tensor, rows: &[DeviceSample<'_>]) -> Result<Vec<u32>>;
+
+    /// Whether the calls below may be used (`engine.decode_lookahead`, graphs on, one rank).
+    fn can_chain(&self) -> bool;
+    /// Chooses the greedy token of rows `0..rows` of the last replay on the device, where the
+    /// next `replay_chained` takes them from, and queues their copy to the host (`take_tokens`).
+    /// At most two are queued.
+    fn queue_argmax(&mut self, backend: &B, rows: usize) -> Result<()>;
+    /// Queues `input` behind the running step, as `replay` does, but with row `i`'s token taken
+    /// on the device from row `i` of the last `queue_argmax` (`input`'s token ids are not read).
+    /// False when no graph fits; then nothing was queued.
+    fn replay_chained(&mut self, backend: &B, input: &ModelInput) -> Result<bool>;
+    /// The tokens of the oldest queued `queue_argmax`, waiting for its step to end.
+    fn take_tokens(&mut self) -> Result<Vec<u32>>;
+    /// Forgets the oldest queued tokens: a chained step whose plan did not come.
+    fn discard_tokens(&mut self);
 }

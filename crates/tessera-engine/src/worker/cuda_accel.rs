@@ -7,20 +7,24 @@ use tessera_model::{Model, ModelInput, Result};
 
 pub struct CudaAccel {
     graphs: Option<DecodeGraphs>,
+    /// `engine.decode_lookahead`, on one rank only: ranks of a group would all have to chain
+    /// the same steps, which is not done yet.
+    chain: bool,
 }
 
 impl CudaAccel {
     /// Captures the decode graphs of `sizes` (none when empty: graphs are off) and logs what
-    /// they cost.
+    /// they cost. `chain`: whether greedy decode steps may be queued one ahead.
     pub fn capture(
         backend: &CudaBackend,
         model: &Model<CudaBackend>,
         cache: &mut CudaKvCache,
         sizes: &[usize],
+        chain: bool,
     ) -> Result<Self> {
         if sizes.is_empty() {
             tracing::info!("CUDA graphs off: every step runs eagerly");
-            return Ok(CudaAccel { graphs: None });
+            return Ok(CudaAccel { graphs: None, chain: false });
         }
         let graphs = DecodeGraphs::capture(backend, model, cache, sizes)?;
         let report = graphs.report();
@@ -31,7 +35,7 @@ impl CudaAccel {
             static_mib = report.static_bytes >> 20,
             "captured decode CUDA graphs"
         );
-        Ok(CudaAccel { graphs: Some(graphs) })
+        Ok(CudaAccel { graphs: Some(graphs), chain })
     }
 }
 
@@ -76,5 +80,31 @@ impl DeviceAccel<CudaBackend> for CudaAccel {
             })
             .collect();
         backend.sample_rows(logits, &rows)
+    }
+
+    fn can_chain(&self) -> bool {
+        self.chain && self.graphs.is_some()
+    }
+
+    fn queue_argmax(&mut self, backend: &CudaBackend, rows: usize) -> Result<()> {
+        self.graphs_mut().queue_argmax(backend, rows)
+    }
+
+    fn replay_chained(&mut self, backend: &CudaBackend, input: &ModelInput) -> Result<bool> {
+        self.graphs_mut().replay_chained(backend, input)
+    }
+
+    fn take_tokens(&mut self) -> Result<Vec<u32>> {
+        self.graphs_mut().take_tokens()
+    }
+
+    fn discard_tokens(&mut self) {
+        self.graphs_mut().discard_tokens()
+    }
+}
+
+impl CudaAccel {
+    fn graphs_mut(&mut self) -> &mut DecodeGraphs {
+        self.graphs.as_mut().expect("chaining needs graphs (can_chain)")
     }
 }

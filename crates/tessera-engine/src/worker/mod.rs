@@ -3,6 +3,7 @@
 mod accel;
 #[cfg(feature = "cuda")]
 mod cuda_accel;
+mod lookahead;
 mod runner;
 mod thread;
 

@@ -2,9 +2,11 @@
 //! `tessera_core::step`), builds the flattened batch, runs the model (replaying a captured graph
 //! when the device has one for the batch), and on rank 0 samples: on the device when it can
 //! choose tokens and no sampled sequence wants logprobs (the plain greedy argmax when that is all
-//! the step needs), else on the host.
+//! the step needs), else on the host. A steady greedy decode batch has its next step queued on
+//! the device before the plan for it comes (`lookahead.rs`).
 
 use super::accel::{DeviceAccel, DeviceSample};
+use super::lookahead::{next_input, NextStep, Steady};
 use super::StepExecutor;
 use crate::sampler::{has_penalties, is_plain_greedy, penalized_tokens, sample, uniform, SamplingContext};
 use std::collections::HashMap;
@@ -22,11 +24,11 @@ struct Mirror {
 }
 
 /// What one sequence computes this step, in plan order.
-struct Scheduled {
-    id: RequestId,
-    num_computed_tokens: usize,
-    num_scheduled_tokens: usize,
-    sample: bool,
+pub(super) struct Scheduled {
+    pub id: RequestId,
+    pub num_computed_tokens: usize,
+    pub num_scheduled_tokens: usize,
+    pub sample: bool,
 }
 
 pub struct ModelRunner<B: Backend> {
@@ -40,6 +42,11 @@ pub struct ModelRunner<B: Backend> {
     mirrors: HashMap<RequestId, Mirror>,
     /// Only rank 0 samples; every rank computes the same full logits.
     samples: bool,
+    /// The step queued on the device behind the last one (`lookahead.rs`), its token ids filled
+    /// in once the last step's tokens are known: the next plan is either exactly this input, or
+    /// the queued step is discarded.
+    ahead: Option<ModelInput>,
+    steady: Steady,
 }
 
 impl<B: Backend> ModelRunner<B> {
@@ -53,7 +60,17 @@ impl<B: Backend> ModelRunner<B> {
         let cache = backend
             .alloc_kv_cache(model.kv_cache_shape(num_blocks, block_size))
             .map_err(|e| e.to_string())?;
-        Ok(ModelRunner { accel: None, backend, model, cache, block_size, mirrors: HashMap::new(), samples })
+        Ok(ModelRunner {
+            accel: None,
+            backend,
+            model,
+            cache,
+            block_size,
+            mirrors: HashMap::new(),
+            samples,
+            ahead: None,
+            steady: Steady::default(),
+        })
     }
 
     /// Adds the device's shortcuts, built over this runner's model and KV cache (CUDA graphs are
@@ -136,6 +153,69 @@ impl<B: Backend> ModelRunner<B> {
         }
         let batch = self.backend.prepare(input)?;
         self.model.forward(&self.backend, &batch, &mut self.cache).map(Some)
+    }
+
+    /// Whether this step's tokens can be chosen by `queue_argmax` (and a next step chained):
+    /// a replayed decode step of plain greedy sequences on a device that chains.
+    fn chains(&self, scheduled: &[Scheduled]) -> bool {
+        self.accel.as_ref().is_some_and(|a| a.can_chain())
+            && scheduled.iter().all(|s| {
+                s.num_scheduled_tokens == 1 && s.sample && is_plain_greedy(&self.mirrors[&s.id].params)
+            })
+    }
+
+    /// Whether the plan's `input` is the step queued ahead; a queued step that is not is
+    /// discarded.
+    fn take_ahead(&mut self, input: &ModelInput) -> bool {
+        let Some(ahead) = self.ahead.take() else { return false };
+        let used = ahead == *input;
+        if !used {
+            self.accel.as_mut().expect("a step was chained").discard_tokens();
+        }
+        if self.samples {
+            crate::metrics::decode_lookahead(used);
+        }
+        used
+    }
+
+    /// Queues the step after this decode step behind it when the batch is steady and goes on.
+    fn queue_ahead(&mut self, scheduled: &[Scheduled], steady: bool) -> tessera_model::Result<()> {
+        if !steady {
+            return Ok(());
+        }
+        let seqs: Vec<NextStep<'_>> = scheduled
+            .iter()
+            .map(|s| {
+                let mirror = &self.mirrors[&s.id];
+                NextStep {
+                    num_computed_tokens: s.num_computed_tokens,
+                    num_tokens: mirror.token_ids.len(),
+                    num_prompt_tokens: mirror.num_prompt_tokens,
+                    max_tokens: mirror.params.max_tokens as usize,
+                    block_table: &mirror.block_table,
+                }
+            })
+            .collect();
+        let Some(next) = next_input(self.block_size, self.model.max_model_len(), &seqs) else {
+            return Ok(());
+        };
+        let accel = self.accel.as_mut().expect("chaining needs a device accelerator");
+        if accel.replay_chained(&self.backend, &next)? {
+            accel.queue_argmax(&self.backend, next.num_tokens())?;
+            self.ahead = Some(next);
+        }
+        Ok(())
+    }
+
+    /// The tokens of a step whose greedy choice was queued on the device; queues the next step
+    /// first, so the device runs it while the host waits and replies.
+    fn chained_tokens(&mut self, scheduled: &[Scheduled], steady: bool) -> tessera_model::Result<Vec<u32>> {
+        self.queue_ahead(scheduled, steady)?;
+        let tokens = self.accel.as_mut().expect("chaining needs a device accelerator").take_tokens()?;
+        if let Some(ahead) = &mut self.ahead {
+            ahead.token_ids.copy_from_slice(&tokens);
+        }
+        Ok(tokens)
     }
 
     /// One token per sampled sequence, from `logits` (a row per sampled sequence, in plan order,
@@ -221,26 +301,60 @@ where
         };
         let preparing = Instant::now();
         let scheduled = self.apply(plan);
+        let steady = self.steady.observe(&scheduled);
         let mut result = StepResult { step_id: plan.step_id, sampled: Vec::new() };
-        if !scheduled.is_empty() {
-            let input = self.build_input(&scheduled);
-            phase("prepare", preparing);
-            let forward = Instant::now();
-            let eager = self.run_model(&input).map_err(|e| e.to_string())?;
-            // Every rank's reply means its step (collectives included) is done, or it failed.
-            self.backend.end_step().map_err(|e| e.to_string())?;
-            phase("forward", forward);
-            let sampling = Instant::now();
-            if self.samples {
-                let logits = match &eager {
-                    Some(logits) => logits,
-                    None => {
-                        self.accel.as_ref().expect("a replay needs a device accelerator").replayed_logits()
-                    }
-                };
-                result.sampled = self.sample_step(&scheduled, logits).map_err(|e| e.to_string())?;
+        if scheduled.is_empty() {
+            if self.ahead.take().is_some() {
+                self.accel.as_mut().expect("a step was chained").discard_tokens();
             }
-            phase("sample", sampling);
+            return Ok(self.samples.then_some(result));
+        }
+        let input = self.build_input(&scheduled);
+        phase("prepare", preparing);
+        let forward = Instant::now();
+        let err = |e: tessera_model::ModelError| e.to_string();
+        // Queued: this step's greedy tokens are on their way to the host (`queue_argmax`).
+        let queued = if self.take_ahead(&input) {
+            true
+        } else {
+            let eager = self.run_model(&input).map_err(err)?;
+            let queued = eager.is_none() && self.chains(&scheduled);
+            if queued {
+                self.accel
+                    .as_mut()
+                    .expect("replayed")
+                    .queue_argmax(&self.backend, scheduled.len())
+                    .map_err(err)?;
+            } else {
+                // Every rank's reply means its step (collectives included) is done, or it failed.
+                self.backend.end_step().map_err(err)?;
+                phase("forward", forward);
+                let sampling = Instant::now();
+                if self.samples {
+                    let logits = match &eager {
+                        Some(logits) => logits,
+                        None => self
+                            .accel
+                            .as_ref()
+                            .expect("a replay needs a device accelerator")
+                            .replayed_logits(),
+                    };
+                    result.sampled = self.sample_step(&scheduled, logits).map_err(err)?;
+                }
+                phase("sample", sampling);
+            }
+            queued
+        };
+        if queued {
+            // Only one rank chains (`DeviceAccel::can_chain`), and it samples.
+            assert!(self.samples, "a chained step on a rank that does not sample");
+            let tokens = self.chained_tokens(&scheduled, steady).map_err(err)?;
+            phase("forward", forward);
+            result.sampled = scheduled
+                .iter()
+                .zip(tokens)
+                .map(|(s, token_id)| SampledToken { request_id: s.id, token_id, logprobs: None })
+                .collect();
         }
         Ok(self.samples.then_some(result))
     }
@@ -318,6 +432,26 @@ mod tests {
             let mut calls = self.calls.lock().unwrap();
             calls.samples.extend(rows.iter().map(|r| (r.uniform, r.penalized.clone())));
             Ok((0..rows.len() as u32).map(|r| 20 + r).collect())
+        }
+
+        fn can_chain(&self) -> bool {
+            false
+        }
+
+        fn queue_argmax(&mut self, _: &CpuBackend, _: usize) -> tessera_model::Result<()> {
+            unreachable!("FakeAccel does not chain")
+        }
+
+        fn replay_chained(&mut self, _: &CpuBackend, _: &ModelInput) -> tessera_model::Result<bool> {
+            unreachable!("FakeAccel does not chain")
+        }
+
+        fn take_tokens(&mut self) -> tessera_model::Result<Vec<u32>> {
+            unreachable!("FakeAccel does not chain")
+        }
+
+        fn discard_tokens(&mut self) {
+            unreachable!("FakeAccel does not chain")
         }
     }
 

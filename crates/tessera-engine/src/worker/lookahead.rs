@@ -1,0 +1,406 @@
+//! Decode lookahead (`engine.decode_lookahead`): while the host turns a greedy decode step's
+//! tokens into the next plan (reply, scheduler update, schedule, plan back: a few hundred
+//! microseconds), the GPU already runs the step that plan will most likely ask for, the same
+//! sequences one token further, its input tokens copied on the device from the step's greedy
+//! choices (`DeviceAccel::replay_chained`). When the plan comes and is exactly that step, its
+//! tokens are already on their way; otherwise the queued step is discarded and the plan runs
+//! after it.
+//!
+//! Why a discarded step is harmless: it writes each sequence's K/V at the position after the
+//! last computed one, into a block the sequence owns alone and that holds an uncomputed position,
+//! so it is neither shared nor in the prefix cache. If the sequence goes on, the real step writes
+//! the same values there again; if it ended, its blocks are free, and any later owner writes
+//! them after it (one stream). Its logits and tokens are never read.
+//!
+//! Why it is rarely discarded: it is queued only after `STEADY_PLANS` plans in a row scheduled
+//! the same decode batch (at high concurrency, where requests come and go every few steps, it
+//! would be discarded often and cost a step each time), and never when a sequence of the batch
+//! ends by length at this step. A sequence that stops on an end-of-sequence token or is aborted
+//! still costs one discarded step.
+
+use super::runner::Scheduled;
+use tessera_core::RequestId;
+use tessera_model::{ModelInput, SeqChunk};
+
+/// Plans in a row with the same decode batch before a step is queued ahead.
+pub const STEADY_PLANS: usize = 2;
+
+/// Counts plans in a row that scheduled the same sequences, in the same order, one token each.
+#[derive(Debug, Default)]
+pub struct Steady {
+    ids: Vec<RequestId>,
+    plans: usize,
+}
+
+impl Steady {
+    /// Takes this plan's sequences; returns whether the batch has been steady long enough.
+    pub fn observe(&mut self, scheduled: &[Scheduled]) -> bool {
+        let decode = !scheduled.is_empty() && scheduled.iter().all(|s| s.num_scheduled_tokens == 1);
+        let same = decode && scheduled.iter().map(|s| s.id).eq(self.ids.iter().copied());
+        self.plans = if same { self.plans + 1 } else { 0 };
+        if !same {
+            self.ids = if decode { scheduled.iter().map(|s| s.id).collect() } else { Vec::new() };
+        }
+        self.plans >= STEADY_PLANS
+    }
+}
+
+/// What one sequence of a decode step needs to predict its next step.
+pub struct NextStep<'a> {
+    pub num_computed_tokens: usize,
+    /// The sequence's tokens, this step's input included.
+    pub num_tokens: usize,
+    pub num_prompt_tokens: usize,
+    pub max_tokens: usize,
+    pub block_table: &'a [u32],
+}
+
+/// The input of the step after a decode step of `seqs`, with token ids 0 (the device fills them
+/// in), or `None` when there may be no such step for them: a sequence ends by length with this
+/// step's token, or its blocks do not reach the next position yet (the scheduler will allocate
+/// one, and the plan would then differ).
+pub fn next_input(block_size: usize, max_model_len: usize, seqs: &[NextStep<'_>]) -> Option<ModelInput> {
+    const PLACEHOLDER: [u32; 1] = [0];
+    let chunks = seqs
+        .iter()
+        .map(|s| {
+            // After this step the sequence has one more token (`Sequence::stop_reason`).
+            let num_tokens = s.num_tokens + 1;
+            let goes_on =
+                num_tokens.saturating_sub(s.num_prompt_tokens) < s.max_tokens && num_tokens < max_model_len;
+            let position = s.num_computed_tokens + 1;
+            let has_block = position < s.block_table.len() * block_size;
+            (goes_on && has_block).then_some(SeqChunk {
+                new_tokens: &PLACEHOLDER,
+                num_computed_tokens: position,
+                block_table: s.block_table,
+                wants_logits: true,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(ModelInput::build(block_size, &chunks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduled(ids: &[u64], tokens: usize) -> Vec<Scheduled> {
+        ids.iter()
+            .map(|&id| Scheduled {
+                id: RequestId(id),
+                num_computed_tokens: 10,
+                num_scheduled_tokens: tokens,
+                sample: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_steady_after_the_same_decode_plans_in_a_row() {
+        let mut steady = Steady::default();
+        assert!(!steady.observe(&scheduled(&[1, 2], 5)), "a prefill");
+        assert!(!steady.observe(&scheduled(&[1, 2], 1)));
+        assert!(!steady.observe(&scheduled(&[1, 2], 1)));
+        assert!(steady.observe(&scheduled(&[1, 2], 1)), "third plan of the same batch");
+        assert!(steady.observe(&scheduled(&[1, 2], 1)));
+        assert!(!steady.observe(&scheduled(&[2, 1], 1)), "order matters");
+        assert!(!steady.observe(&scheduled(&[2, 1], 1)));
+        assert!(!steady.observe(&scheduled(&[2], 1)), "a sequence left");
+        assert!(!steady.observe(&[]));
+        assert!(!steady.observe(&scheduled(&[2], 1)));
+    }
+
+    fn step(num_computed_tokens: usize, max_tokens: usize, table: &[u32]) -> NextStep<'_> {
+        NextStep {
+            num_computed_tokens,
+            num_tokens: num_computed_tokens + 1,
+            num_prompt_tokens: 1,
+            max_tokens,
+            block_table: table,
+        }
+    }
+
+    #[test]
+    fn the_next_step_is_one_position_further_with_the_same_blocks() {
+        let (a, b) = ([7u32, 9], [3u32]);
+        // a: 5 computed + 1 this step -> position 6 next; b: position 2 next.
+        let next = next_input(4, 100, &[step(5, 10, &a), step(1, 10, &b)]).unwrap();
+        assert_eq!(next.positions, [6, 2]);
+        assert_eq!(next.slot_mapping, [9 * 4 + 2, 3 * 4 + 2]);
+        assert_eq!(next.token_ids, [0, 0]);
+        assert_eq!(next.logits_indices, [0, 1]);
+        assert_eq!(next.seqs.iter().map(|s| s.context_len).collect::<Vec<_>>(), [7, 3]);
+    }
+
+    #[test]
+    fn no_next_step_past_a_limit_or_the_blocks() {
+        let table = [7u32, 9];
+        // Position 8 is in a third block, not allocated yet.
+        assert!(next_input(4, 100, &[step(7, 10, &table)]).is_none());
+        assert!(next_input(4, 100, &[step(6, 10, &table)]).is_some());
+        // 6 + 1 tokens, 1 of them prompt: the step's token is the sixth output; max_tokens 6
+        // ends it there.
+        assert!(next_input(4, 100, &[step(5, 6, &table)]).is_none());
+        assert!(next_input(4, 100, &[step(5, 7, &table)]).is_some());
+        // The step's token makes 7 tokens: a model length of 7 ends it.
+        assert!(next_input(4, 7, &[step(5, 10, &table)]).is_none());
+        assert!(next_input(4, 8, &[step(5, 10, &table)]).is_some());
+    }
+
+    /// Drives two runners over the same plans: one whose fake device chains, one whose does
+    /// not. Every token must agree, and the chained one must have used its queued steps.
+    mod chaining {
+        use crate::worker::{DeviceAccel, DeviceSample, ModelRunner, StepExecutor};
+        use std::collections::VecDeque;
+        use std::sync::{Arc, Mutex};
+        use tessera_core::step::{CachedSequence, NewSequence, StepPlan};
+        use tessera_core::{BlockId, RequestId, SamplingParams};
+        use tessera_cpu::{CpuBackend, CpuTensor};
+        use tessera_model::shapes::dummy_spec;
+        use tessera_model::weights::DummySource;
+        use tessera_model::{DType, Model, ModelInput, TpRank};
+
+        const BLOCK: usize = 4;
+
+        /// The fake model of a replayed step: a row's greedy token from its token and position.
+        fn next_token(token: u32, position: u32) -> u32 {
+            (token * 7 + position) % 97 + 3
+        }
+
+        #[derive(Debug, Default)]
+        struct Calls {
+            replays: usize,
+            chained: usize,
+            discarded: usize,
+        }
+
+        struct ChainAccel {
+            chain: bool,
+            calls: Arc<Mutex<Calls>>,
+            logits: CpuTensor,
+            /// The last replay's greedy tokens ("logits").
+            pending: Vec<u32>,
+            /// The last `queue_argmax`'s tokens ("on the device").
+            device_tokens: Vec<u32>,
+            queued: VecDeque<Vec<u32>>,
+        }
+
+        impl DeviceAccel<CpuBackend> for ChainAccel {
+            fn replay(&mut self, _: &CpuBackend, input: &ModelInput) -> tessera_model::Result<bool> {
+                if !input.seqs.iter().all(|s| s.query_len == 1) {
+                    return Ok(false);
+                }
+                self.calls.lock().unwrap().replays += 1;
+                self.pending =
+                    input.token_ids.iter().zip(&input.positions).map(|(&t, &p)| next_token(t, p)).collect();
+                Ok(true)
+            }
+
+            fn replayed_logits(&self) -> &CpuTensor {
+                &self.logits
+            }
+
+            fn rows_to_host(
+                &self,
+                _: &CpuBackend,
+                _: &CpuTensor,
+                _: usize,
+            ) -> tessera_model::Result<Vec<f32>> {
+                unreachable!("greedy only")
+            }
+
+            /// Eager logits (prompt steps) are real; a replay's are `pending`.
+            fn argmax_rows(
+                &self,
+                _: &CpuBackend,
+                logits: &CpuTensor,
+                rows: usize,
+            ) -> tessera_model::Result<Vec<u32>> {
+                if !std::ptr::eq(logits, &self.logits) {
+                    return Ok((0..rows).map(|r| tessera_model::argmax(logits.row(r))).collect());
+                }
+                assert!(!self.chain, "a chaining device chooses a replay's tokens with queue_argmax");
+                Ok(self.pending[..rows].to_vec())
+            }
+
+            fn sample_rows(
+                &self,
+                _: &CpuBackend,
+                _: &CpuTensor,
+                _: &[DeviceSample<'_>],
+            ) -> tessera_model::Result<Vec<u32>> {
+                unreachable!("greedy only")
+            }
+
+            fn can_chain(&self) -> bool {
+                self.chain
+            }
+
+            fn queue_argmax(&mut self, _: &CpuBackend, rows: usize) -> tessera_model::Result<()> {
+                assert!(self.queued.len() < 2);
+                self.device_tokens = self.pending[..rows].to_vec();
+                self.queued.push_back(self.device_tokens.clone());
+                Ok(())
+            }
+
+            fn replay_chained(&mut self, _: &CpuBackend, input: &ModelInput) -> tessera_model::Result<bool> {
+                assert!(input.token_ids.iter().all(|&t| t == 0), "the host does not know the tokens yet");
+                self.calls.lock().unwrap().chained += 1;
+                let tokens = &self.device_tokens;
+                self.pending = tokens.iter().zip(&input.positions).map(|(&t, &p)| next_token(t, p)).collect();
+                Ok(true)
+            }
+
+            fn take_tokens(&mut self) -> tessera_model::Result<Vec<u32>> {
+                Ok(self.queued.pop_front().expect("queued"))
+            }
+
+            fn discard_tokens(&mut self) {
+                self.queued.pop_front().expect("queued");
+                self.calls.lock().unwrap().discarded += 1;
+            }
+        }
+
+        fn runner(chain: bool, calls: Arc<Mutex<Calls>>) -> ModelRunner<CpuBackend> {
+            let backend = CpuBackend::new();
+            let spec = dummy_spec("tiny").unwrap();
+            let model =
+                Model::load(&backend, &spec, &DummySource::new(1), DType::F32, TpRank::SINGLE, 64).unwrap();
+            let logits = CpuTensor::zeros(1, spec.vocab_size);
+            let accel = ChainAccel {
+                chain,
+                calls,
+                logits,
+                pending: Vec::new(),
+                device_tokens: Vec::new(),
+                queued: VecDeque::new(),
+            };
+            ModelRunner::new(backend, model, 64, BLOCK, true)
+                .unwrap()
+                .with_accel(|_, _, _| Ok(Box::new(accel)))
+                .unwrap()
+        }
+
+        /// A sequence as a minimal scheduler sees it.
+        struct Seq {
+            id: u64,
+            tokens: Vec<u32>,
+            prompt: usize,
+            computed: usize,
+            blocks: Vec<u32>,
+            sent_tokens: usize,
+            sent_blocks: usize,
+            max_tokens: u32,
+            known: bool,
+        }
+
+        /// Plans every live sequence (the whole prompt, then a token a step), allocating blocks
+        /// as positions need them, until every sequence has its `max_tokens`; `arrivals` join at
+        /// their step. Returns each step's (request, token) pairs from both runners.
+        fn run(
+            runners: &mut [ModelRunner<CpuBackend>],
+            mut arrivals: Vec<(usize, Seq)>,
+        ) -> Vec<Vec<Vec<(u64, u32)>>> {
+            let mut live: Vec<Seq> = Vec::new();
+            let (mut next_block, mut finished) = (0u32, Vec::new());
+            let mut outputs = vec![Vec::new(); runners.len()];
+            for step in 0.. {
+                live.extend(arrivals.extract_if(.., |(at, _)| *at == step).map(|(_, s)| s));
+                if live.is_empty() && arrivals.is_empty() {
+                    break;
+                }
+                let mut plan = StepPlan {
+                    step_id: step as u64,
+                    finished_ids: std::mem::take(&mut finished),
+                    ..Default::default()
+                };
+                for seq in &mut live {
+                    let scheduled = if seq.known { 1 } else { seq.prompt };
+                    while seq.blocks.len() * BLOCK < seq.computed + scheduled {
+                        seq.blocks.push(next_block);
+                        next_block += 1;
+                    }
+                    if !seq.known {
+                        plan.new_sequences.push(NewSequence {
+                            request_id: RequestId(seq.id),
+                            prompt_token_ids: seq.tokens.clone(),
+                            output_token_ids: Vec::new(),
+                            sampling_params: SamplingParams::greedy(seq.max_tokens),
+                            block_table: seq.blocks.iter().map(|&b| BlockId(b)).collect(),
+                            num_computed_tokens: 0,
+                            num_scheduled_tokens: scheduled,
+                            sample: true,
+                        });
+                    } else {
+                        plan.cached_sequences.push(CachedSequence {
+                            request_id: RequestId(seq.id),
+                            new_token_ids: seq.tokens[seq.sent_tokens..].to_vec(),
+                            new_block_ids: seq.blocks[seq.sent_blocks..]
+                                .iter()
+                                .map(|&b| BlockId(b))
+                                .collect(),
+                            num_computed_tokens: seq.computed,
+                            num_scheduled_tokens: 1,
+                            sample: true,
+                        });
+                    }
+                    (seq.known, seq.sent_tokens, seq.sent_blocks) =
+                        (true, seq.tokens.len(), seq.blocks.len());
+                    seq.computed += scheduled;
+                }
+                let results: Vec<_> =
+                    runners.iter_mut().map(|r| r.execute(&plan).unwrap().unwrap()).collect();
+                for (out, result) in outputs.iter_mut().zip(&results) {
+                    out.push(result.sampled.iter().map(|s| (s.request_id.0, s.token_id)).collect());
+                }
+                for sampled in &results[0].sampled {
+                    let seq = live.iter_mut().find(|s| s.id == sampled.request_id.0).unwrap();
+                    seq.tokens.push(sampled.token_id);
+                }
+                live.retain(|s| {
+                    let done = s.tokens.len() - s.prompt >= s.max_tokens as usize;
+                    if done {
+                        finished.push(RequestId(s.id));
+                    }
+                    !done
+                });
+            }
+            outputs
+        }
+
+        fn seq(id: u64, max_tokens: u32) -> Seq {
+            let tokens = vec![5, 6, id as u32];
+            Seq {
+                id,
+                prompt: tokens.len(),
+                tokens,
+                computed: 0,
+                blocks: Vec::new(),
+                sent_tokens: 0,
+                sent_blocks: 0,
+                max_tokens,
+                known: false,
+            }
+        }
+
+        #[test]
+        fn chained_steps_give_the_tokens_of_plain_steps() {
+            let (chained, plain) =
+                (Arc::new(Mutex::new(Calls::default())), Arc::new(Mutex::new(Calls::default())));
+            let mut runners = [runner(true, chained.clone()), runner(false, plain.clone())];
+            // Request 3 arrives while 1 and 2 decode (a queued step is discarded); 2 ends by
+            // length first (never a queued step for it).
+            let outputs = run(&mut runners, vec![(0, seq(1, 30)), (0, seq(2, 12)), (20, seq(3, 9))]);
+            assert_eq!(outputs[0], outputs[1]);
+            assert_eq!(outputs[0].iter().map(Vec::len).sum::<usize>(), 30 + 12 + 9);
+            let (chained, plain) = (chained.lock().unwrap(), plain.lock().unwrap());
+            assert_eq!((plain.chained, plain.discarded), (0, 0));
+            // Not at a block boundary (one step in 4 here), nor within two plans of a change.
+            assert!(chained.chained >= 12, "queued ahead {} times", chained.chained);
+            assert_eq!(chained.discarded, 1, "only request 3's arrival changed a steady batch");
+            // Every decode step is replayed once: from its own plan or chained ahead of it.
+            assert_eq!(chained.replays + chained.chained - chained.discarded, plain.replays);
+        }
+    }
+}
