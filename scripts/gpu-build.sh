@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything the GPU machine runs (it has no Rust toolchain) into .gpu/ (git-ignored):
-# every test binary of the CUDA crate, the engine's CUDA tensor-parallel and GPU sampling tests,
+# every test binary of the CUDA crate, the engine's CUDA tensor-parallel, GPU sampling and decode
+# lookahead tests,
 # the `tessera` binary with `--features cuda`, the decode benchmark and the per-operation
 # benchmark (op_bench); the fixtures' location is the checkout itself. Binaries are stripped so
 # that the working tree sent to the device stays under its size limit. Then run
@@ -27,6 +28,8 @@ copy_tests -p tessera-cuda --features cuda
 copy_tests -p tessera-engine --features cuda --test cuda_tp
 # The GPU sampler against the host sampler.
 copy_tests -p tessera-engine --features cuda --test gpu_sampling
+# Decode lookahead against plain steps through the engine.
+copy_tests -p tessera-engine --features cuda --test cuda_lookahead
 cargo build --release -p tessera-cli --features cuda
 cp "$CARGO_TARGET_DIR/release/tessera" .gpu/tessera
 cargo build --release -p tessera-cuda --features cuda --example decode_bench --example op_bench

@@ -92,6 +92,6 @@ async fn generate(config: EngineConfig, prompt: String, params: SamplingParams) 
             TokenEvent::Error(err) => bail!("generation failed: {err}"),
         }
     }
-    engine.shutdown().await;
+    crate::serve::shutdown_engine(&engine).await?;
     Ok(())
 }

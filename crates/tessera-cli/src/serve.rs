@@ -159,12 +159,19 @@ async fn serve(config: EngineConfig) -> anyhow::Result<i32> {
     if let Some(head) = &head {
         head.shutdown("the head is shutting down").await;
     }
-    // The ranks free their device state before the process exits (see wait_for_worker_threads).
-    engine_at_exit.shutdown().await;
+    shutdown_engine(&engine_at_exit).await?;
+    tracing::info!(code, "stopped");
+    Ok(code)
+}
+
+/// Shuts `engine` down and waits for its ranks to free their device state, so that the process
+/// does not exit under them (see `wait_for_worker_threads`: CUDA's exit handlers under a live
+/// rank crash the process).
+pub async fn shutdown_engine(engine: &tessera_engine::Engine) -> anyhow::Result<()> {
+    engine.shutdown().await;
     let ended = tokio::task::spawn_blocking(|| tessera_engine::wait_for_worker_threads(EXIT_GRACE)).await?;
     if !ended {
         tracing::warn!(grace = ?EXIT_GRACE, "a worker thread is still running at exit");
     }
-    tracing::info!(code, "stopped");
-    Ok(code)
+    Ok(())
 }

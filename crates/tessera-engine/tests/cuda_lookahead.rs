@@ -36,6 +36,8 @@ async fn generate(lookahead: bool, prompts: &[(Vec<u32>, u32)]) -> Vec<Vec<u32>>
     let runs = prompts.iter().map(|(p, n)| run(&engine, Prompt::Tokens(p.clone()), greedy(*n)));
     let outcomes = futures_util::future::join_all(runs).await;
     engine.shutdown().await;
+    // The rank frees its device state before the next engine starts or the process exits.
+    assert!(tessera_engine::wait_for_worker_threads(std::time::Duration::from_secs(15)));
     outcomes
         .into_iter()
         .map(|o| {

@@ -88,7 +88,7 @@ pub async fn run(mut config: EngineConfig, opts: Options) -> anyhow::Result<Repo
             samples.push(sample);
         }
     }
-    engine.shutdown().await;
+    crate::serve::shutdown_engine(&engine).await?;
 
     let (weight_bytes, kv_bytes) = elem_bytes(&config, &spec);
     let cost =

@@ -6,7 +6,7 @@
 //! the device before the plan for it comes (`lookahead.rs`).
 
 use super::accel::{DeviceAccel, DeviceSample};
-use super::lookahead::{next_input, NextStep, Steady};
+use super::lookahead::{next_input, same_step, NextStep, Steady};
 use super::StepExecutor;
 use crate::sampler::{has_penalties, is_plain_greedy, penalized_tokens, sample, uniform, SamplingContext};
 use std::collections::HashMap;
@@ -168,7 +168,7 @@ impl<B: Backend> ModelRunner<B> {
     /// discarded.
     fn take_ahead(&mut self, input: &ModelInput) -> bool {
         let Some(ahead) = self.ahead.take() else { return false };
-        let used = ahead == *input;
+        let used = same_step(&ahead, input);
         if !used {
             self.accel.as_mut().expect("a step was chained").discard_tokens();
         }
