@@ -14,8 +14,7 @@
 // Grid: (num_kv_heads, rows, max_splits); rows are `row_map[blockIdx.y]` when a map is given (the
 // decode rows of a mixed step; prefill rows go to prefill_attention.cu), else blockIdx.y. Long
 // contexts are split along the keys as in attention.cu (same `partition_size`, same partial
-// layout), and merged by the last partition block to finish (`da_merge_if_last`) when the host
-// passes `counters`, else by `attention_reduce`. A row of KV length 0 (graph padding) gets zeros.
+// layout, merged by `attention_reduce`). A row of KV length 0 (graph padding) gets zeros.
 //
 // Template parameters: D = head_dim (64 or 128), G = the largest group the instance handles (the
 // real group is a runtime value <= G), NL = loads per lane per tile. Instances give MIN_BLOCKS
@@ -108,53 +107,6 @@ __device__ __forceinline__ void da_tile(const float (&q)[G][8], float (&m)[G], f
     }
 }
 
-// The last of a (row, KV head)'s partition blocks to finish merges the partitions itself (no
-// `attention_reduce` launch, which cost a kernel's latency per layer at batch 1): each block
-// publishes its partials, then counts itself in `counters[grid row][KV head]`; the block that
-// counts last reads every partition's partials from L2 and writes the output, and resets the
-// counter to 0 for the next launch. `stage` holds the partitions' (max, sum) for every head of
-// the group (the host fuses only when 2 * group * splits fit in it).
-template <int D, int G>
-__device__ __noinline__ void da_merge_if_last(bf16* __restrict__ o_row, const float* part_o,
-                                                 const float* part_ml, u32* counters,
-                                                 float (&stage)[DA_WARPS][G][D], u32 row,
-                                                 u32 num_heads, u32 num_kv_heads, u32 group,
-                                                 u32 num_splits, u32 max_splits) {
-    __shared__ bool last;
-    __threadfence();  // this block's partials are visible device-wide before it counts itself
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        u32* counter = counters + (size_t)blockIdx.y * num_kv_heads + blockIdx.x;
-        last = atomicAdd(counter, 1u) == num_splits - 1;
-        if (last) *counter = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    float* ml = &stage[0][0][0];  // [group][num_splits][2]; the warps' partials are used up
-    const size_t base = ((size_t)row * num_heads + (size_t)blockIdx.x * group) * max_splits;
-    for (u32 i = threadIdx.x; i < group * num_splits * 2; i += blockDim.x) {
-        const u32 g = i / (num_splits * 2), j = i % (num_splits * 2);
-        ml[i] = __ldcg(part_ml + (base + (size_t)g * max_splits) * 2 + j);
-    }
-    __syncthreads();
-    for (u32 idx = threadIdx.x; idx < group * D; idx += blockDim.x) {
-        const u32 g = idx / D, d = idx % D;
-        const float* mlg = ml + g * num_splits * 2;
-        float m = NEG_INF;
-        for (u32 s = 0; s < num_splits; s++) m = fmaxf(m, mlg[2 * s]);
-        float l = 0.0f, o = 0.0f;
-        const float* po = part_o + (base + (size_t)g * max_splits) * D + d;
-#pragma unroll 8
-        for (u32 s = 0; s < num_splits; s++) {
-            const float f = __expf(mlg[2 * s] - m);
-            l += mlg[2 * s + 1] * f;
-            o += __ldcg(po + (size_t)s * D) * f;
-        }
-        o_row[idx] = f2bf(o / l);
-    }
-}
-
 template <int D, int G, int NL>
 __device__ __forceinline__ void decode_attention(
     bf16* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
@@ -162,7 +114,7 @@ __device__ __forceinline__ void decode_attention(
     const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
     const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,
     const u32* __restrict__ row_map, float scale, u32 num_heads, u32 num_kv_heads, u32 row_width,
-    u32 block_size, const u32* __restrict__ batch_max_kv_len, u32 max_splits, u32* counters) {
+    u32 block_size, const u32* __restrict__ batch_max_kv_len, u32 max_splits) {
     constexpr int LPK = D / 8;        // lanes per key
     constexpr int KPL = 32 / LPK;     // keys per warp-wide load
     constexpr int TILE = NL * KPL;    // keys per warp per iteration
@@ -290,8 +242,6 @@ __device__ __forceinline__ void decode_attention(
             }
         }
     }
-    if (num_splits > 1 && counters) da_merge_if_last<D, G>(o_row, part_o, part_ml, counters, merge_o, row,
-                                                          num_heads, num_kv_heads, group, num_splits, max_splits);
 }
 
 #define DECODE_ATTENTION(NAME, D, G, NL, MIN_BLOCKS)                                            \
@@ -302,12 +252,12 @@ __device__ __forceinline__ void decode_attention(
         const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,            \
         const u32* __restrict__ row_map, float scale, u32 num_heads, u32 num_kv_heads,          \
         u32 row_width, u32 block_size, const u32* __restrict__ batch_max_kv_len,                \
-        u32 max_splits, u32* counters) {                                                        \
+        u32 max_splits) {                                                                       \
         pdl_start();                                                                            \
         decode_attention<D, G, NL>(out, part_o, part_ml, qkv, k_cache, v_cache, block_tables,   \
                                    row_table_start, row_kv_len, row_map, scale, num_heads,      \
                                    num_kv_heads, row_width, block_size, batch_max_kv_len,       \
-                                   max_splits, counters);                                       \
+                                   max_splits);                                                 \
     }
 
 DECODE_ATTENTION(decode_attention_d64_g1, 64, 1, 8, 4)

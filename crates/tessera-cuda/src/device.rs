@@ -66,19 +66,11 @@ pub(crate) struct Device {
     pub blas: CudaBlas,
     _blas_workspace: CudaSlice<u8>,
     pub num_sms: u32,
-    /// decode_attention's per-(grid row, KV head) partition counts, all 0 between launches (the
-    /// last partition block resets its own): `ATTENTION_COUNTERS` of them, at a fixed address so
-    /// that CUDA graphs can capture it.
-    pub attention_counters: CudaSlice<u32>,
     /// Kernels launch with programmatic dependent launch (launch/builder.rs): sm_90 and later,
     /// unless TESSERA_PDL=0 (for A/B measurements).
     pub pdl: bool,
     functions: HashMap<&'static str, CudaFunction>,
 }
-
-/// Rows x KV heads that decode_attention can merge its own partitions for (1 MiB of counters);
-/// a larger step falls back to `attention_reduce`.
-pub const ATTENTION_COUNTERS: usize = 1 << 18;
 
 /// cuBLAS's workspace, set once on the handle: GEMMs captured into CUDA graphs then use this
 /// buffer instead of cuBLAS allocating a workspace per capture. 32 MiB is NVIDIA's advice for
@@ -160,18 +152,7 @@ impl Device {
             }
         }
         let pdl = arch.0 >= 9 && std::env::var("TESSERA_PDL").map_or(true, |v| v != "0");
-        let attention_counters =
-            stream.alloc_zeros::<u32>(ATTENTION_COUNTERS).map_err(backend_err("alloc"))?;
-        let device = Device {
-            ctx,
-            stream,
-            blas,
-            _blas_workspace: blas_workspace,
-            num_sms,
-            attention_counters,
-            pdl,
-            functions,
-        };
+        let device = Device { ctx, stream, blas, _blas_workspace: blas_workspace, num_sms, pdl, functions };
         device.keep_pool_memory()?;
         Ok(device)
     }

@@ -171,31 +171,10 @@ pub fn decode_attention(
     push_row_map(&mut b, &meta.row_map);
     b.arg(&scale).arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width);
     b.arg(&meta.block_size).arg(&meta.max_kv_len).arg(&meta.max_splits);
-    let fused = merges_in_kernel(meta.max_splits, grid_rows, heads);
-    const NO_COUNTERS: u64 = 0;
-    match fused {
-        true => b.arg(&device.attention_counters),
-        false => b.arg(&NO_COUNTERS),
-    };
     let grid = (heads.num_kv_heads, grid_rows as u32, meta.max_splits);
-    // SAFETY: as paged_attention; mapped rows are rows of the batch (built by `encode`); with
-    // counters, blockIdx.y * num_kv_heads + blockIdx.x < ATTENTION_COUNTERS (checked above).
+    // SAFETY: as paged_attention; mapped rows are rows of the batch (built by `encode`).
     unsafe { b.launch(cfg(grid, DECODE_ATTN_THREADS, 0)) }?;
-    match fused {
-        true => Ok(()),
-        false => attention_reduce(device, out, part_o, part_ml, meta, heads),
-    }
-}
-
-/// Whether decode_attention merges a split row's partitions itself (its last partition block to
-/// finish does), instead of an `attention_reduce` launch: when the partitions' (max, sum) of a
-/// group fit in its shared staging (2 * splits <= 4 warps * head_dim) and the grid's counters fit.
-/// `TESSERA_ATTENTION_MERGE=kernel` keeps the separate launch, for A/B measurements.
-fn merges_in_kernel(max_splits: u32, grid_rows: usize, heads: Heads) -> bool {
-    max_splits > 1
-        && 2 * max_splits <= 4 * heads.head_dim
-        && grid_rows * heads.num_kv_heads as usize <= crate::device::ATTENTION_COUNTERS
-        && std::env::var_os("TESSERA_ATTENTION_MERGE").is_none_or(|v| v != "kernel")
+    attention_reduce(device, out, part_o, part_ml, meta, heads)
 }
 
 /// Merges the partitions of split rows (a no-op launch-free return when nothing is split).
