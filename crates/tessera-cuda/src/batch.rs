@@ -1,9 +1,8 @@
 //! A step's `ModelInput` as the kernels read it: every index array in one `u32` buffer, so a step
 //! uploads its metadata with one copy, plus the host-side bounds the launchers check against.
 //!
-//! Layout, for `rows` token rows: token ids (first: a chained CUDA-graph replay leaves them as the
-//! last replay's greedy choices wrote them, and uploads the rest), the batch's longest KV length
-//! (one value, which attention partitions by), positions, slots, logits indices, each row's offset into the block
+//! Layout, for `rows` token rows: the batch's longest KV length (one value, which attention
+//! partitions by), token ids, positions, slots, logits indices, each row's offset into the block
 //! tables, each row's KV length, then the block tables themselves, then the tiles
 //! of `prefill_attention` (first row and row count of each): those of sequences computing several
 //! tokens first, then the one-row tiles of the others, whose first rows double as the row map of
@@ -84,11 +83,10 @@ pub fn encode(input: &ModelInput, rows: usize) -> Encoded {
         start..meta.len()
     };
     let pad = rows - n;
-    // First, so that a chained graph replay can upload everything after them (`graphs.rs`).
-    let token_ids =
-        section(&mut meta, &mut input.token_ids.iter().copied().chain(std::iter::repeat_n(0, pad)), rows);
     // Filled in once the rows' KV lengths are known.
     let max_kv_len = section(&mut meta, &mut std::iter::once(0), 1);
+    let token_ids =
+        section(&mut meta, &mut input.token_ids.iter().copied().chain(std::iter::repeat_n(0, pad)), rows);
     let positions =
         section(&mut meta, &mut input.positions.iter().copied().chain(std::iter::repeat_n(0, pad)), rows);
     let slot_mapping = section(
@@ -269,12 +267,8 @@ mod tests {
     fn padding_rows_write_nothing_and_read_nothing() {
         let e = encode(&decode_input(), 4);
         let l = &e.layout;
-        // Everything but the tables sits at the same place for any batch padded to 4 rows, the
-        // token ids first (chained graph replays upload what follows them).
-        assert_eq!(
-            (l.token_ids.start, l.max_kv_len.start, l.row_kv_len.end, l.block_tables.start),
-            (0, 4, 25, 25)
-        );
+        // Everything but the tables sits at the same place for any batch padded to 4 rows.
+        assert_eq!((l.token_ids.start, l.row_kv_len.end, l.block_tables.start), (1, 25, 25));
         assert_eq!(e.meta[l.max_kv_len.clone()], [6], "padding rows do not count");
         assert_eq!(e.meta[l.token_ids.clone()], [7, 8, 0, 0]);
         assert_eq!(e.meta[l.slot_mapping.clone()], [37, 16, PAD_SLOT, PAD_SLOT]);

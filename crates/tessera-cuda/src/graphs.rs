@@ -17,13 +17,11 @@
 //! in `meta`. Prefill and mixed steps run eagerly; so do decode batches larger than the largest
 //! captured size.
 //!
-//! Chained replays: each graph ends by writing its rows' greedy tokens (the host sampler's
-//! argmax) over the token ids at the front of `meta`, which are then the input of the same rows'
-//! next step. The metadata is copied from pinned staging (`staging.rs`), so a replay is only
-//! queued, never waited for. `queue_argmax` queues the copy of the last replay's greedy tokens to
-//! the host; `replay_chained` queues the next decode step of the same rows behind it, uploading
-//! everything but the token ids. The host reads a step's tokens (`take_tokens`) while the next
-//! step already runs.
+//! Chained replays: the metadata is copied from pinned staging (`staging.rs`), so a replay is
+//! only queued, never waited for. `queue_argmax` chooses the greedy tokens of the last replay on
+//! the device and queues their copy to the host; `replay_chained` queues the next decode step of
+//! the same rows behind it, its tokens copied on the device from those greedy choices. The host
+//! reads a step's tokens (`take_tokens`) while the next step already runs.
 //!
 //! Invariant: the model and KV cache a `DecodeGraphs` was captured with stay alive and unmoved on
 //! the device while it replays (the engine's `ModelRunner` owns all three together).
@@ -69,11 +67,10 @@ pub struct DecodeGraphs {
     logits: CudaTensor,
     /// Host staging of `meta`'s uploads.
     staging: PinnedRing,
-    /// Host copies of replays' greedy tokens, oldest first: at most two queued (a step and the
-    /// one after it).
+    /// The greedy tokens of the last `queue_argmax`, one per row: a chained replay's tokens.
+    tokens: CudaSlice<u32>,
+    /// Host copies of `tokens`, oldest first: at most two queued (a step and the one after it).
     token_copies: PinnedRing,
-    /// The padded size of the last replay: a chained replay must be of the same rows.
-    last_size: Option<usize>,
     queued: VecDeque<Queued>,
     block_size: usize,
     max_model_len: usize,
@@ -162,10 +159,10 @@ impl DecodeGraphs {
         let mut graphs = Vec::with_capacity(sizes.len());
         for &rows in sizes.iter().rev() {
             upload_padding(backend, &mut meta, rows, block_size)?;
-            let mut batch = capture_batch(meta, rows, block_size, max_model_len);
+            let batch = capture_batch(meta, rows, block_size, max_model_len);
             drop(model.forward(backend, &batch, cache)?);
             backend.synchronize()?;
-            let graph = capture_one(backend, model, cache, &mut batch, &mut logits).map_err(|e| {
+            let graph = capture_one(backend, model, cache, &batch, &mut logits).map_err(|e| {
                 ModelError::Backend(format!("capturing the decode graph of {rows} rows: {e}"))
             })?;
             graph.upload().map_err(backend_err("graph upload"))?;
@@ -177,6 +174,7 @@ impl DecodeGraphs {
         let ctx = &backend.device.ctx;
         let staging = PinnedRing::new(ctx, capacity, true).map_err(backend_err("pinned staging"))?;
         let token_copies = PinnedRing::new(ctx, largest, false).map_err(backend_err("pinned staging"))?;
+        let tokens = stream.alloc_zeros::<u32>(largest).map_err(backend_err("alloc"))?;
         let report = GraphReport {
             batch_sizes: sizes.to_vec(),
             capture_ms: start.elapsed().as_secs_f64() * 1e3,
@@ -188,9 +186,9 @@ impl DecodeGraphs {
             meta,
             logits,
             staging,
+            tokens,
             token_copies,
             queued: VecDeque::new(),
-            last_size: None,
             block_size,
             max_model_len,
             num_blocks: cache.shape.num_blocks,
@@ -238,8 +236,8 @@ impl DecodeGraphs {
     }
 
     /// Queues `input` behind the work already on the stream, as `replay` does, except that row
-    /// `i`'s token is the greedy choice of row `i` of the last replay, which must have been of
-    /// the same padded size (`input`'s token ids are not read). False when it must run eagerly; then nothing
+    /// `i`'s token is the greedy choice of row `i` of the last `queue_argmax`, copied on the
+    /// device (`input`'s token ids are not read). False when it must run eagerly; then nothing
     /// was queued.
     pub fn replay_chained(&mut self, backend: &CudaBackend, input: &ModelInput) -> Result<bool> {
         self.launch(backend, input, true)
@@ -260,32 +258,39 @@ impl DecodeGraphs {
         if !in_range {
             return Ok(false);
         }
-        if chained && self.last_size != Some(size) {
-            return Ok(false);
-        }
         let stream = &backend.device.stream;
-        // A chained replay keeps the token ids the last replay's greedy choices wrote.
-        assert_eq!(encoded.layout.token_ids, 0..size, "token ids lead the metadata");
-        let from = if chained { size } else { 0 };
-        let mut dst = self.meta.slice_mut(from..encoded.meta.len());
+        let mut front = self.meta.slice_mut(0..encoded.meta.len());
         self.staging
-            .upload(stream, &encoded.meta[from..], &mut dst)
+            .upload(stream, &encoded.meta, &mut front)
             .map_err(backend_err("graph metadata upload"))?;
-        self.last_size = Some(size);
+        if chained {
+            let start = encoded.layout.token_ids.start;
+            let mut token_ids = self.meta.slice_mut(start..start + n);
+            stream
+                .memcpy_dtod(&self.tokens.slice(0..n), &mut token_ids)
+                .map_err(backend_err("chained tokens copy"))?;
+        }
         let (_, graph) = self.graphs.iter().find(|(s, _)| *s == size).expect("captured");
         graph.launch().map_err(backend_err("graph launch"))?;
         Ok(true)
     }
 
-    /// Queues the copy to the host of the greedy tokens (the host sampler's `argmax`) that the
-    /// last replay chose for its rows `0..rows`, read by `take_tokens`. At most two are queued at
-    /// once.
+    /// Chooses the greedy token of rows `0..rows` of the last replay's logits on the device (the
+    /// host sampler's `argmax`) and queues their copy to the host, read by `take_tokens`. At most
+    /// two are queued at once.
     pub fn queue_argmax(&mut self, backend: &CudaBackend, rows: usize) -> Result<()> {
         assert!(self.queued.len() < 2, "two steps' tokens are already queued");
-        assert!(rows > 0 && self.last_size.is_some_and(|size| rows <= size), "tokens of {rows} rows");
+        assert!(rows > 0 && rows <= self.logits.rows, "argmax of {rows} rows");
+        let device = &backend.device;
+        launch::argmax_rows(
+            device,
+            &mut self.tokens.slice_mut(0..rows),
+            &self.logits.data,
+            self.logits.cols,
+        )?;
         let queued = self
             .token_copies
-            .download(&backend.device.stream, &self.meta.slice(0..rows))
+            .download(&device.stream, &self.tokens.slice(0..rows))
             .map_err(backend_err("copy to host"))?;
         self.queued.push_back(queued);
         Ok(())
@@ -310,7 +315,7 @@ fn capture_one(
     backend: &CudaBackend,
     model: &Model<CudaBackend>,
     cache: &mut CudaKvCache,
-    batch: &mut CudaBatch,
+    batch: &CudaBatch,
     logits: &mut CudaTensor,
 ) -> Result<CudaGraph> {
     let stream = &backend.device.stream;
@@ -322,9 +327,6 @@ fn capture_one(
         let out = model.forward(backend, batch, cache)?;
         let len = out.rows * out.cols;
         assert_eq!((out.rows, out.cols), (batch.num_tokens(), logits.cols), "decode logits shape");
-        // The rows' greedy tokens over their token ids: the next chained replay's input.
-        let mut token_ids = batch.meta.slice_mut(batch.layout.token_ids.clone());
-        launch::argmax_rows(&backend.device, &mut token_ids, &out.data, out.cols)?;
         let mut front = logits.data.slice_mut(0..len);
         stream.memcpy_dtod(&out.data.slice(0..len), &mut front).map_err(backend_err("logits copy"))
     })();
