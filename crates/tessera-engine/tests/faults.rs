@@ -12,8 +12,15 @@ use tessera_engine::{Engine, EngineError, EngineOptions, FaultInjection, FaultKi
 async fn start_faulty(policy: OnWorkerFailure, kind: FaultKind) -> Engine {
     let mut config: EngineConfig = tiny_config();
     config.parallel.tensor_parallel_size = 2;
-    config.parallel.collective_timeout_ms = 300;
-    config.engine.step_timeout_ms = 1_000;
+    // A hang is found by these deadlines. A panic poisons the group at once, so its deadlines
+    // are long: with short ones, a loaded machine (rank 1's thread not run for 300 ms) let rank
+    // 0's collective time out before rank 1 reported its panic, and the panic's message was lost.
+    let (collective, step) = match kind {
+        FaultKind::Panic => (5_000, 10_000),
+        _ => (300, 1_000),
+    };
+    config.parallel.collective_timeout_ms = collective;
+    config.engine.step_timeout_ms = step;
     config.engine.on_worker_failure = policy;
     let fault = FaultInjection { rank: 1, at_step: 5, kind };
     Engine::start_with(config, EngineOptions { fault: Some(fault), ..Default::default() }).await.unwrap()
