@@ -303,28 +303,22 @@ where
         let scheduled = self.apply(plan);
         let steady = self.steady.observe(&scheduled);
         let mut result = StepResult { step_id: plan.step_id, sampled: Vec::new() };
+        let input = self.build_input(&scheduled);
+        // A step queued ahead serves only the plan that is exactly it (never an empty one).
+        let used_ahead = self.take_ahead(&input);
         if scheduled.is_empty() {
-            if self.ahead.take().is_some() {
-                self.accel.as_mut().expect("a step was chained").discard_tokens();
-            }
             return Ok(self.samples.then_some(result));
         }
-        let input = self.build_input(&scheduled);
         phase("prepare", preparing);
         let forward = Instant::now();
         let err = |e: tessera_model::ModelError| e.to_string();
         // Queued: this step's greedy tokens are on their way to the host (`queue_argmax`).
-        let queued = if self.take_ahead(&input) {
-            true
-        } else {
+        let queued = used_ahead || {
             let eager = self.run_model(&input).map_err(err)?;
-            let queued = eager.is_none() && self.chains(&scheduled);
-            if queued {
-                self.accel
-                    .as_mut()
-                    .expect("replayed")
-                    .queue_argmax(&self.backend, scheduled.len())
-                    .map_err(err)?;
+            if eager.is_none() && self.chains(&scheduled) {
+                let accel = self.accel.as_mut().expect("replayed");
+                accel.queue_argmax(&self.backend, scheduled.len()).map_err(err)?;
+                true
             } else {
                 // Every rank's reply means its step (collectives included) is done, or it failed.
                 self.backend.end_step().map_err(err)?;
@@ -342,8 +336,8 @@ where
                     result.sampled = self.sample_step(&scheduled, logits).map_err(err)?;
                 }
                 phase("sample", sampling);
+                false
             }
-            queued
         };
         if queued {
             // Only one rank chains (`DeviceAccel::can_chain`), and it samples.
