@@ -84,14 +84,6 @@ __device__ __forceinline__ void unpack8(uint4 raw, float* f) {
     }
 }
 
-// Eight f32 rounded to bf16 (nearest even), as one 16-byte vector: unpack8's inverse.
-__device__ __forceinline__ uint4 pack8(const float* f) {
-    u32 w[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) w[i] = (u32)f2bf(f[2 * i]) | ((u32)f2bf(f[2 * i + 1]) << 16);
-    return make_uint4(w[0], w[1], w[2], w[3]);
-}
-
 // Paged attention's split along the context (attention.cu, decode_attention.cu): keys per
 // partition, the batch's longest context split `max_splits` ways in whole multiples of
 // ATTN_PART, and at least ATTN_MIN_PART keys (the host's ATTN_MIN_PART): a shorter partition

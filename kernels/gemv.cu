@@ -49,13 +49,9 @@ __device__ __forceinline__ uint4 ld_stream16(const bf16* p) {
 // gate rows row0.. in the tile's lower half and the matching up rows n + row0.. in its upper
 // half, so each output's two sums end in the same block. Both are rounded to bf16 before the
 // activation, as the unfused kernels round the gate|up tensor, so the results are the same.
-//
-// x_stride: elements from one row of x to the next (k, or k + NORM_PAD for x normalised into
-// shared memory by norm_rows_to_shared).
 template <int NT, int ROWS, int UNROLL, bool GLU = false>
 __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restrict__ x,
-                                     const bf16* __restrict__ w, u32 m, u32 n, u32 k,
-                                     u32 x_stride) {
+                                     const bf16* __restrict__ w, u32 m, u32 n, u32 k) {
     static_assert(!GLU || ROWS == 16, "a GLU block pairs 8 gate rows with 8 up rows");
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u32 row0 = blockIdx.x * (GLU ? 8 : ROWS);
@@ -86,7 +82,7 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
             a_hi[u] = ROWS == 16 ? ld_stream16(w_hi + off) : zero;
 #pragma unroll
             for (int j = 0; j < NT; j++)
-                b[j][u] = *(const uint4*)(x + (size_t)umin(j * 8 + g, m - 1) * x_stride + off);
+                b[j][u] = *(const uint4*)(x + (size_t)umin(j * 8 + g, m - 1) * k + off);
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
@@ -166,97 +162,6 @@ __device__ __forceinline__ void gemv_prefetch(const bf16* __restrict__ w, u32 n,
     }
 }
 
-// The pre-norm fused in front of a GEMV (the gemv_norm kernels): x is rms_norm(residual +
-// delta), or rms_norm(residual) without ADD, and the new residual (residual + delta, rounded to
-// bf16) goes to residual_out. At decode the norm is a kernel of its own whose time is mostly
-// latency (an 8 KB row), twice per layer; here each block normalises the m <= 8 rows itself, from
-// L2, into shared memory, and its GEMV reads x from there.
-//
-// The arithmetic is norm.cu's: the sum rounded to bf16, squares summed in f32, out = x * scale *
-// w rounded to bf16. Only the order of the sum of squares differs (per thread, then per warp, then
-// over the warps in a fixed order: deterministic, like every kernel here).
-//
-// Every block reads residual and delta and none writes them; each block writes its share of
-// residual_out (every gridDim.x-th vector), which must be another buffer: a block overwriting
-// the residual would race with the blocks still reading it.
-//
-// Rows of x are NORM_PAD elements (64 bytes) longer in shared memory than k: the 8 rows that a
-// warp's B loads touch at once then fall on different banks.
-#define NORM_PAD 32
-// Vectors of 8 per thread per row, so k <= 8 * NORM_ROW_VECS * blockDim.x (8192 at 256 threads).
-#define NORM_ROW_VECS 4
-
-template <bool ADD>
-__device__ __forceinline__ void norm_rows_to_shared(bf16* __restrict__ xs,
-                                                    const bf16* __restrict__ residual,
-                                                    const bf16* __restrict__ delta,
-                                                    bf16* __restrict__ residual_out,
-                                                    const bf16* __restrict__ norm_w, float eps,
-                                                    u32 m, u32 k) {
-    __shared__ float ss_part[GEMV_WARPS][8];
-    const u32 vecs = k / 8, stride = k + NORM_PAD, warp = threadIdx.x >> 5;
-    float ss[8];
-#pragma unroll
-    for (int r = 0; r < 8; r++) {
-        ss[r] = 0.0f;
-        if (r >= m) continue;
-        uint4 h[NORM_ROW_VECS], d[NORM_ROW_VECS];
-        // Every load of the row first, so they are in flight together.
-#pragma unroll
-        for (int j = 0; j < NORM_ROW_VECS; j++) {
-            const u32 i = threadIdx.x + j * blockDim.x;
-            if (i < vecs) {
-                h[j] = ((const uint4*)residual)[(size_t)r * vecs + i];
-                if (ADD) d[j] = ((const uint4*)delta)[(size_t)r * vecs + i];
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < NORM_ROW_VECS; j++) {
-            const u32 i = threadIdx.x + j * blockDim.x;
-            if (i >= vecs) continue;
-            float f[8];
-            unpack8(h[j], f);
-            if (ADD) {
-                float df[8];
-                unpack8(d[j], df);
-#pragma unroll
-                for (int e = 0; e < 8; e++) f[e] += df[e];
-                h[j] = pack8(f);
-                unpack8(h[j], f);
-            }
-            const u32 flat = r * vecs + i;
-            if (flat % gridDim.x == blockIdx.x) ((uint4*)residual_out)[flat] = h[j];
-            *(uint4*)(xs + (size_t)r * stride + (size_t)i * 8) = h[j];
-#pragma unroll
-            for (int e = 0; e < 8; e++) ss[r] += f[e] * f[e];
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 8; r++) {
-        if (r >= m) continue;
-        const float v = warp_sum(ss[r]);
-        if ((threadIdx.x & 31) == 0) ss_part[warp][r] = v;
-    }
-    __syncthreads();
-    for (u32 r = 0; r < m; r++) {
-        float total = 0.0f;
-#pragma unroll
-        for (int v = 0; v < GEMV_WARPS; v++) total += ss_part[v][r];
-        const float scale = rsqrtf(total / (float)k + eps);
-        // Each thread rescales the vectors it stored.
-        for (u32 i = threadIdx.x; i < vecs; i += blockDim.x) {
-            uint4* p = (uint4*)(xs + (size_t)r * stride + (size_t)i * 8);
-            float f[8], wf[8];
-            unpack8(*p, f);
-            unpack8(((const uint4*)norm_w)[i], wf);
-#pragma unroll
-            for (int e = 0; e < 8; e++) f[e] = f[e] * scale * wf[e];
-            *p = pack8(f);
-        }
-    }
-    __syncthreads();
-}
-
 // At least 2 blocks per SM: without a minimum, ptxas trades the loads in flight for registers
 // (it moved each step's loads next to their mma's, 3 in flight instead of 12); with it, a lane
 // keeps all of a step's loads in flight (84 / 108 registers for sm_90). Each kernel first asks L2
@@ -267,25 +172,7 @@ __device__ __forceinline__ void norm_rows_to_shared(bf16* __restrict__ xs,
              u32 n, u32 k) {                                                                      \
         gemv_prefetch<ROWS, UNROLL, GLU>(w, n, k);                                                \
         pdl_start();                                                                              \
-        gemv<NT, ROWS, UNROLL, GLU>(out, x, w, m, n, k, k);                                       \
-    }
-
-// The same kernels behind the fused pre-norm (norm_rows_to_shared; `add` = 0: no delta). Dynamic
-// shared memory: m * (k + NORM_PAD) bf16.
-#define GEMV_NORM_KERNEL(NAME, ROWS, UNROLL, GLU)                                                   \
-    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)                              \
-        NAME(bf16* __restrict__ out, const bf16* __restrict__ residual,                           \
-             const bf16* __restrict__ delta, bf16* __restrict__ residual_out,                     \
-             const bf16* __restrict__ norm_w, float eps, u32 add, const bf16* __restrict__ w,     \
-             u32 m, u32 n, u32 k) {                                                               \
-        extern __shared__ __align__(16) bf16 xs[];                                                \
-        gemv_prefetch<ROWS, UNROLL, GLU>(w, n, k);                                                \
-        pdl_start();                                                                              \
-        if (add)                                                                                  \
-            norm_rows_to_shared<true>(xs, residual, delta, residual_out, norm_w, eps, m, k);      \
-        else                                                                                      \
-            norm_rows_to_shared<false>(xs, residual, delta, residual_out, norm_w, eps, m, k);     \
-        gemv<1, ROWS, UNROLL, GLU>(out, xs, w, m, n, k, k + NORM_PAD);                            \
+        gemv<NT, ROWS, UNROLL, GLU>(out, x, w, m, n, k);                                          \
     }
 
 GEMV_KERNEL(gemv_m8, 1, 16, GEMV_UNROLL, false)
@@ -294,7 +181,3 @@ GEMV_KERNEL(gemv_m8_r8, 1, 8, 2 * GEMV_UNROLL, false)
 GEMV_KERNEL(gemv_m16, 2, 16, GEMV_UNROLL, false)
 // gemv_m8 with the GLU epilogue: out[m, n] = silu(x @ w[:n]^T) * (x @ w[n:]^T), w of 2n rows.
 GEMV_KERNEL(gemv_glu_m8, 1, 16, GEMV_UNROLL, true)
-// The pre-norm fused in front of gemv_m8, gemv_m8_r8 and gemv_glu_m8.
-GEMV_NORM_KERNEL(gemv_norm_m8, 16, GEMV_UNROLL, false)
-GEMV_NORM_KERNEL(gemv_norm_m8_r8, 8, 2 * GEMV_UNROLL, false)
-GEMV_NORM_KERNEL(gemv_glu_norm_m8, 16, GEMV_UNROLL, true)

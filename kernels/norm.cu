@@ -61,6 +61,14 @@ __device__ __forceinline__ float block_sum_once(float v, float* scratch) {
     return s;
 }
 
+// Eight f32 rounded to bf16 (nearest even), as one 16-byte vector: unpack8's inverse.
+__device__ __forceinline__ uint4 pack8(const float* f) {
+    u32 w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) w[i] = (u32)f2bf(f[2 * i]) | ((u32)f2bf(f[2 * i + 1]) << 16);
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // One row per block of blockDim.x >= cols / (8 * NORM_VECS) threads. With ADD, `residual` +=
 // `x` (rounded to bf16) and the sum is normalised; without, `x` is.
 template <bool ADD>

@@ -134,50 +134,6 @@ impl CudaBackend {
         Ok(CudaTensor { rows, cols, data: self.alloc(rows * cols)? })
     }
 
-    /// The pre-norm and the GEMV after it as one kernel (`launch::gemv_norm`), where the linear
-    /// layer would run as a GEMV (with `glu`, the gate|up GEMV with its activation): the output,
-    /// with `residual` replaced by residual + delta; `None`, changing nothing, where it does not
-    /// apply. TESSERA_NORM_GEMV=0 turns it off, for A/B measurements. Public for the kernel
-    /// tests, which check where it applies.
-    pub fn fused_norm_linear(
-        &self,
-        residual: &mut CudaTensor,
-        delta: Option<&CudaTensor>,
-        norm: &CudaTensor,
-        eps: f32,
-        weight: &CudaTensor,
-        glu: bool,
-    ) -> Result<Option<CudaTensor>> {
-        static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let fused = *FUSED.get_or_init(|| std::env::var("TESSERA_NORM_GEMV").map_or(true, |v| v != "0"));
-        let (m, k) = (residual.rows, residual.cols);
-        let n = if glu { weight.rows / 2 } else { weight.rows };
-        let gemv = if glu {
-            crate::gemm::glu_applies(&self.device, residual, weight)
-        } else {
-            m <= crate::gemm::GEMV_MAX_M
-        };
-        let shapes_match = delta.is_none_or(|d| (d.rows, d.cols) == (m, k)) && norm.len() == k;
-        if !fused || !gemv || !shapes_match || weight.cols != k || m == 0 {
-            return Ok(None);
-        }
-        let mut residual_out = self.tensor(m, k)?;
-        let pre_norm = launch::PreNorm {
-            residual: &residual.data,
-            delta: delta.map(|d| &d.data),
-            residual_out: &mut residual_out.data,
-            norm_weight: &norm.data,
-            eps,
-        };
-        if !launch::gemv_norm_supports(&self.device, &pre_norm, &weight.data, [m, n, k], glu) {
-            return Ok(None);
-        }
-        let mut out = self.tensor(m, n)?;
-        launch::gemv_norm(&self.device, &mut out.data, pre_norm, &weight.data, [m, n, k], glu)?;
-        *residual = residual_out;
-        Ok(Some(out))
-    }
-
     /// Buffers for the partial results of `rows` rows split `max_splits` ways along the context
     /// (one element each when nothing is split).
     fn attention_partials(
@@ -440,38 +396,6 @@ impl Backend for CudaBackend {
             false => launch::paged_attention(&self.device, &mut out.data, o, pm, &qkv.data, k, v, &meta, h)?,
         }
         Ok(out)
-    }
-
-    fn norm_linear(
-        &self,
-        residual: &mut CudaTensor,
-        delta: Option<&CudaTensor>,
-        norm: &CudaTensor,
-        eps: f32,
-        weight: &CudaTensor,
-        bias: Option<&CudaTensor>,
-    ) -> Result<CudaTensor> {
-        let Some(mut out) = self.fused_norm_linear(residual, delta, norm, eps, weight, false)? else {
-            return self.linear(&self.pre_norm(residual, delta, norm, eps)?, weight, bias);
-        };
-        if let Some(bias) = bias {
-            launch::add_bias(&self.device, &mut out.data, &bias.data, out.rows, out.cols)?;
-        }
-        Ok(out)
-    }
-
-    fn norm_linear_silu_mul(
-        &self,
-        residual: &mut CudaTensor,
-        delta: Option<&CudaTensor>,
-        norm: &CudaTensor,
-        eps: f32,
-        gate_up: &CudaTensor,
-    ) -> Result<CudaTensor> {
-        match self.fused_norm_linear(residual, delta, norm, eps, gate_up, true)? {
-            Some(out) => Ok(out),
-            None => self.linear_silu_mul(&self.pre_norm(residual, delta, norm, eps)?, gate_up),
-        }
     }
 
     fn linear_silu_mul(&self, x: &CudaTensor, gate_up: &CudaTensor) -> Result<CudaTensor> {

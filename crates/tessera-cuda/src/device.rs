@@ -123,18 +123,7 @@ const ENTRIES: [(&str, &[&str]); 10] = [
         ],
     ),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
-    (
-        "gemv",
-        &[
-            "gemv_m8",
-            "gemv_m8_r8",
-            "gemv_m16",
-            "gemv_glu_m8",
-            "gemv_norm_m8",
-            "gemv_norm_m8_r8",
-            "gemv_glu_norm_m8",
-        ],
-    ),
+    ("gemv", &["gemv_m8", "gemv_m8_r8", "gemv_m16", "gemv_glu_m8"]),
 ];
 
 impl Device {

@@ -183,67 +183,6 @@ fn linear_silu_mul_fused_and_not() {
     }
 }
 
-/// What a block's pre-norm and projection give (`norm_linear`, or `norm_linear_silu_mul` with
-/// `glu`): the output, then the residual after it.
-fn norm_linear<B: Backend>(b: &B, [m, k, n]: [usize; 3], add: bool, glu: bool, seed: u64) -> Vec<Vec<f32>> {
-    let (mut residual, delta, norm, w) = norm_linear_inputs(b, [m, k, n], glu, seed);
-    let delta = add.then_some(&delta);
-    let out = match glu {
-        true => b.norm_linear_silu_mul(&mut residual, delta, &norm, 1e-5, &w).unwrap(),
-        false => b.norm_linear(&mut residual, delta, &norm, 1e-5, &w, None).unwrap(),
-    };
-    vec![b.to_host(&out).unwrap(), b.to_host(&residual).unwrap()]
-}
-
-fn norm_linear_inputs<B: Backend>(
-    b: &B,
-    [m, k, n]: [usize; 3],
-    glu: bool,
-    seed: u64,
-) -> (B::Tensor, B::Tensor, B::Weight, B::Weight) {
-    let residual = activation(b, m, k, &random_bf16(seed, m * k, 2.0));
-    let delta = activation(b, m, k, &random_bf16(seed + 1, m * k, 2.0));
-    let norm = b.upload(host_bf16(vec![k], &random_bf16(seed + 2, k, 1.5))).unwrap();
-    let rows = if glu { 2 * n } else { n };
-    let w = b.upload(host_bf16(vec![rows, k], &random_bf16(seed + 3, rows * k, 0.05))).unwrap();
-    (residual, delta, norm, w)
-}
-
-/// The pre-norm fused into the GEMV (gemv_norm_m8, gemv_norm_m8_r8, gemv_glu_norm_m8) against
-/// the CPU's norm then linear: with and without a delta to add, Llama 8B's q|k|v and gate|up at
-/// batch 1 and at the most rows it takes (5 of 4096), 16-row blocks (n > 8192), ragged n and k;
-/// and shapes it leaves to the separate kernels (6 rows of 4096, 9 rows), which must agree too.
-#[test]
-fn pre_norm_fused_into_the_gemv() {
-    let Some((cpu, gpu)) = backends("pre_norm_fused_into_the_gemv") else { return };
-    let cases = [
-        ([1, 4096, 6144], false, true),
-        ([5, 4096, 6144], false, true),
-        ([1, 4096, 14336], true, true),
-        ([5, 4096, 14336], true, true),
-        ([2, 8192, 10240], false, true),
-        ([3, 264, 13], false, true),
-        ([1, 4104, 100], true, true),
-        ([8, 512, 40], true, true),
-        ([6, 4096, 6144], false, false),
-        ([9, 256, 64], true, false),
-    ];
-    for (i, ([m, k, n], glu, fuses)) in cases.into_iter().enumerate() {
-        let seed = 1300 + 10 * i as u64;
-        let (mut residual, _, norm, w) = norm_linear_inputs(&gpu, [m, k, n], glu, seed);
-        let fused = gpu.fused_norm_linear(&mut residual, None, &norm, 1e-5, &w, glu).unwrap();
-        assert_eq!(fused.is_some(), fuses, "{m}x{k} @ {n}: fused or not");
-        for add in [false, true] {
-            let (got, want) =
-                (norm_linear(&gpu, [m, k, n], add, glu, seed), norm_linear(&cpu, [m, k, n], add, glu, seed));
-            let what = format!("norm_linear {m}x{k} @ {n}x{k}^T (glu {glu}, add {add})");
-            assert_eq!(got[0].len(), m * n, "{what}");
-            assert_close(&format!("{what} out"), &got[0], &want[0], BF16_TOL);
-            assert_close(&format!("{what} residual"), &got[1], &want[1], BF16_TOL);
-        }
-    }
-}
-
 fn embed_and_gather<B: Backend>(
     b: &B,
     vocab: usize,

@@ -155,44 +155,6 @@ pub trait Backend {
     fn linear_silu_mul(&self, x: &Self::Tensor, gate_up: &Self::Weight) -> Result<Self::Tensor> {
         self.silu_mul(&self.linear(x, gate_up, None)?)
     }
-    /// A block's pre-norm: `add_rms_norm(residual, delta)`, or `rms_norm(residual)` where there
-    /// is no delta yet (the first layer). `norm_linear` and `norm_linear_silu_mul` start with it.
-    fn pre_norm(
-        &self,
-        residual: &mut Self::Tensor,
-        delta: Option<&Self::Tensor>,
-        norm: &Self::Weight,
-        eps: f32,
-    ) -> Result<Self::Tensor> {
-        match delta {
-            Some(delta) => self.add_rms_norm(residual, delta, norm, eps),
-            None => self.rms_norm(residual, norm, eps),
-        }
-    }
-    /// `linear(pre_norm(residual, delta), weight, bias)`: a pass a backend may fuse (the norm
-    /// inside the GEMV at decode on a GPU). Updates `residual` as `pre_norm` does.
-    fn norm_linear(
-        &self,
-        residual: &mut Self::Tensor,
-        delta: Option<&Self::Tensor>,
-        norm: &Self::Weight,
-        eps: f32,
-        weight: &Self::Weight,
-        bias: Option<&Self::Weight>,
-    ) -> Result<Self::Tensor> {
-        self.linear(&self.pre_norm(residual, delta, norm, eps)?, weight, bias)
-    }
-    /// `linear_silu_mul(pre_norm(residual, delta), gate_up)`, as `norm_linear`.
-    fn norm_linear_silu_mul(
-        &self,
-        residual: &mut Self::Tensor,
-        delta: Option<&Self::Tensor>,
-        norm: &Self::Weight,
-        eps: f32,
-        gate_up: &Self::Weight,
-    ) -> Result<Self::Tensor> {
-        self.linear_silu_mul(&self.pre_norm(residual, delta, norm, eps)?, gate_up)
-    }
     /// The rows at the batch's `logits_indices`.
     fn gather_logit_rows(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
     /// Sums `x` over the tensor-parallel group, in place.

@@ -244,15 +244,15 @@ impl<B: Backend> Model<B> {
         if self.vocab_parallel && self.tp.world > 1 {
             b.all_reduce(&mut residual)?;
         }
-        // Each block's output waits here to be added to the residual by the next pre-norm.
         let mut pending: Option<B::Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let (norm, qkv, bias) = (&layer.input_norm, &layer.qkv, layer.qkv_bias.as_ref());
-            let qkv = b.norm_linear(&mut residual, pending.take().as_ref(), norm, eps, qkv, bias)?;
-            let attn = self.attention(b, layer, i, qkv, batch, cache)?;
-            let act =
-                b.norm_linear_silu_mul(&mut residual, Some(&attn), &layer.post_norm, eps, &layer.gate_up)?;
-            let mut mlp = b.linear(&act, &layer.down, None)?;
+            let h = match pending.take() {
+                None => b.rms_norm(&residual, &layer.input_norm, eps)?,
+                Some(delta) => b.add_rms_norm(&mut residual, &delta, &layer.input_norm, eps)?,
+            };
+            let attn = self.attention(b, layer, i, &h, batch, cache)?;
+            let h = b.add_rms_norm(&mut residual, &attn, &layer.post_norm, eps)?;
+            let mut mlp = b.linear(&b.linear_silu_mul(&h, &layer.gate_up)?, &layer.down, None)?;
             b.all_reduce(&mut mlp)?;
             pending = Some(mlp);
         }
@@ -272,10 +272,11 @@ impl<B: Backend> Model<B> {
         b: &B,
         layer: &Layer<B>,
         index: usize,
-        mut qkv: B::Tensor,
+        h: &B::Tensor,
         batch: &B::Batch,
         cache: &mut B::KvCache,
     ) -> Result<B::Tensor> {
+        let mut qkv = b.linear(h, &layer.qkv, layer.qkv_bias.as_ref())?;
         if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
             b.qk_norm(&mut qkv, q_norm, k_norm, self.spec.rms_norm_eps, self.layout)?;
         }

@@ -1,6 +1,6 @@
 //! Launchers of the GEMV kernels (gemv.cu) for decode-sized batches.
 
-use super::{aligned16, cfg, KernelLaunch, SHARED_LIMIT};
+use super::{aligned16, cfg, KernelLaunch};
 use crate::device::Device;
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -86,84 +86,6 @@ pub fn gemv_glu(
     assert!(m <= 8 && gemv_supports(device, x, w, m, 2 * n, k), "gemv_glu of {m}x{k} @ {}x{k}^T", 2 * n);
     assert!(x.len() >= m * k && w.len() >= 2 * n * k && out.len() >= m * n, "gemv_glu buffers");
     launch_gemv(device, "gemv_glu_m8", out, x, w, [m, n, k], n.div_ceil(8))
-}
-
-/// What a GEMV with the pre-norm fused in front (`gemv_norm`) reads and writes besides its
-/// weight: x = rms_norm(residual + delta) (rms_norm(residual) without a delta), and
-/// residual + delta goes to `residual_out`, another buffer of the residual's shape.
-pub struct PreNorm<'a> {
-    pub residual: &'a CudaSlice<bf16>,
-    pub delta: Option<&'a CudaSlice<bf16>>,
-    pub residual_out: &'a mut CudaSlice<bf16>,
-    pub norm_weight: &'a CudaSlice<bf16>,
-    pub eps: f32,
-}
-
-/// gemv.cu's NORM_PAD (elements a row of x is padded by in shared memory), the shared memory
-/// its GEMV and norm stage statically (the warps' partial tiles and sums of squares), and the
-/// widest row its norm takes (NORM_ROW_VECS vectors of 8 per thread).
-const NORM_PAD: usize = 32;
-/// ptxas reports 4,608 bytes of static shared memory for these kernels; 6 KB leaves room.
-const NORM_STATIC_SHARED: usize = 6 * 1024;
-const NORM_MAX_K: usize = 8 * 4 * GEMV_THREADS as usize;
-
-/// Dynamic shared memory of a `gemv_norm` launch: m rows of x, padded.
-fn norm_shared_bytes(m: usize, k: usize) -> usize {
-    m * (k + NORM_PAD) * std::mem::size_of::<bf16>()
-}
-
-/// Whether `gemv_norm` takes `m` rows of `k` against a weight of `n` rows (2n for `glu`) on
-/// these buffers: the GEMV's conditions for m <= 8, rows of at most NORM_MAX_K, and x staged in
-/// the shared memory a launch gets without an opt-in (5 rows of 4096).
-pub fn gemv_norm_supports(
-    device: &Device,
-    norm: &PreNorm<'_>,
-    w: &CudaSlice<bf16>,
-    [m, n, k]: [usize; 3],
-    glu: bool,
-) -> bool {
-    let w_rows = if glu { 2 * n } else { n };
-    m <= 8
-        && k <= NORM_MAX_K
-        && norm_shared_bytes(m, k) + NORM_STATIC_SHARED <= SHARED_LIMIT
-        && gemv_supports(device, norm.residual, w, m, w_rows, k)
-        && norm.delta.is_none_or(|d| aligned16(device, d) && d.len() >= m * k)
-        && aligned16(device, norm.residual_out)
-        && aligned16(device, norm.norm_weight)
-        && norm.residual.len() >= m * k
-        && norm.residual_out.len() >= m * k
-        && norm.norm_weight.len() >= k
-}
-
-/// `out[m, n] = rms_norm(residual (+ delta)) @ w[n, k]^T`, or with `glu` the GLU of a gate|up
-/// weight of 2n rows, as `gemv` / `gemv_glu` with the norm in front (gemv.cu's `gemv_norm_m8`,
-/// `gemv_norm_m8_r8`, `gemv_glu_norm_m8`); writes residual + delta to `norm.residual_out`. The
-/// caller checked `gemv_norm_supports`.
-pub fn gemv_norm(
-    device: &Device,
-    out: &mut CudaSlice<bf16>,
-    norm: PreNorm<'_>,
-    w: &CudaSlice<bf16>,
-    [m, n, k]: [usize; 3],
-    glu: bool,
-) -> Result<()> {
-    assert!(gemv_norm_supports(device, &norm, w, [m, n, k], glu), "gemv_norm of {m}x{k} @ {n}x{k}^T");
-    assert!(out.len() >= m * n, "gemv_norm output");
-    let (name, blocks) = match (glu, gemv_block_rows(n)) {
-        (true, _) => ("gemv_glu_norm_m8", n.div_ceil(8)),
-        (false, 8) => ("gemv_norm_m8_r8", n.div_ceil(8)),
-        (false, rows) => ("gemv_norm_m8", n.div_ceil(rows)),
-    };
-    let (m32, n32, k32, add) = (m as u32, n as u32, k as u32, u32::from(norm.delta.is_some()));
-    let mut b = KernelLaunch::new(device, name);
-    b.arg(out).arg(norm.residual).arg(norm.delta.unwrap_or(norm.residual)).arg(norm.residual_out);
-    b.arg(norm.norm_weight).arg(&norm.eps).arg(&add).arg(w).arg(&m32).arg(&n32).arg(&k32);
-    let shared = norm_shared_bytes(m, k) as u32;
-    // SAFETY: as `launch_gemv`, with the residual, delta and residual_out of m x k and the norm
-    // weight of k (`gemv_norm_supports`); the block's shared memory holds its m padded rows of x;
-    // residual_out is a buffer of its own (a `&mut` beside the shared borrows), so no block
-    // overwrites what another still reads.
-    unsafe { b.launch(cfg((blocks as u32, 1, 1), GEMV_THREADS, shared)) }
 }
 
 /// Launches the GEMV kernel `name` (every one takes `out, x, w, m, n, k`) on `blocks` blocks;
