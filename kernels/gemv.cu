@@ -49,50 +49,15 @@ __device__ __forceinline__ uint4 ld_stream16(const bf16* p) {
 // gate rows row0.. in the tile's lower half and the matching up rows n + row0.. in its upper
 // half, so each output's two sums end in the same block. Both are rounded to bf16 before the
 // activation, as the unfused kernels round the gate|up tensor, so the results are the same.
-//
-// ROPE: w is a fused q|k|v weight (num_heads q heads, then num_kv_heads k and v heads of
-// head_dim rows) and the epilogue does rope_write_kv's work (rope.cu) for the block's outputs:
-// rotates the q and k values by each row's position and stores the k and v values at the row's
-// slot of the KV cache. RoPE rotates dimension d of a head with dimension d + head_dim / 2, so a
-// block of 8 rows owns 4 consecutive dimensions of one head's first half (tile rows 0-3) and the
-// 4 they pair with (tile rows 4-7). The GEMV sums are rounded to bf16 before the rotation, as the
-// unfused kernels round the q|k|v tensor, so the results are the same.
-struct RopeKv {
-    bf16* k_cache;
-    bf16* v_cache;
-    const u32* positions;
-    const u32* slots;
-    const float* cos_t;
-    const float* sin_t;
-    u32 num_heads, num_kv_heads, head_dim;
-};
-
-// The weight rows that lane group g streams: for the lower half of the block's mma tile, and for
-// the upper half (unused with 8-row blocks). Rows past n read row n - 1 (valid memory); their
-// sums are never written.
-template <int ROWS, bool GLU, bool ROPE>
-__device__ __forceinline__ uint2 tile_rows(u32 g, u32 n, u32 head_dim) {
-    if (ROPE) {
-        const u32 per_head = head_dim / 8, head = blockIdx.x / per_head;
-        const u32 dim = 4 * (blockIdx.x % per_head) + (g & 3) + (g >> 2) * (head_dim / 2);
-        const u32 row = umin(head * head_dim + dim, n - 1);
-        return make_uint2(row, row);
-    }
-    const u32 row0 = blockIdx.x * (GLU ? 8 : ROWS);
-    return make_uint2(umin(row0 + g, n - 1), GLU ? n + umin(row0 + g, n - 1) : umin(row0 + g + 8, n - 1));
-}
-
-template <int NT, int ROWS, int UNROLL, bool GLU = false, bool ROPE = false>
+template <int NT, int ROWS, int UNROLL, bool GLU = false>
 __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restrict__ x,
-                                     const bf16* __restrict__ w, u32 m, u32 n, u32 k,
-                                     const RopeKv rk = RopeKv{}) {
+                                     const bf16* __restrict__ w, u32 m, u32 n, u32 k) {
     static_assert(!GLU || ROWS == 16, "a GLU block pairs 8 gate rows with 8 up rows");
-    static_assert(!ROPE || (ROWS == 8 && NT == 1), "a RoPE block pairs 4 dimensions with 4");
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u32 row0 = blockIdx.x * (GLU ? 8 : ROWS);
-    const uint2 rows = tile_rows<ROWS, GLU, ROPE>(g, n, rk.head_dim);
-    const bf16* w_lo = w + (size_t)rows.x * k;
-    const bf16* w_hi = w + (size_t)rows.y * k;
+    // Rows past n read row n - 1 (valid memory); their sums are never written.
+    const bf16* w_lo = w + (size_t)umin(row0 + g, n - 1) * k;
+    const bf16* w_hi = w + (size_t)(GLU ? n + umin(row0 + g, n - 1) : umin(row0 + g + 8, n - 1)) * k;
     const u32 chunks = k / 8, tiles = (chunks + 3) / 4;
     const uint4 zero = make_uint4(0, 0, 0, 0);
     // Two accumulator tiles per tile of x, one for each mma of a 16-byte load: two shorter
@@ -164,39 +129,6 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
             }
             out[(size_t)xr * n + row0 + r] = f2bf(silu_mul_f(bf2f(f2bf(gate)), bf2f(f2bf(up))));
         }
-    } else if constexpr (ROPE) {
-        const u32 per_head = rk.head_dim / 8, head = blockIdx.x / per_head, half = rk.head_dim / 2;
-        const u32 dim0 = 4 * (blockIdx.x % per_head), kv_width = rk.num_kv_heads * rk.head_dim;
-        const bool rotate = head < rk.num_heads + rk.num_kv_heads;
-        // One thread per (row of x, pair of dimensions).
-        for (u32 i = threadIdx.x; i < 8 * 4; i += blockDim.x) {
-            const u32 xr = i / 4, p = i % 4, dim = dim0 + p;
-            if (xr >= m) continue;
-            float lo = 0.0f, hi = 0.0f;
-#pragma unroll
-            for (int v = 0; v < GEMV_WARPS; v++) {
-                lo += part[v][xr][p];
-                hi += part[v][xr][p + 4];
-            }
-            bf16 y1 = f2bf(lo), y2 = f2bf(hi);
-            if (rotate) {
-                const size_t at = (size_t)rk.positions[xr] * half + dim;
-                const float c = rk.cos_t[at], sn = rk.sin_t[at], x1 = bf2f(y1), x2 = bf2f(y2);
-                y1 = f2bf(x1 * c - x2 * sn);
-                y2 = f2bf(x2 * c + x1 * sn);
-            }
-            const size_t col = (size_t)head * rk.head_dim + dim;
-            out[(size_t)xr * n + col] = y1;
-            out[(size_t)xr * n + col + half] = y2;
-            const u32 slot = rk.slots[xr];
-            if (head >= rk.num_heads && slot != 0xffffffffu) {
-                const bool is_k = head < rk.num_heads + rk.num_kv_heads;
-                const u32 kv_head = head - rk.num_heads - (is_k ? 0 : rk.num_kv_heads);
-                bf16* cache = (is_k ? rk.k_cache : rk.v_cache) + (size_t)slot * kv_width + kv_head * rk.head_dim;
-                cache[dim] = y1;
-                cache[dim + half] = y2;
-            }
-        }
     } else {
         for (u32 i = threadIdx.x; i < NT * 8 * ROWS; i += blockDim.x) {
             const u32 xr = i / ROWS, r = i % ROWS;
@@ -214,14 +146,14 @@ __device__ __forceinline__ void gemv(bf16* __restrict__ out, const bf16* __restr
 // while the previous kernel still runs, so its first loads then come from L2 instead of starting
 // cold when that kernel ends. One step of each warp (a quarter or a half of a row of 4096 for
 // 16- and 8-row blocks) keeps what the first wave asks for (a few MB) well inside L2.
-template <int ROWS, int UNROLL, bool GLU = false, bool ROPE = false>
-__device__ __forceinline__ void gemv_prefetch(const bf16* __restrict__ w, u32 n, u32 k, u32 head_dim = 0) {
+template <int ROWS, int UNROLL, bool GLU = false>
+__device__ __forceinline__ void gemv_prefetch(const bf16* __restrict__ w, u32 n, u32 k) {
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const u32 chunks = k / 8;
-    const uint2 rows = tile_rows<ROWS, GLU, ROPE>(g, n, head_dim);
+    const u32 row0 = blockIdx.x * (GLU ? 8 : ROWS), chunks = k / 8;
 #pragma unroll
     for (int half = 0; half < ROWS / 8; half++) {
-        const bf16* row = w + (size_t)(half == 0 ? rows.x : rows.y) * k;
+        const u32 r = GLU ? half * n + umin(row0 + g, n - 1) : umin(row0 + g + 8 * half, n - 1);
+        const bf16* row = w + (size_t)r * k;
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             const u32 c = umin((warp * UNROLL + u) * 4 + t, chunks - 1);
@@ -249,18 +181,3 @@ GEMV_KERNEL(gemv_m8_r8, 1, 8, 2 * GEMV_UNROLL, false)
 GEMV_KERNEL(gemv_m16, 2, 16, GEMV_UNROLL, false)
 // gemv_m8 with the GLU epilogue: out[m, n] = silu(x @ w[:n]^T) * (x @ w[n:]^T), w of 2n rows.
 GEMV_KERNEL(gemv_glu_m8, 1, 16, GEMV_UNROLL, true)
-
-// gemv_m8_r8 of a fused q|k|v weight with rope_write_kv in its epilogue (see ROPE above): one
-// kernel instead of two per layer at decode. Grid: n / 8 blocks, n = (num_heads + 2 *
-// num_kv_heads) * head_dim, head_dim % 8 == 0.
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
-    gemv_rope_kv_m8_r8(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w,
-                       u32 m, u32 n, u32 k, bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
-                       const u32* __restrict__ positions, const u32* __restrict__ slots,
-                       const float* __restrict__ cos_t, const float* __restrict__ sin_t,
-                       u32 num_heads, u32 num_kv_heads, u32 head_dim) {
-    gemv_prefetch<8, 2 * GEMV_UNROLL, false, true>(w, n, k, head_dim);
-    pdl_start();
-    const RopeKv rk{k_cache, v_cache, positions, slots, cos_t, sin_t, num_heads, num_kv_heads, head_dim};
-    gemv<1, 8, 2 * GEMV_UNROLL, false, true>(out, x, w, m, n, k, rk);
-}

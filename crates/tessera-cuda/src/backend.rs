@@ -134,46 +134,6 @@ impl CudaBackend {
         Ok(CudaTensor { rows, cols, data: self.alloc(rows * cols)? })
     }
 
-    /// The q|k|v projection with `rope_write_kv` in the GEMV's epilogue (`launch::gemv_rope_kv`),
-    /// where it applies (decode-sized batches, no bias); `None`, changing nothing, elsewhere.
-    /// Public for the kernel tests, which check where it applies.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemv_rope_kv(
-        &self,
-        x: &CudaTensor,
-        weight: &CudaTensor,
-        rope: &CudaRope,
-        cache: &mut CudaKvCache,
-        layer: usize,
-        batch: &CudaBatch,
-        layout: QkvLayout,
-    ) -> Result<Option<CudaTensor>> {
-        let (m, n, k) = (x.rows, weight.rows, x.cols);
-        if m == 0 || weight.cols != k || batch.num_tokens() != m {
-            return Ok(None);
-        }
-        check_rope(rope, batch, layout)?;
-        check_slots(cache, batch);
-        let positions = batch.view(&batch.layout.positions);
-        let slots = batch.view(&batch.layout.slot_mapping);
-        let (k_cache, v_cache) = &mut cache.layers[layer];
-        let target = launch::RopeKvTarget {
-            k_cache,
-            v_cache,
-            positions: &positions,
-            slots: &slots,
-            cos: &rope.cos,
-            sin: &rope.sin,
-            heads: heads(layout),
-        };
-        if !launch::gemv_rope_kv_supports(&self.device, &x.data, &weight.data, [m, n, k], &target) {
-            return Ok(None);
-        }
-        let mut out = self.tensor(m, n)?;
-        launch::gemv_rope_kv(&self.device, &mut out.data, &x.data, &weight.data, [m, n, k], target)?;
-        Ok(Some(out))
-    }
-
     /// Buffers for the partial results of `rows` rows split `max_splits` ways along the context
     /// (one element each when nothing is split).
     fn attention_partials(
@@ -200,13 +160,6 @@ impl CudaBackend {
         }
         target.div_ceil(blocks.max(1)).min(max_kv_len.div_ceil(ATTN_MIN_PART)).max(1)
     }
-}
-
-/// Whether the q|k|v GEMV does `rope_write_kv` in its epilogue where it can (`gemv_rope_kv`);
-/// TESSERA_ROPE_GEMV=0 turns it off, for A/B measurements.
-fn rope_gemv_enabled() -> bool {
-    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FUSED.get_or_init(|| std::env::var("TESSERA_ROPE_GEMV").map_or(true, |v| v != "0"))
 }
 
 fn backend(message: String) -> ModelError {
@@ -384,27 +337,6 @@ impl Backend for CudaBackend {
         let (k, v) = &mut cache.layers[layer];
         let (cos, sin) = (&rope.cos, &rope.sin);
         launch::rope_write_kv(&self.device, &mut qkv.data, k, v, &positions, &slots, cos, sin, heads(layout))
-    }
-
-    fn linear_rope_write_kv(
-        &self,
-        x: &CudaTensor,
-        weight: &CudaTensor,
-        bias: Option<&CudaTensor>,
-        rope: &CudaRope,
-        cache: &mut CudaKvCache,
-        layer: usize,
-        batch: &CudaBatch,
-        layout: QkvLayout,
-    ) -> Result<CudaTensor> {
-        if bias.is_none() && rope_gemv_enabled() {
-            if let Some(qkv) = self.gemv_rope_kv(x, weight, rope, cache, layer, batch, layout)? {
-                return Ok(qkv);
-            }
-        }
-        let mut qkv = self.linear(x, weight, bias)?;
-        self.rope_write_kv(&mut qkv, rope, cache, layer, batch, layout)?;
-        Ok(qkv)
     }
 
     fn write_kv(

@@ -123,7 +123,7 @@ const ENTRIES: [(&str, &[&str]); 10] = [
         ],
     ),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
-    ("gemv", &["gemv_m8", "gemv_m8_r8", "gemv_m16", "gemv_glu_m8", "gemv_rope_kv_m8_r8"]),
+    ("gemv", &["gemv_m8", "gemv_m8_r8", "gemv_m16", "gemv_glu_m8"]),
 ];
 
 impl Device {

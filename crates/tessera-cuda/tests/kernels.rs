@@ -290,28 +290,18 @@ struct Seq {
 /// and attends. Block tables are scrambled so that paging is honoured. Returns both steps'
 /// attention outputs.
 fn attention<B: Backend>(b: &B, layout: QkvLayout, seqs: &[Seq], block_size: usize, seed: u64) -> Vec<f32> {
-    attention_with(b, layout, seqs, block_size, seed, KvWrite::Plain)
+    attention_with(b, layout, seqs, block_size, seed, false)
 }
 
-/// How `attention_with` fills the cache: `write_kv` of random q|k|v rows; `rope_write_kv` of
-/// them (RoPE of q and k first); or `linear_rope_write_kv`, the rows being the projection of
-/// random x of `k` features by a random q|k|v weight.
-#[derive(Clone, Copy, PartialEq)]
-enum KvWrite {
-    Plain,
-    Rope,
-    LinearRope { k: usize },
-}
-
-/// `attention`, with the cache written as `write` says; with RoPE, the q|k|v rows after it
-/// follow each step's output.
+/// `attention`, optionally writing the cache through `rope_write_kv` (RoPE of q and k first)
+/// instead of `write_kv`; then the q|k|v rows after RoPE follow each step's output.
 fn attention_with<B: Backend>(
     b: &B,
     layout: QkvLayout,
     seqs: &[Seq],
     block_size: usize,
     seed: u64,
-    write: KvWrite,
+    fused_rope: bool,
 ) -> Vec<f32> {
     let (cos, sin) = rope_tables(layout.head_dim, 8192);
     let rope = b.upload_rope(cos, sin, layout.head_dim).unwrap();
@@ -349,27 +339,21 @@ fn attention_with<B: Backend>(
             })
             .collect();
         let input = ModelInput::build(block_size, &chunks);
-        let (rows, width) = (input.num_tokens(), layout.row_width());
+        let rows = input.num_tokens();
+        let mut qkv = activation(
+            b,
+            rows,
+            layout.row_width(),
+            &random_bf16(seed + step, rows * layout.row_width(), 2.0),
+        );
         let batch = b.prepare(&input).unwrap();
-        let qkv = match write {
-            KvWrite::LinearRope { k } => {
-                let x = activation(b, rows, k, &random_bf16(seed + step, rows * k, 1.0));
-                let w = b.upload(host_bf16(vec![width, k], &random_bf16(seed + 7, width * k, 0.05))).unwrap();
-                b.linear_rope_write_kv(&x, &w, None, &rope, &mut cache, layer, &batch, layout).unwrap()
-            }
-            KvWrite::Plain | KvWrite::Rope => {
-                let mut qkv = activation(b, rows, width, &random_bf16(seed + step, rows * width, 2.0));
-                match write {
-                    KvWrite::Rope => {
-                        b.rope_write_kv(&mut qkv, &rope, &mut cache, layer, &batch, layout).unwrap()
-                    }
-                    _ => b.write_kv(&mut cache, layer, &qkv, &batch, layout).unwrap(),
-                }
-                qkv
-            }
-        };
+        if fused_rope {
+            b.rope_write_kv(&mut qkv, &rope, &mut cache, layer, &batch, layout).unwrap();
+        } else {
+            b.write_kv(&mut cache, layer, &qkv, &batch, layout).unwrap();
+        }
         out.extend(b.to_host(&b.attention(&cache, layer, &qkv, &batch, layout).unwrap()).unwrap());
-        if write != KvWrite::Plain {
+        if fused_rope {
             out.extend(b.to_host(&qkv).unwrap());
         }
     }
@@ -389,63 +373,10 @@ fn rope_write_kv_then_attention() {
         let seqs =
             [Seq { computed: 40, query: 1 }, Seq { computed: 3, query: 12 }, Seq { computed: 0, query: 5 }];
         let seed = 900 + 2 * i as u64;
-        let want = attention_with(&cpu, layout, &seqs, block_size, seed, KvWrite::Rope);
-        let got = attention_with(&gpu, layout, &seqs, block_size, seed, KvWrite::Rope);
+        let want = attention_with(&cpu, layout, &seqs, block_size, seed, true);
+        let got = attention_with(&gpu, layout, &seqs, block_size, seed, true);
         assert_close(&format!("rope_write_kv {layout:?}"), &got, &want, BF16_TOL);
     }
-}
-
-/// The q|k|v projection with RoPE and the cache writes in its epilogue (gemv_rope_kv_m8_r8, the
-/// model's decode path on CUDA) against the CPU's linear, rope and write_kv: the rotated rows and
-/// attention over what reached the cache, for Llama 8B's heads, 64-wide heads and 8-wide heads
-/// (one block per head). Each case's second step is a decode batch the fused kernel takes (checked
-/// first); its first step, the sequences' earlier tokens, goes through the separate kernels.
-#[test]
-fn qkv_gemv_with_rope_and_cache_writes() {
-    let Some((cpu, gpu)) = backends("qkv_gemv_with_rope_and_cache_writes") else { return };
-    let cases = [
-        (QkvLayout { num_heads: 32, num_kv_heads: 8, head_dim: 128 }, 4096, 16, vec![40, 3, 0, 17, 100]),
-        (QkvLayout { num_heads: 16, num_kv_heads: 4, head_dim: 64 }, 1024, 16, vec![7; 8]),
-        (QkvLayout { num_heads: 8, num_kv_heads: 4, head_dim: 8 }, 64, 4, vec![5]),
-    ];
-    for (i, (layout, k, block_size, computed)) in cases.into_iter().enumerate() {
-        let (m, n) = (computed.len(), layout.row_width());
-        assert!(fuses(&gpu, layout, m, k), "{layout:?}: {m} rows of {k} should take the fused kernel");
-        let seqs: Vec<Seq> = computed.iter().map(|&c| Seq { computed: c, query: 1 }).collect();
-        let (seed, write) = (1500 + 10 * i as u64, KvWrite::LinearRope { k });
-        let want = attention_with(&cpu, layout, &seqs, block_size, seed, write);
-        let got = attention_with(&gpu, layout, &seqs, block_size, seed, write);
-        assert_close(&format!("linear_rope_write_kv {m}x{k} @ {n}x{k}^T, {layout:?}"), &got, &want, BF16_TOL);
-    }
-}
-
-/// Whether `m` decode rows of `k` features through the q|k|v weight of `layout` take
-/// `gemv_rope_kv` on the GPU.
-fn fuses(gpu: &CudaBackend, layout: QkvLayout, m: usize, k: usize) -> bool {
-    let (cos, sin) = rope_tables(layout.head_dim, 64);
-    let rope = gpu.upload_rope(cos, sin, layout.head_dim).unwrap();
-    let shape = KvCacheShape {
-        num_layers: 1,
-        num_blocks: m,
-        block_size: 16,
-        num_kv_heads: layout.num_kv_heads,
-        head_dim: layout.head_dim,
-    };
-    let mut cache = gpu.alloc_kv_cache(shape).unwrap();
-    let tables: Vec<Vec<u32>> = (0..m as u32).map(|b| vec![b]).collect();
-    let chunks: Vec<SeqChunk<'_>> = tables
-        .iter()
-        .map(|table| SeqChunk {
-            new_tokens: &[1],
-            num_computed_tokens: 0,
-            block_table: table,
-            wants_logits: true,
-        })
-        .collect();
-    let batch = gpu.prepare(&ModelInput::build(16, &chunks)).unwrap();
-    let x = activation(gpu, m, k, &vec![0.0; m * k]);
-    let w = gpu.upload(host_bf16(vec![layout.row_width(), k], &vec![0.0; layout.row_width() * k])).unwrap();
-    gpu.gemv_rope_kv(&x, &w, &rope, &mut cache, 0, &batch, layout).unwrap().is_some()
 }
 
 #[test]

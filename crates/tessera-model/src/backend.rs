@@ -115,25 +115,6 @@ pub trait Backend {
         batch: &Self::Batch,
         layout: QkvLayout,
     ) -> Result<()>;
-    /// `linear(x, weight, bias)` of a fused q|k|v weight, then `rope_write_kv` of the result:
-    /// the q|k|v tensor with q and k rotated. A pass a backend may fuse (the rotation and the
-    /// cache writes in the GEMV's epilogue at decode on a GPU).
-    #[allow(clippy::too_many_arguments)]
-    fn linear_rope_write_kv(
-        &self,
-        x: &Self::Tensor,
-        weight: &Self::Weight,
-        bias: Option<&Self::Weight>,
-        rope: &Self::Rope,
-        cache: &mut Self::KvCache,
-        layer: usize,
-        batch: &Self::Batch,
-        layout: QkvLayout,
-    ) -> Result<Self::Tensor> {
-        let mut qkv = self.linear(x, weight, bias)?;
-        self.rope_write_kv(&mut qkv, rope, cache, layer, batch, layout)?;
-        Ok(qkv)
-    }
     /// Stores the k and v heads of each token at its slot in layer `layer` of the cache.
     fn write_kv(
         &self,

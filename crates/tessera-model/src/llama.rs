@@ -276,17 +276,11 @@ impl<B: Backend> Model<B> {
         batch: &B::Batch,
         cache: &mut B::KvCache,
     ) -> Result<B::Tensor> {
-        let (weight, bias, layout) = (&layer.qkv, layer.qkv_bias.as_ref(), self.layout);
-        let qkv = match (&layer.q_norm, &layer.k_norm) {
-            // Qwen3 normalises q and k heads between the projection and the rotation.
-            (Some(q_norm), Some(k_norm)) => {
-                let mut qkv = b.linear(h, weight, bias)?;
-                b.qk_norm(&mut qkv, q_norm, k_norm, self.spec.rms_norm_eps, layout)?;
-                b.rope_write_kv(&mut qkv, &self.rope, cache, index, batch, layout)?;
-                qkv
-            }
-            _ => b.linear_rope_write_kv(h, weight, bias, &self.rope, cache, index, batch, layout)?,
-        };
+        let mut qkv = b.linear(h, &layer.qkv, layer.qkv_bias.as_ref())?;
+        if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
+            b.qk_norm(&mut qkv, q_norm, k_norm, self.spec.rms_norm_eps, self.layout)?;
+        }
+        b.rope_write_kv(&mut qkv, &self.rope, cache, index, batch, self.layout)?;
         let attn = b.attention(cache, index, &qkv, batch, self.layout)?;
         let mut out = b.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())?;
         b.all_reduce(&mut out)?;

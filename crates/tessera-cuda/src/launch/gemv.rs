@@ -1,8 +1,8 @@
 //! Launchers of the GEMV kernels (gemv.cu) for decode-sized batches.
 
-use super::{aligned16, cfg, Heads, KernelLaunch};
+use super::{aligned16, cfg, KernelLaunch};
 use crate::device::Device;
-use cudarc::driver::{CudaSlice, CudaView};
+use cudarc::driver::CudaSlice;
 use half::bf16;
 use tessera_model::Result;
 
@@ -86,68 +86,6 @@ pub fn gemv_glu(
     assert!(m <= 8 && gemv_supports(device, x, w, m, 2 * n, k), "gemv_glu of {m}x{k} @ {}x{k}^T", 2 * n);
     assert!(x.len() >= m * k && w.len() >= 2 * n * k && out.len() >= m * n, "gemv_glu buffers");
     launch_gemv(device, "gemv_glu_m8", out, x, w, [m, n, k], n.div_ceil(8))
-}
-
-/// The KV cache layer and the per-row metadata that `gemv_rope_kv` rotates by and writes to, as
-/// `rope_write_kv` takes them.
-pub struct RopeKvTarget<'a, 'b> {
-    pub k_cache: &'a mut CudaSlice<bf16>,
-    pub v_cache: &'a mut CudaSlice<bf16>,
-    pub positions: &'a CudaView<'b, u32>,
-    pub slots: &'a CudaView<'b, u32>,
-    pub cos: &'a CudaSlice<f32>,
-    pub sin: &'a CudaSlice<f32>,
-    pub heads: Heads,
-}
-
-/// Whether `gemv_rope_kv` takes `m` rows of `k` against the fused q|k|v weight `w` of `n` rows:
-/// where `gemv` would run the 8-row kernel (m <= 8 and a weight of at most GEMV_R8_MAX_N rows),
-/// with whole q|k|v rows of heads of a multiple of 8 dimensions and a position and a slot per row.
-pub fn gemv_rope_kv_supports(
-    device: &Device,
-    x: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
-    [m, n, k]: [usize; 3],
-    target: &RopeKvTarget<'_, '_>,
-) -> bool {
-    let heads = target.heads;
-    m <= 8
-        && gemv_supports(device, x, w, m, n, k)
-        && gemv_block_rows(n) == 8
-        && heads.head_dim > 0
-        && heads.head_dim.is_multiple_of(8)
-        && (heads.num_heads + 2 * heads.num_kv_heads) * heads.head_dim == heads.row_width
-        && heads.row_width as usize == n
-        && target.positions.len() == m
-        && target.slots.len() == m
-}
-
-/// `out[m, n] = x[m, k] @ w[n, k]^T` for a fused q|k|v weight, then `rope_write_kv` of `out`
-/// (rope.cu), in one kernel (gemv.cu's `gemv_rope_kv_m8_r8`). The caller checked
-/// `gemv_rope_kv_supports`, and the positions and slots against the RoPE table and the cache as
-/// for `rope_write_kv`.
-pub fn gemv_rope_kv(
-    device: &Device,
-    out: &mut CudaSlice<bf16>,
-    x: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
-    [m, n, k]: [usize; 3],
-    target: RopeKvTarget<'_, '_>,
-) -> Result<()> {
-    assert!(gemv_rope_kv_supports(device, x, w, [m, n, k], &target), "gemv_rope_kv of {m}x{k} @ {n}x{k}^T");
-    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "gemv_rope_kv buffers");
-    assert_eq!(target.cos.len(), target.sin.len());
-    assert_eq!(target.k_cache.len(), target.v_cache.len());
-    let (m32, n32, k32) = (m as u32, n as u32, k as u32);
-    let heads = target.heads;
-    let mut b = KernelLaunch::new(device, "gemv_rope_kv_m8_r8");
-    b.arg(out).arg(x).arg(w).arg(&m32).arg(&n32).arg(&k32);
-    b.arg(target.k_cache).arg(target.v_cache).arg(target.positions).arg(target.slots);
-    b.arg(target.cos).arg(target.sin).arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim);
-    // SAFETY: as `launch_gemv` for out, x and w; n / 8 blocks each own 4 dimension pairs of one
-    // head (n is whole heads of a multiple of 8 dimensions); the caller checked the positions
-    // against the RoPE tables and the slots against the cache (padding slots are skipped).
-    unsafe { b.launch(cfg((n as u32 / 8, 1, 1), GEMV_THREADS, 0)) }
 }
 
 /// Launches the GEMV kernel `name` (every one takes `out, x, w, m, n, k`) on `blocks` blocks;
