@@ -26,6 +26,10 @@
 //! Prints a markdown table and, per measurement, one `BENCH key=value ...` line for scripts.
 //! Usage: decode_bench [--shape NAME] [--tp N] [--batches 1,64] [--context 1024] [--iters 30]
 //!        [--graphs] [--max-model-len N]
+//!
+//! With `DECODE_BENCH_PROFILE=1` the last prefill step and one eager decode step per batch size
+//! run between `cuProfilerStart` and `cuProfilerStop`, so that
+//! `ncu --profile-from-start off --metrics gpu__time_duration.sum` times those steps' kernels alone.
 
 use std::time::{Duration, Instant};
 use tessera_cuda::{AbortSignal, CommConfig, CudaBackend, DecodeGraphs, NcclId};
@@ -162,7 +166,8 @@ fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Er
 
     // Prefill context - 1 tokens of every sequence, 8 sequences a step.
     let t = Instant::now();
-    for group in (0..max_batch).collect::<Vec<_>>().chunks(8) {
+    let groups = max_batch.div_ceil(8);
+    for (g, group) in (0..max_batch).collect::<Vec<_>>().chunks(8).enumerate() {
         let chunks: Vec<SeqChunk> = group
             .iter()
             .map(|&s| SeqChunk {
@@ -173,7 +178,7 @@ fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Er
             })
             .collect();
         let batch = b.prepare(&ModelInput::build(BLOCK_SIZE, &chunks))?;
-        model.forward(b, &batch, &mut cache)?;
+        profiled(b, g + 1 == groups, || model.forward(b, &batch, &mut cache).map(drop))?;
     }
     b.synchronize()?;
     let prefill_s = t.elapsed().as_secs_f64();
@@ -203,6 +208,7 @@ fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Er
         let (wall_ms, device_ms) = time_steps(b, args.iters, || eager_step().map(drop))?;
         // Outside the timing: a step's figures are the forward's alone, as before graphs.
         let eager_tokens = b.argmax_rows(&eager_step()?, batch_size)?;
+        profiled(b, true, || eager_step().map(drop))?;
         let (mut all_reduce_us, mut gather_us) = (0.0, 0.0);
         if world > 1 {
             let ones = vec![1.0; batch_size * spec.hidden_size];
@@ -240,6 +246,34 @@ fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Er
         }
     }
     Ok(Report { device: b.device_name(), load_s, prefill_s, bandwidth, capture, rows })
+}
+
+/// Runs `f` between `cuProfilerStart` and `cuProfilerStop` when `DECODE_BENCH_PROFILE=1` and
+/// `wanted`, synchronizing on both sides so that only `f`'s kernels fall inside.
+fn profiled(
+    b: &CudaBackend,
+    wanted: bool,
+    f: impl FnOnce() -> tessera_model::Result<()>,
+) -> Result<(), Error> {
+    let on = wanted && std::env::var("DECODE_BENCH_PROFILE").is_ok_and(|v| v == "1");
+    if on {
+        b.synchronize()?;
+        // SAFETY: plain driver calls on the context this thread already uses.
+        profiler_status("cuProfilerStart", unsafe { cudarc::driver::sys::cuProfilerStart() });
+    }
+    f()?;
+    if on {
+        b.synchronize()?;
+        profiler_status("cuProfilerStop", unsafe { cudarc::driver::sys::cuProfilerStop() });
+    }
+    Ok(())
+}
+
+/// Profiling is best effort: a failed call is reported, not fatal.
+fn profiler_status(call: &str, status: cudarc::driver::sys::CUresult) {
+    if status != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        eprintln!("{call} failed: {status:?}");
+    }
 }
 
 /// Runs every rank (threads, rank r on GPU r) and returns rank 0's report.
