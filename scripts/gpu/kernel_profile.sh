@@ -17,7 +17,7 @@ export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
 NCU=${NCU:-/usr/local/cuda/bin/ncu}
 DECODE_BENCH_PROFILE=1 "$NCU" --profile-from-start off --metrics gpu__time_duration.sum --csv \
     --print-units base .gpu/decode_bench --shape llama-3-8b --batches "$BATCHES" --context "$CONTEXT" \
-    --iters 3 --max-model-len 2048 >"$LOGS/ncu.csv" 2>"$LOGS/ncu.err" || { echo "ncu failed"; tail -n 20 "$LOGS/ncu.err"; }
+    --iters 3 --max-model-len 2048 >"$LOGS/ncu.csv" 2>"$LOGS/ncu.err" || { echo "ncu failed"; tail -n 20 "$LOGS/ncu.err"; exit 1; }
 python3 - "$LOGS/ncu.csv" "$BATCHES" <<'PY'
 import csv, sys
 from collections import OrderedDict
@@ -35,7 +35,10 @@ for r in body:
     ns = float(r[value_i].replace(",", ""))
     count, total = steps[-1].get(name, (0, 0.0))
     steps[-1][name] = (count + 1, total + ns)
-labels = ["prefill 8 x (context - 1)"] + [f"decode batch {b}" for b in sys.argv[2].split(",")]
+batches = [int(b) for b in sys.argv[2].split(",")]
+# decode_bench prefills 8 sequences a step; the last step has the rest of the largest batch.
+last_group = max(batches) % 8 or 8
+labels = [f"prefill {last_group} x (context - 1)"] + [f"decode batch {b}" for b in batches]
 for label, step in zip(labels, steps):
     total = sum(t for _, t in step.values())
     print(f"== {label}: {total / 1e6:.3f} ms over {sum(c for c, _ in step.values())} kernels")
