@@ -191,6 +191,14 @@ fn run_rank(b: &CudaBackend, spec: &ModelSpec, args: &Args) -> Result<Report, Er
         graphs = Some(DecodeGraphs::capture(b, &model, &mut cache, &sizes)?);
     }
     let capture = graphs.as_ref().map(|g| (g.report().capture_ms, g.report().graph_pool_bytes));
+    // What GEMM tuning (done during the capture's eager runs) measured and chose.
+    for t in b.gemm_tunings() {
+        let (best, best_us) = t.best_lt.map_or(("-".into(), f64::NAN), |(i, us)| (i.to_string(), us));
+        println!(
+            "GEMM_TUNE m={} n={} k={} default_us={:.2} best_lt={best} best_lt_us={best_us:.2} candidates={} chosen={}",
+            t.m, t.n, t.k, t.default_us, t.candidates, t.chosen
+        );
+    }
 
     let world = b.tp_rank().world;
     let mut rows = Vec::new();

@@ -1,6 +1,7 @@
 //! Device time of a decode step's operations, one at a time, against the memory roofline: every
 //! linear layer of Llama 3 8B and of one rank of Llama 3 70B at TP=2 (column-parallel layers
-//! split n, row-parallel ones k), by the GEMV kernels and by cuBLAS at batch sizes 1 to 64;
+//! split n, row-parallel ones k), by the GEMV kernels and by cuBLAS at batch sizes 1 to 256
+//! (past the GEMV's rows also by cuBLAS with the algorithm GEMM tuning chose, gemm_tune.rs);
 //! `add_rms_norm` at 1 and 64 rows; decode attention of the 8B layout at batch 1 and 64
 //! (`Backend::attention` on decode rows: whichever kernel the backend picks for them, with
 //! `TESSERA_DECODE_ATTENTION` honoured as in the engine); prefill attention of the 8B layout for
@@ -28,7 +29,7 @@ use tessera_model::{Backend, KvCacheShape, ModelInput, ModelSpec, QkvLayout, Seq
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const BATCHES: [usize; 6] = [1, 2, 4, 8, 16, 64];
+const BATCHES: [usize; 8] = [1, 2, 4, 8, 16, 64, 128, 256];
 /// Calls per timing.
 const CALLS: usize = 20;
 /// Bytes a rotation of weight copies (or KV layers) spans: several times the 50 MB L2 of an
@@ -140,6 +141,8 @@ struct LinearRow {
     batch: usize,
     gemv_us: Option<f64>,
     cublas_us: f64,
+    /// cuBLAS with the algorithm GEMM tuning chose (past the GEMV's rows, where `Auto` uses it).
+    tuned_us: Option<f64>,
     rel_diff: Option<f64>,
 }
 
@@ -161,6 +164,8 @@ fn bench_linear(
         let (x, copies) = (&x, &copies);
         let run = |kernel| move |i: usize| b.linear_with(x, &copies[i % copies.len()], kernel).map(drop);
         let cublas_us = time_us(b, busy, reps, run(LinearKernel::Cublas))?;
+        let tuned_us =
+            (m > GEMV_MAX_M).then(|| time_us(b, busy, reps, run(LinearKernel::Tuned))).transpose()?;
         let (mut gemv_us, mut rel_diff) = (None, None);
         if m <= GEMV_KERNEL_MAX_M {
             gemv_us = Some(time_us(b, busy, reps, run(LinearKernel::Gemv))?);
@@ -176,6 +181,7 @@ fn bench_linear(
             batch: m,
             gemv_us,
             cublas_us,
+            tuned_us,
             rel_diff,
         });
     }
@@ -312,10 +318,10 @@ fn main() -> Result<(), Error> {
 
     println!();
     println!(
-        "| layer | n x k | batch | GEMV us | cuBLAS us | GEMV GB/s | cuBLAS GB/s | GEMV / copy | cuBLAS / copy \
-         | cuBLAS / GEMV time | GEMV vs cuBLAS |"
+        "| layer | n x k | batch | GEMV us | cuBLAS us | tuned us | GEMV GB/s | cuBLAS GB/s | GEMV / copy \
+         | cuBLAS / copy | tuned / copy | cuBLAS / GEMV time | GEMV vs cuBLAS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut lines = Vec::new();
     let mut linear_rows = Vec::new();
     for layer in &layers {
@@ -323,7 +329,7 @@ fn main() -> Result<(), Error> {
             let bytes = row.n * row.k * 2;
             let cell = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             println!(
-                "| {} {} | {} x {} | {} | {} | {:.1} | {} | {:.0} | {} | {:.1}% | {} | {} |",
+                "| {} {} | {} x {} | {} | {} | {:.1} | {} | {} | {:.0} | {} | {:.1}% | {} | {} | {} |",
                 row.model,
                 row.name,
                 row.n,
@@ -331,10 +337,12 @@ fn main() -> Result<(), Error> {
                 row.batch,
                 cell(row.gemv_us.map(|us| format!("{us:.1}"))),
                 row.cublas_us,
+                cell(row.tuned_us.map(|us| format!("{us:.1}"))),
                 cell(row.gemv_us.map(|us| format!("{:.0}", gbps(bytes, us)))),
                 gbps(bytes, row.cublas_us),
                 cell(row.gemv_us.map(|us| format!("{:.1}%", 100.0 * frac(bytes, us)))),
                 100.0 * frac(bytes, row.cublas_us),
+                cell(row.tuned_us.map(|us| format!("{:.1}%", 100.0 * frac(bytes, us)))),
                 cell(row.gemv_us.map(|us| format!("{:.2}", row.cublas_us / us))),
                 cell(row.rel_diff.map(|d| format!("{d:.1e}"))),
             );
@@ -350,7 +358,7 @@ fn main() -> Result<(), Error> {
                 .unwrap_or_default();
             lines.push(format!(
                 "OPBENCH op=linear model={} layer={} n={} k={} batch={}{gemv} cublas_us={:.2} cublas_gbps={:.0} \
-                 cublas_frac={:.4} copy_gbps={:.0}{}",
+                 cublas_frac={:.4} copy_gbps={:.0}{}{}",
                 row.model,
                 row.name,
                 row.n,
@@ -361,6 +369,9 @@ fn main() -> Result<(), Error> {
                 frac(bytes, row.cublas_us),
                 copy / 1e9,
                 row.rel_diff.map(|d| format!(" rel_diff={d:.2e}")).unwrap_or_default(),
+                row.tuned_us
+                    .map(|us| format!(" tuned_us={us:.2} tuned_frac={:.4}", frac(bytes, us)))
+                    .unwrap_or_default(),
             ));
             linear_rows.push(row);
         }

@@ -2,6 +2,7 @@
 //! cuBLAS handle, the loaded kernels, and memory figures for profiling.
 
 use crate::compile::{compile, FAMILIES};
+use crate::gemm_tune::GemmTuner;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{CUdevice_attribute, CUgraphMem_attribute, CUmemPool_attribute};
 use cudarc::driver::{result, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
@@ -64,6 +65,9 @@ pub(crate) struct Device {
     pub stream: Arc<CudaStream>,
     /// Declared before its workspace, so the handle is destroyed before the buffer is freed.
     pub blas: CudaBlas,
+    /// cuBLASLt algorithms chosen per decode shape (gemm_tune.rs); shares cuBLAS's workspace, so
+    /// it is declared before it too.
+    pub gemm_tuner: GemmTuner,
     _blas_workspace: CudaSlice<u8>,
     pub num_sms: u32,
     /// Kernels launch with programmatic dependent launch (launch/builder.rs): sm_90 and later,
@@ -138,6 +142,8 @@ impl Device {
         let blas =
             CudaBlas::new(stream.clone()).map_err(|e| ModelError::Backend(format!("cuBLAS handle: {e}")))?;
         let blas_workspace = set_blas_workspace(&blas, &stream)?;
+        let workspace_ptr = blas_workspace.device_ptr(&stream).0;
+        let gemm_tuner = GemmTuner::new((workspace_ptr, CUBLAS_WORKSPACE_BYTES))?;
         let arch = ctx.compute_capability().map_err(backend_err("compute capability"))?;
         let num_sms = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -152,7 +158,16 @@ impl Device {
             }
         }
         let pdl = arch.0 >= 9 && std::env::var("TESSERA_PDL").map_or(true, |v| v != "0");
-        let device = Device { ctx, stream, blas, _blas_workspace: blas_workspace, num_sms, pdl, functions };
+        let device = Device {
+            ctx,
+            stream,
+            blas,
+            gemm_tuner,
+            _blas_workspace: blas_workspace,
+            num_sms,
+            pdl,
+            functions,
+        };
         device.keep_pool_memory()?;
         Ok(device)
     }

@@ -1,5 +1,6 @@
 //! `x @ w^T` in bf16 with f32 accumulation: the GEMV kernels (kernels/gemv.cu) for decode-sized
-//! batches, cuBLAS for everything else.
+//! batches, cuBLAS for everything else (with the cuBLASLt algorithm measured fastest for shapes
+//! that were tuned, gemm_tune.rs).
 
 use crate::backend::CudaBackend;
 use crate::device::Device;
@@ -19,12 +20,15 @@ use tessera_model::{ModelError, Result};
 pub const GEMV_MAX_M: usize = 8;
 
 /// Which kernels compute a linear layer: `Auto` is what the model uses (GEMV up to
-/// `GEMV_MAX_M` rows, else cuBLAS); the others force one side, for benchmarks and tests.
+/// `GEMV_MAX_M` rows, else cuBLAS, tuned where the shape was); the others force one side, for
+/// benchmarks and tests: `Cublas` the default cuBLAS call, `Tuned` the tuned choice (tuning the
+/// shape first if it was not).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearKernel {
     Auto,
     Gemv,
     Cublas,
+    Tuned,
 }
 
 /// Row-major `out[m, n] = x[m, k] @ w[n, k]^T`, by the kernels `LinearKernel::Auto` picks.
@@ -51,7 +55,7 @@ pub fn linear_with(
                 launch::GEMV_KERNEL_MAX_M
             )))
         }
-        LinearKernel::Cublas => false,
+        LinearKernel::Cublas | LinearKernel::Tuned => false,
     };
     // SAFETY: allocation only; the GEMV or cuBLAS writes every element (cuBLAS with beta = 0).
     // An empty result still gets one element, since the driver refuses zero-byte allocations.
@@ -59,8 +63,10 @@ pub fn linear_with(
         .map_err(|e| ModelError::Backend(format!("CUDA alloc: {e}")))?;
     if use_gemv {
         launch::gemv(device, &mut out, &x.data, &w.data, m, n, k)?;
-    } else if m > 0 {
+    } else if m > 0 && kernel == LinearKernel::Cublas {
         cublas(device, &mut out, x, w)?;
+    } else if m > 0 {
+        tuned(device, &mut out, x, w, kernel == LinearKernel::Tuned)?;
     }
     Ok(CudaTensor { rows: m, cols: n, data: out })
 }
@@ -76,6 +82,31 @@ pub fn glu_applies(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
         && x.rows <= GEMV_MAX_M
         && w.rows.is_multiple_of(2)
         && launch::gemv_supports(device, &x.data, &w.data, x.rows, w.rows, x.cols)
+}
+
+/// The choice tuning made for this shape; tunes it first when tuning is on (or `force`d) and it
+/// was not yet, else the default cuBLAS call.
+fn tuned(
+    device: &Device,
+    out: &mut cudarc::driver::CudaSlice<bf16>,
+    x: &CudaTensor,
+    w: &CudaTensor,
+    force: bool,
+) -> Result<()> {
+    let (m, n, k) = (x.rows, w.rows, x.cols);
+    let tuner = &device.gemm_tuner;
+    let plan = match tuner.planned(m, n, k) {
+        Some(plan) => plan,
+        None if force || tuner.is_tuning() => {
+            tuner.tune(&device.stream, out, &x.data, &w.data, (m, n, k), &|out| cublas(device, out, x, w))?;
+            tuner.planned(m, n, k).expect("tuned")
+        }
+        None => None,
+    };
+    match plan {
+        Some(plan) => tuner.run(&device.stream, &plan, None, out, &x.data, &w.data),
+        None => cublas(device, out, x, w),
+    }
 }
 
 /// cuBLAS is column-major, so this computes `out^T = w @ x^T` with `w` transposed in place of the
@@ -109,5 +140,21 @@ impl CudaBackend {
     /// error for shapes the GEMV does not take. For benchmarks and tests that compare the two.
     pub fn linear_with(&self, x: &CudaTensor, w: &CudaTensor, kernel: LinearKernel) -> Result<CudaTensor> {
         linear_with(&self.device, x, w, kernel)
+    }
+
+    /// Every GEMM shape tuned so far (gemm_tune.rs), in order: what each algorithm measured and
+    /// what was chosen.
+    pub fn gemm_tunings(&self) -> Vec<crate::GemmTuning> {
+        self.device.gemm_tuner.tunings()
+    }
+
+    /// The output of every cuBLASLt algorithm tuning would time for `x @ w^T`, for tests that
+    /// check each against a reference.
+    pub fn gemm_candidate_outputs(&self, x: &CudaTensor, w: &CudaTensor) -> Result<Vec<CudaTensor>> {
+        assert_eq!(x.cols, w.cols, "gemm candidates: x has {} features, the weight {}", x.cols, w.cols);
+        let (m, n, k) = (x.rows, w.rows, x.cols);
+        let outs =
+            self.device.gemm_tuner.candidate_outputs(&self.device.stream, &x.data, &w.data, (m, n, k))?;
+        Ok(outs.into_iter().map(|data| CudaTensor { rows: m, cols: n, data }).collect())
     }
 }

@@ -136,7 +136,8 @@ pub fn static_bytes(rows: usize, vocab: usize, max_model_len: usize, block_size:
 impl DecodeGraphs {
     /// Captures one graph per size in `sizes` (ascending, distinct, non-empty) for `model` over
     /// `cache`. Each size first runs once eagerly (lazy initialisation, e.g. of cuBLAS kernels,
-    /// must not happen inside a capture), then is captured, largest first.
+    /// must not happen inside a capture; its GEMM shapes are tuned there), then is captured,
+    /// largest first.
     pub fn capture(
         backend: &CudaBackend,
         model: &Model<CudaBackend>,
@@ -160,7 +161,10 @@ impl DecodeGraphs {
         for &rows in sizes.iter().rev() {
             upload_padding(backend, &mut meta, rows, block_size)?;
             let batch = capture_batch(meta, rows, block_size, max_model_len);
-            drop(model.forward(backend, &batch, cache)?);
+            // The eager run also tunes the GEMMs of this batch size (gemm_tune.rs): the capture
+            // then records the algorithms chosen.
+            let tuner = &backend.device.gemm_tuner;
+            drop(tuner.while_tuning(|| model.forward(backend, &batch, cache))?);
             backend.synchronize()?;
             let graph = capture_one(backend, model, cache, &batch, &mut logits).map_err(|e| {
                 ModelError::Backend(format!("capturing the decode graph of {rows} rows: {e}"))

@@ -33,6 +33,8 @@ mod device;
 #[cfg(feature = "cuda")]
 mod gemm;
 #[cfg(feature = "cuda")]
+mod gemm_tune;
+#[cfg(feature = "cuda")]
 mod graphs;
 #[cfg(feature = "cuda")]
 mod launch;
@@ -57,6 +59,8 @@ pub use batch::{CudaBatch, PAD_SLOT};
 pub use device::{check_libraries, device_count, MemoryStats};
 #[cfg(feature = "cuda")]
 pub use gemm::{LinearKernel, GEMV_MAX_M};
+#[cfg(feature = "cuda")]
+pub use gemm_tune::GemmTuning;
 #[cfg(feature = "cuda")]
 pub use graphs::{DecodeGraphs, GraphReport};
 #[cfg(feature = "cuda")]

@@ -132,6 +132,49 @@ fn gemv_against_cpu_and_cublas() {
     }
 }
 
+/// Every cuBLASLt algorithm that GEMM tuning may pick (gemm_tune.rs) against the CPU backend at
+/// small shapes and against the default cuBLAS call at Llama 8B's decode shapes; then the tuned
+/// choice itself, which `Auto` must reuse bit for bit.
+#[test]
+fn tuned_gemm_candidates_against_cpu_and_cublas() {
+    let Some((cpu, gpu)) = backends("tuned_gemm_candidates_against_cpu_and_cublas") else { return };
+    let cases =
+        [(16, 4096, 1024, true), (24, 14336, 256, true), (200, 512, 3000, true), (256, 4096, 512, true)];
+    let decode_shapes = [(256, 4096, 28672, false), (64, 14336, 4096, false), (128, 4096, 6144, false)];
+    for (i, (m, k, n, on_cpu)) in cases.into_iter().chain(decode_shapes).enumerate() {
+        let seed = 900 + i as u64;
+        let (xs, ws) = (random_bf16(seed, m * k, 1.0), random_bf16(seed + 1, n * k, 0.05));
+        let x = activation(&gpu, m, k, &xs);
+        let w = gpu.upload(host_bf16(vec![n, k], &ws)).unwrap();
+        let want = if on_cpu {
+            let cx = activation(&cpu, m, k, &xs);
+            let cw = cpu.upload(host_bf16(vec![n, k], &ws)).unwrap();
+            cpu.to_host(&cpu.linear(&cx, &cw, None).unwrap()).unwrap()
+        } else {
+            gpu.to_host(&gpu.linear_with(&x, &w, LinearKernel::Cublas).unwrap()).unwrap()
+        };
+        let what = format!("{m}x{k} @ {n}x{k}^T vs {}", if on_cpu { "cpu" } else { "cublas" });
+        let candidates = gpu.gemm_candidate_outputs(&x, &w).unwrap();
+        assert!(!candidates.is_empty(), "cuBLASLt offered no algorithm for {what}");
+        for (j, out) in candidates.iter().enumerate() {
+            assert_close(
+                &format!("cuBLASLt algorithm {j} {what}"),
+                &gpu.to_host(out).unwrap(),
+                &want,
+                BF16_TOL,
+            );
+        }
+        let tuned = gpu.to_host(&gpu.linear_with(&x, &w, LinearKernel::Tuned).unwrap()).unwrap();
+        assert_close(&format!("tuned {what}"), &tuned, &want, BF16_TOL);
+        let auto = gpu.to_host(&gpu.linear_with(&x, &w, LinearKernel::Auto).unwrap()).unwrap();
+        assert_eq!(auto, tuned, "Auto reuses the tuned choice for {what}");
+        let tuning = gpu.gemm_tunings().into_iter().find(|t| (t.m, t.n, t.k) == (m, n, k)).expect("tuned");
+        assert_eq!(tuning.candidates, candidates.len(), "{what}: {tuning:?}");
+        assert!(tuning.default_us > 0.0, "{what}: {tuning:?}");
+        println!("{what}: {tuning:?}");
+    }
+}
+
 fn silu_mul<B: Backend>(b: &B, rows: usize, n: usize, values: &[f32]) -> Vec<f32> {
     b.to_host(&b.silu_mul(&activation(b, rows, 2 * n, values)).unwrap()).unwrap()
 }

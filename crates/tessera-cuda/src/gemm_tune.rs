@@ -1,0 +1,388 @@
+//! GEMMs whose cuBLASLt algorithm was measured fastest for their exact shape.
+//!
+//! Why: decode batches past the GEMV's range (9 to a few hundred rows) read every weight once and
+//! are memory-bound, while cuBLAS's heuristic picks tiles for compute. At batch 256 ncu showed its
+//! 256 x 128 tiles giving gate|up 224 blocks on 132 SMs (1.7 waves) and the step's weights read
+//! at 68% of the copy bandwidth. cuBLASLt lists several algorithms for a shape; `GemmTuner::tune`
+//! times them, and the default cuBLAS call, on the layer's own weight and keeps the fastest for
+//! that (m, n, k). Tuning happens only where the host may wait on the device: the eager forward
+//! that precedes each decode graph's capture (`graphs.rs`), so every captured batch size is
+//! tuned and nothing is timed while serving. A shape never tuned keeps the default cuBLAS call.
+//! TESSERA_GEMM_TUNE=0 turns tuning off (for A/B measurements).
+
+use crate::device::backend_err;
+use cudarc::cublaslt::{result as lt, sys};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use half::bf16;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tessera_model::{ModelError, Result};
+
+/// How many algorithms to ask cuBLASLt's heuristic for.
+const CANDIDATES: usize = 16;
+/// Timed runs of each candidate; the median counts.
+const ROUNDS: usize = 5;
+/// Written before every timed run so that the weight comes from memory, as in a real step where
+/// other layers ran in between: more than the 50 MB L2 of an H100 or H200.
+const FLUSH_BYTES: usize = 64 << 20;
+/// A cuBLASLt algorithm replaces the default call only when faster by this fraction, so that
+/// timing noise does not swap a kernel for an equal one.
+const MIN_GAIN: f64 = 0.02;
+
+fn lt_err(what: &'static str) -> impl FnOnce(cudarc::cublaslt::result::CublasError) -> ModelError {
+    move |e| ModelError::Backend(format!("cuBLASLt {what}: {e}"))
+}
+
+/// Row-major `out[m, n] = x[m, k] @ w[n, k]^T` as cuBLASLt sees it (column-major):
+/// `out^T (n x m) = w^T (op T of the k x n matrix w) @ x^T (k x m)`.
+pub(crate) struct LtPlan {
+    desc: sys::cublasLtMatmulDesc_t,
+    w_layout: sys::cublasLtMatrixLayout_t,
+    x_layout: sys::cublasLtMatrixLayout_t,
+    out_layout: sys::cublasLtMatrixLayout_t,
+    algo: Option<sys::cublasLtMatmulAlgo_t>,
+}
+
+// SAFETY: the descriptors are created once, never modified afterwards, and only read by
+// cublasLtMatmul; the backend runs all its work on one stream.
+unsafe impl Send for LtPlan {}
+unsafe impl Sync for LtPlan {}
+
+impl LtPlan {
+    fn new(m: usize, n: usize, k: usize) -> Result<Self> {
+        let bf = sys::cudaDataType::CUDA_R_16BF;
+        let desc = lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(lt_err("matmul descriptor"))?;
+        // Owned from here on, so every early return below destroys what was created.
+        let mut plan = LtPlan {
+            desc,
+            w_layout: std::ptr::null_mut(),
+            x_layout: std::ptr::null_mut(),
+            out_layout: std::ptr::null_mut(),
+            algo: None,
+        };
+        let transpose: i32 = 1;
+        // SAFETY: a live descriptor and a 4-byte attribute value.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                plan.desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &transpose as *const i32 as *const _,
+                std::mem::size_of::<i32>(),
+            )
+        }
+        .map_err(lt_err("transpose attribute"))?;
+        plan.w_layout =
+            lt::create_matrix_layout(bf, k as u64, n as u64, k as i64).map_err(lt_err("layout"))?;
+        plan.x_layout =
+            lt::create_matrix_layout(bf, k as u64, m as u64, k as i64).map_err(lt_err("layout"))?;
+        plan.out_layout =
+            lt::create_matrix_layout(bf, n as u64, m as u64, n as i64).map_err(lt_err("layout"))?;
+        Ok(plan)
+    }
+
+    /// Up to `CANDIDATES` algorithms cuBLASLt's heuristic offers for this shape within
+    /// `workspace_bytes`, best guess first.
+    fn candidates(
+        &self,
+        handle: sys::cublasLtHandle_t,
+        workspace_bytes: usize,
+    ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
+        let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
+        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
+        let mut found = 0i32;
+        // SAFETY: live descriptors; the results array has room for CANDIDATES entries, of which
+        // the call initialises `found`.
+        let status = unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &workspace_bytes as *const usize as *const _,
+                std::mem::size_of::<usize>(),
+            )
+            .and_then(|()| {
+                // Split-K partial sums only in f32 in the workspace: no in-place reduction (which
+                // may add them in any order) and none in bf16, so every run gives the same bits.
+                let schemes = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                    &schemes as *const u32 as *const _,
+                    std::mem::size_of::<u32>(),
+                )
+            })
+            .and_then(|()| {
+                sys::cublasLtMatmulAlgoGetHeuristic(
+                    handle,
+                    self.desc,
+                    self.w_layout,
+                    self.x_layout,
+                    self.out_layout,
+                    self.out_layout,
+                    pref,
+                    CANDIDATES as i32,
+                    results.as_mut_ptr(),
+                    &mut found,
+                )
+                .result()
+            })
+        };
+        // SAFETY: created above, destroyed once.
+        unsafe { lt::destroy_matmul_pref(pref) }.map_err(lt_err("preference"))?;
+        status.map_err(lt_err("heuristic"))?;
+        // SAFETY: the call wrote `found` (at most CANDIDATES) entries.
+        unsafe { results.set_len((found.max(0) as usize).min(CANDIDATES)) };
+        Ok(results
+            .into_iter()
+            .filter(|r| {
+                r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && r.workspaceSize <= workspace_bytes
+            })
+            .map(|r| r.algo)
+            .collect())
+    }
+}
+
+impl Drop for LtPlan {
+    fn drop(&mut self) {
+        // SAFETY: each descriptor was created by this plan (or is null) and is destroyed once.
+        unsafe {
+            for layout in [self.w_layout, self.x_layout, self.out_layout] {
+                if !layout.is_null() {
+                    let _ = lt::destroy_matrix_layout(layout);
+                }
+            }
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+/// What tuning one shape measured, in microseconds (median of `ROUNDS`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmTuning {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// The default cuBLAS call.
+    pub default_us: f64,
+    /// The fastest cuBLASLt algorithm and its index in the heuristic's list, if any ran.
+    pub best_lt: Option<(usize, f64)>,
+    /// How many cuBLASLt algorithms were timed.
+    pub candidates: usize,
+    /// Whether the cuBLASLt algorithm replaced the default call.
+    pub chosen: bool,
+}
+
+pub(crate) struct GemmTuner {
+    handle: sys::cublasLtHandle_t,
+    /// cuBLAS's workspace (device.rs), shared: both libraries run on the one stream in order.
+    workspace: (u64, usize),
+    enabled: bool,
+    tuning: AtomicBool,
+    /// Per (m, n, k): the cuBLASLt plan that won, or None where the default call did.
+    plans: Mutex<HashMap<(usize, usize, usize), Option<Arc<LtPlan>>>>,
+    tunings: Mutex<Vec<GemmTuning>>,
+    flush: Mutex<Option<CudaSlice<u8>>>,
+}
+
+// SAFETY: the handle is used only through cuBLASLt calls, which are thread-safe for a handle on
+// one stream; the maps are behind mutexes.
+unsafe impl Send for GemmTuner {}
+unsafe impl Sync for GemmTuner {}
+
+impl GemmTuner {
+    /// `workspace`: device pointer and size of a buffer that outlives the tuner.
+    pub fn new(workspace: (u64, usize)) -> Result<Self> {
+        let handle = lt::create_handle().map_err(lt_err("handle"))?;
+        Ok(GemmTuner {
+            handle,
+            workspace,
+            enabled: std::env::var("TESSERA_GEMM_TUNE").map_or(true, |v| v != "0"),
+            tuning: AtomicBool::new(false),
+            plans: Mutex::new(HashMap::new()),
+            tunings: Mutex::new(Vec::new()),
+            flush: Mutex::new(None),
+        })
+    }
+
+    /// The decision for a shape: `Some(Some(plan))` runs cuBLASLt, `Some(None)` the default call,
+    /// `None` not tuned yet.
+    pub fn planned(&self, m: usize, n: usize, k: usize) -> Option<Option<Arc<LtPlan>>> {
+        self.plans.lock().expect("plans").get(&(m, n, k)).cloned()
+    }
+
+    /// Whether a GEMM of an untuned shape should be tuned now.
+    pub fn is_tuning(&self) -> bool {
+        self.enabled && self.tuning.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` with tuning on (shapes it meets are tuned), then frees the tuning's scratch memory.
+    pub fn while_tuning<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Reset<'a>(&'a GemmTuner);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                self.0.tuning.store(false, Ordering::Relaxed);
+            }
+        }
+        self.tuning.store(true, Ordering::Relaxed);
+        let out = {
+            let _reset = Reset(self);
+            f()
+        };
+        // The scratch buffer's free is stream-ordered after the timings that used it.
+        drop(self.flush.lock().expect("flush").take());
+        out
+    }
+
+    /// Every shape tuned so far, in order.
+    pub fn tunings(&self) -> Vec<GemmTuning> {
+        self.tunings.lock().expect("tunings").clone()
+    }
+
+    /// Runs `plan` (its algorithm, or cuBLASLt's first choice when it has none).
+    pub fn run(
+        &self,
+        stream: &Arc<CudaStream>,
+        plan: &LtPlan,
+        algo: Option<&sys::cublasLtMatmulAlgo_t>,
+        out: &mut CudaSlice<bf16>,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+    ) -> Result<()> {
+        let algo = algo.or(plan.algo.as_ref()).map_or(std::ptr::null(), |a| a as *const _);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (w_ptr, _w) = w.device_ptr(stream);
+        let (x_ptr, _x) = x.device_ptr(stream);
+        let (out_ptr, _o) = out.device_ptr_mut(stream);
+        // SAFETY: the layouts match the buffers (shapes checked by `gemm::linear_with`); the
+        // workspace outlives the tuner; a null algorithm lets cuBLASLt pick.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                plan.desc,
+                &alpha as *const f32 as *const _,
+                &beta as *const f32 as *const _,
+                w_ptr as *const _,
+                plan.w_layout,
+                x_ptr as *const _,
+                plan.x_layout,
+                out_ptr as *const _,
+                plan.out_layout,
+                out_ptr as *mut _,
+                plan.out_layout,
+                algo,
+                self.workspace.0 as *mut _,
+                self.workspace.1,
+                stream.cu_stream() as *mut _,
+            )
+        }
+        .map_err(lt_err("matmul"))
+    }
+
+    /// Times the default call (`default`) and every cuBLASLt candidate on these buffers,
+    /// remembers the winner for (m, n, k) and returns the measurements. Waits for the device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tune(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaSlice<bf16>,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        (m, n, k): (usize, usize, usize),
+        default: &dyn Fn(&mut CudaSlice<bf16>) -> Result<()>,
+    ) -> Result<GemmTuning> {
+        let plan = LtPlan::new(m, n, k)?;
+        let algos = plan.candidates(self.handle, self.workspace.1)?;
+        let mut flush_slot = self.flush.lock().expect("flush");
+        if flush_slot.is_none() {
+            // SAFETY: only ever overwritten (memset), never read.
+            *flush_slot = Some(unsafe { stream.alloc::<u8>(FLUSH_BYTES) }.map_err(backend_err("alloc"))?);
+        }
+        let flush = flush_slot.as_mut().expect("allocated");
+        // Index 0 is the default call, i + 1 the i-th cuBLASLt algorithm. A candidate that fails
+        // to launch (the heuristic can offer one the shape's alignment rules out) is dropped.
+        let run = |i: usize, out: &mut CudaSlice<bf16>| match i {
+            0 => default(out),
+            i => self.run(stream, &plan, Some(&algos[i - 1]), out, x, w),
+        };
+        let mut live: Vec<usize> = Vec::new();
+        for i in 0..=algos.len() {
+            if run(i, out).is_ok() {
+                live.push(i);
+            } else if i == 0 {
+                return Err(ModelError::Backend(format!("cuBLAS gemm {m}x{n}x{k} failed while tuning")));
+            }
+        }
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let mut events = Vec::with_capacity(ROUNDS * live.len());
+        for _ in 0..ROUNDS {
+            for &i in &live {
+                stream.memset_zeros(flush).map_err(backend_err("memset"))?;
+                let start = stream.record_event(flags).map_err(backend_err("event"))?;
+                run(i, out)?;
+                let end = stream.record_event(flags).map_err(backend_err("event"))?;
+                events.push((i, start, end));
+            }
+        }
+        stream.synchronize().map_err(backend_err("synchronize"))?;
+        let mut times: HashMap<usize, Vec<f64>> = HashMap::new();
+        for (i, start, end) in &events {
+            let ms = start.elapsed_ms(end).map_err(backend_err("event timing"))? as f64;
+            times.entry(*i).or_default().push(ms * 1e3);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mut medians: Vec<(usize, f64)> = times.iter_mut().map(|(i, v)| (*i, median(v))).collect();
+        medians.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        let default_us = medians.iter().find(|(i, _)| *i == 0).expect("the default ran").1;
+        let best_lt = medians.iter().find(|(i, _)| *i > 0).map(|&(i, us)| (i - 1, us));
+        let chosen = best_lt.is_some_and(|(_, us)| us < default_us * (1.0 - MIN_GAIN));
+        let decision = match best_lt {
+            Some((i, _)) if chosen => {
+                let mut plan = plan;
+                plan.algo = Some(algos[i]);
+                Some(Arc::new(plan))
+            }
+            _ => None,
+        };
+        let tuning = GemmTuning { m, n, k, default_us, best_lt, candidates: live.len() - 1, chosen };
+        self.plans.lock().expect("plans").insert((m, n, k), decision);
+        self.tunings.lock().expect("tunings").push(tuning.clone());
+        Ok(tuning)
+    }
+
+    /// The output of every cuBLASLt algorithm `tune` would time for one shape, for tests that
+    /// check each against a reference.
+    pub fn candidate_outputs(
+        &self,
+        stream: &Arc<CudaStream>,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<Vec<CudaSlice<bf16>>> {
+        let plan = LtPlan::new(m, n, k)?;
+        let algos = plan.candidates(self.handle, self.workspace.1)?;
+        let mut outs = Vec::with_capacity(algos.len());
+        for algo in &algos {
+            let mut out = stream.alloc_zeros::<bf16>(m * n).map_err(backend_err("alloc"))?;
+            if self.run(stream, &plan, Some(algo), &mut out, x, w).is_ok() {
+                outs.push(out);
+            }
+        }
+        Ok(outs)
+    }
+}
+
+impl Drop for GemmTuner {
+    fn drop(&mut self) {
+        self.plans.lock().expect("plans").clear();
+        // SAFETY: created in `new`, destroyed once, after every plan that used it.
+        let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}
