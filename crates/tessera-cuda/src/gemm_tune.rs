@@ -177,14 +177,18 @@ pub struct GemmTuning {
     pub chosen: bool,
 }
 
+/// (m, n, k) of `out[m, n] = x[m, k] @ w[n, k]^T`.
+type Shape = (usize, usize, usize);
+/// The cuBLASLt plan that won for a shape, or None where the default call did.
+type Decision = Option<Arc<LtPlan>>;
+
 pub(crate) struct GemmTuner {
     handle: sys::cublasLtHandle_t,
     /// cuBLAS's workspace (device.rs), shared: both libraries run on the one stream in order.
     workspace: (u64, usize),
     enabled: bool,
     tuning: AtomicBool,
-    /// Per (m, n, k): the cuBLASLt plan that won, or None where the default call did.
-    plans: Mutex<HashMap<(usize, usize, usize), Option<Arc<LtPlan>>>>,
+    plans: Mutex<HashMap<Shape, Decision>>,
     tunings: Mutex<Vec<GemmTuning>>,
     flush: Mutex<Option<CudaSlice<u8>>>,
 }
@@ -211,7 +215,7 @@ impl GemmTuner {
 
     /// The decision for a shape: `Some(Some(plan))` runs cuBLASLt, `Some(None)` the default call,
     /// `None` not tuned yet.
-    pub fn planned(&self, m: usize, n: usize, k: usize) -> Option<Option<Arc<LtPlan>>> {
+    pub fn planned(&self, m: usize, n: usize, k: usize) -> Option<Decision> {
         self.plans.lock().expect("plans").get(&(m, n, k)).cloned()
     }
 
@@ -292,7 +296,7 @@ impl GemmTuner {
         out: &mut CudaSlice<bf16>,
         x: &CudaSlice<bf16>,
         w: &CudaSlice<bf16>,
-        (m, n, k): (usize, usize, usize),
+        (m, n, k): Shape,
         default: &dyn Fn(&mut CudaSlice<bf16>) -> Result<()>,
     ) -> Result<GemmTuning> {
         let plan = LtPlan::new(m, n, k)?;
@@ -364,7 +368,7 @@ impl GemmTuner {
         stream: &Arc<CudaStream>,
         x: &CudaSlice<bf16>,
         w: &CudaSlice<bf16>,
-        (m, n, k): (usize, usize, usize),
+        (m, n, k): Shape,
     ) -> Result<Vec<CudaSlice<bf16>>> {
         let plan = LtPlan::new(m, n, k)?;
         let algos = plan.candidates(self.handle, self.workspace.1)?;

@@ -24,6 +24,7 @@ impl CudaAccel {
     ) -> Result<Self> {
         if sizes.is_empty() {
             tracing::info!("CUDA graphs off: every step runs eagerly");
+            log_gemm_tunings(backend);
             return Ok(CudaAccel { graphs: None, chain: false });
         }
         let graphs = DecodeGraphs::capture(backend, model, cache, sizes)?;
@@ -35,8 +36,33 @@ impl CudaAccel {
             static_mib = report.static_bytes >> 20,
             "captured decode CUDA graphs"
         );
+        log_gemm_tunings(backend);
         Ok(CudaAccel { graphs: Some(graphs), chain })
     }
+}
+
+/// What GEMM tuning (during profiling and the graphs' warm-up runs) found, summed over the
+/// shapes it timed: the default cuBLAS calls against the chosen ones.
+fn log_gemm_tunings(backend: &CudaBackend) {
+    let tunings = backend.gemm_tunings();
+    if tunings.is_empty() {
+        return;
+    }
+    let default_us: f64 = tunings.iter().map(|t| t.default_us).sum();
+    let chosen_us: f64 = tunings
+        .iter()
+        .map(|t| match t.best_lt {
+            Some((_, us)) if t.chosen => us,
+            _ => t.default_us,
+        })
+        .sum();
+    tracing::info!(
+        shapes = tunings.len(),
+        cublaslt_chosen = tunings.iter().filter(|t| t.chosen).count(),
+        default_ms = default_us / 1e3,
+        chosen_ms = chosen_us / 1e3,
+        "tuned GEMMs (one call of each shape, summed)"
+    );
 }
 
 impl DeviceAccel<CudaBackend> for CudaAccel {
