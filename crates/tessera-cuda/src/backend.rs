@@ -290,7 +290,7 @@ impl Backend for CudaBackend {
     }
 
     fn linear(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>) -> Result<CudaTensor> {
-        let mut out = crate::gemm::linear(&self.device, x, weight)?;
+        let mut out = crate::gemm::linear(self, x, weight)?;
         if let Some(bias) = bias {
             launch::add_bias(&self.device, &mut out.data, &bias.data, out.rows, out.cols)?;
         }

@@ -32,18 +32,19 @@ pub enum LinearKernel {
 }
 
 /// Row-major `out[m, n] = x[m, k] @ w[n, k]^T`, by the kernels `LinearKernel::Auto` picks.
-pub fn linear(device: &Device, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
-    linear_with(device, x, w, LinearKernel::Auto)
+pub fn linear(backend: &CudaBackend, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
+    linear_with(backend, x, w, LinearKernel::Auto)
 }
 
 pub fn linear_with(
-    device: &Device,
+    backend: &CudaBackend,
     x: &CudaTensor,
     w: &CudaTensor,
     kernel: LinearKernel,
 ) -> Result<CudaTensor> {
     assert_eq!(x.cols, w.cols, "linear: x has {} features, the weight {}", x.cols, w.cols);
     let (m, n, k) = (x.rows, w.rows, x.cols);
+    let device = &backend.device;
     let gemv_ok = launch::gemv_supports(device, &x.data, &w.data, m, n, k);
     let use_gemv = match kernel {
         LinearKernel::Auto => gemv_ok && m <= GEMV_MAX_M,
@@ -66,7 +67,7 @@ pub fn linear_with(
     } else if m > 0 && kernel == LinearKernel::Cublas {
         cublas(device, &mut out, x, w)?;
     } else if m > 0 {
-        tuned(device, &mut out, x, w, kernel == LinearKernel::Tuned)?;
+        tuned(backend, &mut out, x, w, kernel == LinearKernel::Tuned)?;
     }
     Ok(CudaTensor { rows: m, cols: n, data: out })
 }
@@ -87,18 +88,22 @@ pub fn glu_applies(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
 /// The choice tuning made for this shape; tunes it first when tuning is on (or `force`d) and it
 /// was not yet, else the default cuBLAS call.
 fn tuned(
-    device: &Device,
+    backend: &CudaBackend,
     out: &mut cudarc::driver::CudaSlice<bf16>,
     x: &CudaTensor,
     w: &CudaTensor,
     force: bool,
 ) -> Result<()> {
     let (m, n, k) = (x.rows, w.rows, x.cols);
+    let device = &backend.device;
     let tuner = &device.gemm_tuner;
     let plan = match tuner.planned(m, n, k) {
         Some(plan) => plan,
         None if force || tuner.is_tuning() => {
-            tuner.tune(&device.stream, out, &x.data, &w.data, (m, n, k), &|out| cublas(device, out, x, w))?;
+            let default = |out: &mut _| cublas(device, out, x, w);
+            // The backend's wait: bounded by the collective deadline in a tensor-parallel group.
+            let wait = || backend.synchronize();
+            tuner.tune(&device.stream, out, (&x.data, &w.data), (m, n, k), &default, &wait)?;
             tuner.planned(m, n, k).expect("tuned")
         }
         None => None,
@@ -139,7 +144,7 @@ impl CudaBackend {
     /// `Backend::linear` without bias, by the kernels `kernel` names: `LinearKernel::Gemv` is an
     /// error for shapes the GEMV does not take. For benchmarks and tests that compare the two.
     pub fn linear_with(&self, x: &CudaTensor, w: &CudaTensor, kernel: LinearKernel) -> Result<CudaTensor> {
-        linear_with(&self.device, x, w, kernel)
+        linear_with(self, x, w, kernel)
     }
 
     /// Every GEMM shape tuned so far (gemm_tune.rs), in order: what each algorithm measured and

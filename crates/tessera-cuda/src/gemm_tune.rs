@@ -288,16 +288,16 @@ impl GemmTuner {
     }
 
     /// Times the default call (`default`) and every cuBLASLt candidate on these buffers,
-    /// remembers the winner for (m, n, k) and returns the measurements. Waits for the device.
-    #[allow(clippy::too_many_arguments)]
+    /// remembers the winner for (m, n, k) and returns the measurements. Waits for the device
+    /// through `wait` (the backend's, bounded by the collective deadline in a group).
     pub fn tune(
         &self,
         stream: &Arc<CudaStream>,
         out: &mut CudaSlice<bf16>,
-        x: &CudaSlice<bf16>,
-        w: &CudaSlice<bf16>,
+        (x, w): (&CudaSlice<bf16>, &CudaSlice<bf16>),
         (m, n, k): Shape,
         default: &dyn Fn(&mut CudaSlice<bf16>) -> Result<()>,
+        wait: &dyn Fn() -> Result<()>,
     ) -> Result<GemmTuning> {
         let plan = LtPlan::new(m, n, k)?;
         let algos = plan.candidates(self.handle, self.workspace.1)?;
@@ -332,7 +332,7 @@ impl GemmTuner {
                 events.push((i, start, end));
             }
         }
-        stream.synchronize().map_err(backend_err("synchronize"))?;
+        wait()?;
         let mut times: HashMap<usize, Vec<f64>> = HashMap::new();
         for (i, start, end) in &events {
             let ms = start.elapsed_ms(end).map_err(backend_err("event timing"))? as f64;
