@@ -338,15 +338,7 @@ impl GemmTuner {
             let ms = start.elapsed_ms(end).map_err(backend_err("event timing"))? as f64;
             times.entry(*i).or_default().push(ms * 1e3);
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let mut medians: Vec<(usize, f64)> = times.iter_mut().map(|(i, v)| (*i, median(v))).collect();
-        medians.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-        let default_us = medians.iter().find(|(i, _)| *i == 0).expect("the default ran").1;
-        let best_lt = medians.iter().find(|(i, _)| *i > 0).map(|&(i, us)| (i - 1, us));
-        let chosen = best_lt.is_some_and(|(_, us)| us < default_us * (1.0 - MIN_GAIN));
+        let (default_us, best_lt, chosen) = pick(times);
         let decision = match best_lt {
             Some((i, _)) if chosen => {
                 let mut plan = plan;
@@ -383,10 +375,64 @@ impl GemmTuner {
     }
 }
 
+/// From each run's timings in microseconds (index 0: the default call, i + 1: the i-th cuBLASLt
+/// algorithm; the default must be present): the default's median, the fastest algorithm by
+/// median (index into the algorithms, median), and whether it beats the default by `MIN_GAIN`.
+/// Equal medians go to the lower index, so the outcome does not depend on map order.
+fn pick(mut times: HashMap<usize, Vec<f64>>) -> (f64, Option<(usize, f64)>, bool) {
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut medians: Vec<(usize, f64)> =
+        times.iter_mut().filter(|(_, v)| !v.is_empty()).map(|(i, v)| (*i, median(v))).collect();
+    medians.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    let default_us = medians.iter().find(|(i, _)| *i == 0).expect("the default ran").1;
+    let best_lt = medians.iter().find(|(i, _)| *i > 0).map(|&(i, us)| (i - 1, us));
+    let chosen = best_lt.is_some_and(|(_, us)| us < default_us * (1.0 - MIN_GAIN));
+    (default_us, best_lt, chosen)
+}
+
 impl Drop for GemmTuner {
     fn drop(&mut self) {
         self.plans.lock().expect("plans").clear();
         // SAFETY: created in `new`, destroyed once, after every plan that used it.
         let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times(runs: &[(usize, &[f64])]) -> HashMap<usize, Vec<f64>> {
+        runs.iter().map(|(i, v)| (*i, v.to_vec())).collect()
+    }
+
+    #[test]
+    fn the_fastest_median_wins_when_it_beats_the_default_by_the_margin() {
+        // Algorithm 1 (index 2) has the lowest median; one slow outlier does not count.
+        let t = times(&[(0, &[10.0, 10.2, 9.9]), (1, &[9.5, 9.6, 9.4]), (2, &[9.0, 30.0, 9.1])]);
+        assert_eq!(pick(t), (10.0, Some((1, 9.1)), true));
+    }
+
+    #[test]
+    fn a_gain_below_the_margin_keeps_the_default() {
+        let t = times(&[(0, &[10.0, 10.0, 10.0]), (1, &[9.9, 9.9, 9.9])]);
+        let (default_us, best, chosen) = pick(t);
+        assert_eq!((default_us, best), (10.0, Some((0, 9.9))));
+        assert!(!chosen, "1% is within the 2% margin");
+    }
+
+    #[test]
+    fn a_slower_algorithm_or_none_keeps_the_default() {
+        assert_eq!(pick(times(&[(0, &[5.0]), (1, &[6.0])])), (5.0, Some((0, 6.0)), false));
+        assert_eq!(pick(times(&[(0, &[5.0])])), (5.0, None, false));
+    }
+
+    #[test]
+    fn equal_medians_go_to_the_lower_index() {
+        let t = times(&[(0, &[10.0]), (3, &[8.0]), (2, &[8.0]), (5, &[8.0])]);
+        assert_eq!(pick(t), (10.0, Some((1, 8.0)), true));
     }
 }
