@@ -103,13 +103,12 @@ fn tuned(
             let default = |out: &mut _| cublas(device, out, x, w);
             // The backend's wait: bounded by the collective deadline in a tensor-parallel group.
             let wait = || backend.synchronize();
-            tuner.tune(&device.stream, out, (&x.data, &w.data), (m, n, k), &default, &wait)?;
-            tuner.planned(m, n, k).expect("tuned")
+            tuner.tune(&device.stream, out, (&x.data, &w.data), (m, n, k), &default, &wait)?
         }
         None => None,
     };
     match plan {
-        Some(plan) => tuner.run(&device.stream, &plan, None, out, &x.data, &w.data),
+        Some(chosen) => tuner.run_chosen(&device.stream, &chosen, out, &x.data, &w.data),
         None => cublas(device, out, x, w),
     }
 }

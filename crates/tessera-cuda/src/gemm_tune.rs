@@ -42,13 +42,30 @@ pub(crate) struct LtPlan {
     w_layout: sys::cublasLtMatrixLayout_t,
     x_layout: sys::cublasLtMatrixLayout_t,
     out_layout: sys::cublasLtMatrixLayout_t,
-    algo: Option<sys::cublasLtMatmulAlgo_t>,
+}
+
+/// A shape's plan with the algorithm tuning chose for it.
+pub(crate) struct Chosen {
+    plan: LtPlan,
+    algo: sys::cublasLtMatmulAlgo_t,
 }
 
 // SAFETY: the descriptors are created once, never modified afterwards, and only read by
 // cublasLtMatmul; the backend runs all its work on one stream.
 unsafe impl Send for LtPlan {}
 unsafe impl Sync for LtPlan {}
+
+/// Sets one attribute of a matmul preference to `value`.
+///
+/// # Safety
+/// `pref` is live and `T` is the attribute's type.
+unsafe fn set_pref<T>(
+    pref: sys::cublasLtMatmulPreference_t,
+    attr: sys::cublasLtMatmulPreferenceAttributes_t,
+    value: &T,
+) -> std::result::Result<(), cudarc::cublaslt::result::CublasError> {
+    lt::set_matmul_pref_attribute(pref, attr, value as *const T as *const _, std::mem::size_of::<T>())
+}
 
 impl LtPlan {
     fn new(m: usize, n: usize, k: usize) -> Result<Self> {
@@ -64,7 +81,6 @@ impl LtPlan {
             w_layout: std::ptr::null_mut(),
             x_layout: std::ptr::null_mut(),
             out_layout: std::ptr::null_mut(),
-            algo: None,
         };
         let transpose: i32 = 1;
         // SAFETY: a live descriptor and a 4-byte attribute value.
@@ -98,39 +114,28 @@ impl LtPlan {
         let mut found = 0i32;
         // SAFETY: live descriptors; the results array has room for CANDIDATES entries, of which
         // the call initialises `found`.
+        // Split-K partial sums only in f32 in the workspace: no in-place reduction (which may add
+        // them in any order) and none in bf16, so every run gives the same bits.
+        let schemes = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+        use sys::cublasLtMatmulPreferenceAttributes_t as Pref;
         let status = unsafe {
-            lt::set_matmul_pref_attribute(
-                pref,
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &workspace_bytes as *const usize as *const _,
-                std::mem::size_of::<usize>(),
-            )
-            .and_then(|()| {
-                // Split-K partial sums only in f32 in the workspace: no in-place reduction (which
-                // may add them in any order) and none in bf16, so every run gives the same bits.
-                let schemes = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
-                lt::set_matmul_pref_attribute(
-                    pref,
-                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                    &schemes as *const u32 as *const _,
-                    std::mem::size_of::<u32>(),
-                )
-            })
-            .and_then(|()| {
-                sys::cublasLtMatmulAlgoGetHeuristic(
-                    handle,
-                    self.desc,
-                    self.w_layout,
-                    self.x_layout,
-                    self.out_layout,
-                    self.out_layout,
-                    pref,
-                    CANDIDATES as i32,
-                    results.as_mut_ptr(),
-                    &mut found,
-                )
-                .result()
-            })
+            set_pref(pref, Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes)
+                .and_then(|()| set_pref(pref, Pref::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes))
+                .and_then(|()| {
+                    sys::cublasLtMatmulAlgoGetHeuristic(
+                        handle,
+                        self.desc,
+                        self.w_layout,
+                        self.x_layout,
+                        self.out_layout,
+                        self.out_layout,
+                        pref,
+                        CANDIDATES as i32,
+                        results.as_mut_ptr(),
+                        &mut found,
+                    )
+                    .result()
+                })
         };
         // SAFETY: created above, destroyed once.
         unsafe { lt::destroy_matmul_pref(pref) }.map_err(lt_err("preference"))?;
@@ -180,7 +185,7 @@ pub struct GemmTuning {
 /// (m, n, k) of `out[m, n] = x[m, k] @ w[n, k]^T`.
 type Shape = (usize, usize, usize);
 /// The cuBLASLt plan that won for a shape, or None where the default call did.
-type Decision = Option<Arc<LtPlan>>;
+pub(crate) type Decision = Option<Arc<Chosen>>;
 
 pub(crate) struct GemmTuner {
     handle: sys::cublasLtHandle_t,
@@ -247,23 +252,34 @@ impl GemmTuner {
         self.tunings.lock().expect("tunings").clone()
     }
 
-    /// Runs `plan` (its algorithm, or cuBLASLt's first choice when it has none).
-    pub fn run(
+    /// Runs the algorithm tuning chose for this shape.
+    pub fn run_chosen(
         &self,
         stream: &Arc<CudaStream>,
-        plan: &LtPlan,
-        algo: Option<&sys::cublasLtMatmulAlgo_t>,
+        chosen: &Chosen,
         out: &mut CudaSlice<bf16>,
         x: &CudaSlice<bf16>,
         w: &CudaSlice<bf16>,
     ) -> Result<()> {
-        let algo = algo.or(plan.algo.as_ref()).map_or(std::ptr::null(), |a| a as *const _);
+        self.run(stream, &chosen.plan, &chosen.algo, out, x, w)
+    }
+
+    /// Runs `plan` with algorithm `algo`.
+    fn run(
+        &self,
+        stream: &Arc<CudaStream>,
+        plan: &LtPlan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        out: &mut CudaSlice<bf16>,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+    ) -> Result<()> {
         let (alpha, beta) = (1.0f32, 0.0f32);
         let (w_ptr, _w) = w.device_ptr(stream);
         let (x_ptr, _x) = x.device_ptr(stream);
         let (out_ptr, _o) = out.device_ptr_mut(stream);
         // SAFETY: the layouts match the buffers (shapes checked by `gemm::linear_with`); the
-        // workspace outlives the tuner; a null algorithm lets cuBLASLt pick.
+        // workspace outlives the tuner; `algo` came from the heuristic for this plan.
         unsafe {
             lt::matmul(
                 self.handle,
@@ -278,7 +294,7 @@ impl GemmTuner {
                 plan.out_layout,
                 out_ptr as *mut _,
                 plan.out_layout,
-                algo,
+                algo as *const _,
                 self.workspace.0 as *mut _,
                 self.workspace.1,
                 stream.cu_stream() as *mut _,
@@ -288,8 +304,8 @@ impl GemmTuner {
     }
 
     /// Times the default call (`default`) and every cuBLASLt candidate on these buffers,
-    /// remembers the winner for (m, n, k) and returns the measurements. Waits for the device
-    /// through `wait` (the backend's, bounded by the collective deadline in a group).
+    /// remembers the winner for (m, n, k) with the measurements, and returns it. Waits for the
+    /// device through `wait` (the backend's, bounded by the collective deadline in a group).
     pub fn tune(
         &self,
         stream: &Arc<CudaStream>,
@@ -298,7 +314,7 @@ impl GemmTuner {
         (m, n, k): Shape,
         default: &dyn Fn(&mut CudaSlice<bf16>) -> Result<()>,
         wait: &dyn Fn() -> Result<()>,
-    ) -> Result<GemmTuning> {
+    ) -> Result<Decision> {
         let plan = LtPlan::new(m, n, k)?;
         let algos = plan.candidates(self.handle, self.workspace.1)?;
         let mut flush_slot = self.flush.lock().expect("flush");
@@ -311,7 +327,7 @@ impl GemmTuner {
         // to launch (the heuristic can offer one the shape's alignment rules out) is dropped.
         let run = |i: usize, out: &mut CudaSlice<bf16>| match i {
             0 => default(out),
-            i => self.run(stream, &plan, Some(&algos[i - 1]), out, x, w),
+            i => self.run(stream, &plan, &algos[i - 1], out, x, w),
         };
         let mut live: Vec<usize> = Vec::new();
         for i in 0..=algos.len() {
@@ -339,18 +355,15 @@ impl GemmTuner {
             times.entry(*i).or_default().push(ms * 1e3);
         }
         let (default_us, best_lt, chosen) = pick(times);
+        let candidates = live.len() - 1;
         let decision = match best_lt {
-            Some((i, _)) if chosen => {
-                let mut plan = plan;
-                plan.algo = Some(algos[i]);
-                Some(Arc::new(plan))
-            }
+            Some((i, _)) if chosen => Some(Arc::new(Chosen { plan, algo: algos[i] })),
             _ => None,
         };
-        let tuning = GemmTuning { m, n, k, default_us, best_lt, candidates: live.len() - 1, chosen };
-        self.plans.lock().expect("plans").insert((m, n, k), decision);
-        self.tunings.lock().expect("tunings").push(tuning.clone());
-        Ok(tuning)
+        self.plans.lock().expect("plans").insert((m, n, k), decision.clone());
+        let tuning = GemmTuning { m, n, k, default_us, best_lt, candidates, chosen };
+        self.tunings.lock().expect("tunings").push(tuning);
+        Ok(decision)
     }
 
     /// The output of every cuBLASLt algorithm `tune` would time for one shape, for tests that
@@ -367,7 +380,7 @@ impl GemmTuner {
         let mut outs = Vec::with_capacity(algos.len());
         for algo in &algos {
             let mut out = stream.alloc_zeros::<bf16>(m * n).map_err(backend_err("alloc"))?;
-            if self.run(stream, &plan, Some(algo), &mut out, x, w).is_ok() {
+            if self.run(stream, &plan, algo, &mut out, x, w).is_ok() {
                 outs.push(out);
             }
         }

@@ -15,9 +15,8 @@
 //! on the device (`sampling.rs`).
 //!
 //! Architecture invariant: the only crate with CUDA `unsafe`: kernel launches (`launch.rs`),
-//! cuBLAS (`gemm.rs`) and cuBLASLt (`gemm_tune.rs`), driver calls cudarc leaves unsafe (`device.rs`; async copies from pinned
-//! buffers in `staging.rs`), NCCL calls
-//! (`nccl/ffi.rs`), uninitialised allocations that a kernel fills (`backend.rs`, `gemm.rs`,
+//! cuBLAS (`gemm.rs`) and cuBLASLt (`gemm_tune.rs`), driver calls cudarc leaves unsafe
+//! (`device.rs`; async copies from pinned buffers in `staging.rs`), NCCL calls (`nccl/ffi.rs`), uninitialised allocations that a kernel fills (`backend.rs`, `gemm.rs`,
 //! `sampling.rs`), and `Send` for captured graphs (`graphs.rs`).
 
 #[cfg(feature = "cuda")]

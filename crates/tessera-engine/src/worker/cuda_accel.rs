@@ -22,22 +22,23 @@ impl CudaAccel {
         sizes: &[usize],
         chain: bool,
     ) -> Result<Self> {
-        if sizes.is_empty() {
+        let graphs = if sizes.is_empty() {
             tracing::info!("CUDA graphs off: every step runs eagerly");
-            log_gemm_tunings(backend);
-            return Ok(CudaAccel { graphs: None, chain: false });
-        }
-        let graphs = DecodeGraphs::capture(backend, model, cache, sizes)?;
-        let report = graphs.report();
-        tracing::info!(
-            batch_sizes = ?report.batch_sizes,
-            capture_ms = report.capture_ms,
-            graph_pool_mib = report.graph_pool_bytes >> 20,
-            static_mib = report.static_bytes >> 20,
-            "captured decode CUDA graphs"
-        );
+            None
+        } else {
+            let graphs = DecodeGraphs::capture(backend, model, cache, sizes)?;
+            let report = graphs.report();
+            tracing::info!(
+                batch_sizes = ?report.batch_sizes,
+                capture_ms = report.capture_ms,
+                graph_pool_mib = report.graph_pool_bytes >> 20,
+                static_mib = report.static_bytes >> 20,
+                "captured decode CUDA graphs"
+            );
+            Some(graphs)
+        };
         log_gemm_tunings(backend);
-        Ok(CudaAccel { graphs: Some(graphs), chain })
+        Ok(CudaAccel { chain: chain && graphs.is_some(), graphs })
     }
 }
 
