@@ -49,8 +49,22 @@ fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tessera/kernels"))
 }
 
+/// `TESSERA_KERNEL_DEFINES="NAME=VALUE NAME2=VALUE"`: preprocessor definitions for every family,
+/// so that one GPU run can measure a kernel's compile-time variants against each other without
+/// another build (leave it unset otherwise). They are part of the cache key like any option.
+fn defines() -> Vec<String> {
+    define_options(&std::env::var("TESSERA_KERNEL_DEFINES").unwrap_or_default())
+}
+
+fn define_options(defines: &str) -> Vec<String> {
+    defines.split_whitespace().map(|d| format!("-D{d}")).collect()
+}
+
 fn options(arch: (i32, i32)) -> Vec<String> {
-    vec![format!("--gpu-architecture=compute_{}{}", arch.0, arch.1), "--std=c++17".to_string()]
+    let mut options =
+        vec![format!("--gpu-architecture=compute_{}{}", arch.0, arch.1), "--std=c++17".to_string()];
+    options.extend(defines());
+    options
 }
 
 /// The PTX of `family` for compute capability `arch`, from the disk cache or NVRTC.
@@ -99,6 +113,12 @@ mod tests {
         assert_ne!(base, fnv1a(&["src2", "--gpu-architecture=compute_90"]));
         // Part boundaries count: ("ab", "c") is not ("a", "bc").
         assert_ne!(fnv1a(&["ab", "c"]), fnv1a(&["a", "bc"]));
+    }
+
+    #[test]
+    fn defines_become_nvrtc_options() {
+        assert!(define_options("").is_empty());
+        assert_eq!(define_options(" A=1  B=2 C "), ["-DA=1", "-DB=2", "-DC"]);
     }
 
     /// The body of each `extern "C" __global__` kernel of `source`, by brace matching.

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Measures compile-time variants of the kernels against each other in one run: each variant is a
+# TESSERA_KERNEL_DEFINES value (NVRTC compiles the kernels with those -D definitions; "-" is the
+# kernels as committed), and the variants take turns, ROUNDS times, in `decode_bench --graphs`.
+#
+#   scripts/gpu/ab_defines.sh ROUNDS VARIANT...
+#   scripts/gpu/ab_defines.sh 2 - "GEMV_PREFETCH_BLOCK_BYTES=65536"
+#
+# BATCHES (default 1,8), CONTEXT (1088) and MAX_MODEL_LEN (2048; with context 1088 the shape of
+# `bench latency`'s mean decode step at 1024 in / 128 out). Prints one AB line per run and
+# variant, then each variant's runs side by side.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit
+ROUNDS=${1:?usage: ab_defines.sh ROUNDS VARIANT...}
+shift
+BATCHES=${BATCHES:-1,8}
+CONTEXT=${CONTEXT:-1088}
+MAX_MODEL_LEN=${MAX_MODEL_LEN:-2048}
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
+results=$(mktemp)
+for round in $(seq 1 "$ROUNDS"); do
+    for variant in "$@"; do
+        defines=$variant
+        [ "$variant" = "-" ] && defines=
+        TESSERA_KERNEL_DEFINES="$defines" .gpu/decode_bench --batches "$BATCHES" --context "$CONTEXT" \
+            --max-model-len "$MAX_MODEL_LEN" --graphs 2>&1 \
+            | awk -v v="$variant" -v r="$round" '/^BENCH mode=graph/ {
+                for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+                printf "AB round=%s variant=\"%s\" batch=%s graph_ms=%s fraction=%s argmax_mismatches=%s\n",
+                    r, v, f["batch"], f["wall_ms"], f["fraction"], f["argmax_mismatches"] }' \
+            | tee -a "$results"
+    done
+done
+echo "== graph step ms per variant and batch (rounds in order)"
+for variant in "$@"; do
+    for batch in ${BATCHES//,/ }; do
+        runs=$(grep -F "variant=\"$variant\" batch=$batch " "$results" | sed 's/.*graph_ms=\([^ ]*\).*/\1/' | tr '\n' ' ')
+        echo "variant=\"$variant\" batch=$batch: $runs"
+    done
+done
+rm -f "$results"
