@@ -30,9 +30,14 @@
 
 // The weight is read once per call: keep it out of L1 (no_allocate), which then holds x, which
 // every block reads.
+// GEMV_L2_256B (a measuring variant): each miss also asks L2 to fetch the rest of its 256 bytes.
 __device__ __forceinline__ uint4 ld_stream16(const bf16* p) {
     uint4 v;
+#ifdef GEMV_L2_256B
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+#else
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+#endif
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
         : "l"(p));
     return v;
