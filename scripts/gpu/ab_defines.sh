@@ -8,9 +8,10 @@
 #
 # BATCHES (default 1,8), CONTEXT (1088) and MAX_MODEL_LEN (2048; with context 1088 the shape of
 # `bench latency`'s mean decode step at 1024 in / 128 out). Prints one AB line per run and
-# variant, then each variant's runs side by side. CHECK="TEST [FILTER]" (e.g. "kernels-test
-# gemv_against") first runs that test binary of .gpu/tests under each variant, with the GPU tests
-# on, and prints CHECK PASS or FAIL per variant: a faster variant counts only if it is correct.
+# variant, then each variant's runs side by side. CHECK="TEST [FILTER...]" (e.g. "kernels-test
+# gemv_against linear_silu_mul") first runs that test binary of .gpu/tests under each variant,
+# with the GPU tests on, and prints CHECK PASS or FAIL per variant: a faster variant counts only
+# if it is correct.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
 ROUNDS=${1:?usage: ab_defines.sh ROUNDS VARIANT...}
@@ -22,11 +23,11 @@ export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
 results=$(mktemp)
 if [ -n "${CHECK:-}" ]; then
-    read -r test filter <<<"$CHECK"
+    read -r -a check <<<"$CHECK"
     for variant in "$@"; do
         defines=$variant
         [ "$variant" = "-" ] && defines=
-        if TESSERA_GPU_TESTS=1 TESSERA_KERNEL_DEFINES="$defines" ".gpu/tests/$test" ${filter:+"$filter"} \
+        if TESSERA_GPU_TESTS=1 TESSERA_KERNEL_DEFINES="$defines" ".gpu/tests/${check[0]}" "${check[@]:1}" \
             --test-threads=1 >"$results.check" 2>&1; then
             echo "CHECK PASS variant=\"$variant\" ($CHECK)"
         else
