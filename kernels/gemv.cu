@@ -202,6 +202,8 @@ __device__ __forceinline__ void gemv_prefetch_bulk(const bf16* __restrict__ w, u
         gemv<NT, ROWS, UNROLL, GLU>(out, x, w, m, n, k);                                          \
     }
 
+// Minimum resident blocks per SM of the 16-row m <= 8 kernels (gemv_m8, gemv_glu_m8): a
+// measuring variant like those of gemv_m8_r8 below.
 #ifndef GEMV_R16_MIN_BLOCKS
 #define GEMV_R16_MIN_BLOCKS 2
 #endif
