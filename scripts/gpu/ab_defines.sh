@@ -24,11 +24,12 @@ LATENCY=${LATENCY:-}
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
 results=$(mktemp)
+# A variant's definitions: "-" stands for none.
+defines_of() { [ "$1" = "-" ] || echo "$1"; }
 if [ -n "${CHECK:-}" ]; then
     read -r -a check <<<"$CHECK"
     for variant in "$@"; do
-        defines=$variant
-        [ "$variant" = "-" ] && defines=
+        defines=$(defines_of "$variant")
         if TESSERA_GPU_TESTS=1 TESSERA_KERNEL_DEFINES="$defines" ".gpu/tests/${check[0]}" "${check[@]:1}" \
             --test-threads=1 >"$results.check" 2>&1; then
             echo "CHECK PASS variant=\"$variant\" ($CHECK)"
@@ -41,8 +42,7 @@ if [ -n "${CHECK:-}" ]; then
 fi
 for round in $(seq 1 "$ROUNDS"); do
     for variant in "$@"; do
-        defines=$variant
-        [ "$variant" = "-" ] && defines=
+        defines=$(defines_of "$variant")
         TESSERA_KERNEL_DEFINES="$defines" .gpu/decode_bench --batches "$BATCHES" --context "$CONTEXT" \
             --max-model-len "$MAX_MODEL_LEN" --graphs 2>&1 \
             | awk -v v="$variant" -v r="$round" '/^BENCH mode=graph/ {

@@ -5,9 +5,10 @@
 //! 256 x 128 tiles giving gate|up 224 blocks on 132 SMs (1.7 waves) and the step's weights read
 //! at 68% of the copy bandwidth. cuBLASLt lists several algorithms for a shape; `GemmTuner::tune`
 //! times them, and the default cuBLAS call, on the layer's own weight and keeps the fastest for
-//! that (m, n, k). Tuning happens only where the host may wait on the device: the eager forward
-//! that precedes each decode graph's capture (`graphs.rs`), so every captured batch size is
-//! tuned and nothing is timed while serving. A shape never tuned keeps the default cuBLAS call.
+//! that (m, n, k). Tuning happens only at startup, where the host may wait on the device: the
+//! eager forward that precedes each decode graph's capture (`graphs.rs`), so every captured batch
+//! size is tuned, and the profiling pass's budget-filling prefill (`profile.rs`). Nothing is timed
+//! while serving. A shape never tuned keeps the default cuBLAS call.
 //! TESSERA_GEMM_TUNE=0 turns tuning off (for A/B measurements).
 
 use crate::device::backend_err;

@@ -16,8 +16,9 @@
 //!
 //! Architecture invariant: the only crate with CUDA `unsafe`: kernel launches (`launch.rs`),
 //! cuBLAS (`gemm.rs`) and cuBLASLt (`gemm_tune.rs`), driver calls cudarc leaves unsafe
-//! (`device.rs`; async copies from pinned buffers in `staging.rs`), NCCL calls (`nccl/ffi.rs`), uninitialised allocations that a kernel fills (`backend.rs`, `gemm.rs`,
-//! `sampling.rs`), and `Send` for captured graphs (`graphs.rs`).
+//! (`device.rs`; async copies from pinned buffers in `staging.rs`), NCCL calls (`nccl/ffi.rs`),
+//! uninitialised allocations that a kernel fills (`backend.rs`, `gemm.rs`, `sampling.rs`), and
+//! `Send` for captured graphs (`graphs.rs`).
 
 #[cfg(feature = "cuda")]
 mod backend;
