@@ -30,14 +30,9 @@
 
 // The weight is read once per call: keep it out of L1 (no_allocate), which then holds x, which
 // every block reads.
-// GEMV_L2_256B (a measuring variant): each miss also asks L2 to fetch the rest of its 256 bytes.
 __device__ __forceinline__ uint4 ld_stream16(const bf16* p) {
     uint4 v;
-#ifdef GEMV_L2_256B
-    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-#else
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-#endif
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
         : "l"(p));
     return v;
@@ -167,56 +162,22 @@ __device__ __forceinline__ void gemv_prefetch(const bf16* __restrict__ w, u32 n,
     }
 }
 
-// GEMV_PREFETCH_BLOCK_BYTES > 0 (a measuring variant, set through TESSERA_KERNEL_DEFINES):
-// instead, the block's first ROWS threads each ask L2 for the start of one of its rows with one
-// bulk prefetch, this many bytes per block in all (at most the whole row).
-#ifndef GEMV_PREFETCH_BLOCK_BYTES
-#define GEMV_PREFETCH_BLOCK_BYTES 0
-#endif
-template <int ROWS, bool GLU = false>
-__device__ __forceinline__ void gemv_prefetch_bulk(const bf16* __restrict__ w, u32 n, u32 k) {
-#if __CUDA_ARCH__ >= 900
-    const u32 i = threadIdx.x, row0 = blockIdx.x * (GLU ? 8 : ROWS);
-    if (i >= ROWS) return;
-    const u32 r = GLU ? (i / 8) * n + umin(row0 + i % 8, n - 1) : umin(row0 + i, n - 1);
-    const u32 bytes = umin(k * 2, GEMV_PREFETCH_BLOCK_BYTES / ROWS) & ~15u;
-    if (bytes > 0)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (size_t)r * k), "r"(bytes)
-                     : "memory");
-#endif
-}
-
 // At least 2 blocks per SM: without a minimum, ptxas trades the loads in flight for registers
 // (it moved each step's loads next to their mma's, 3 in flight instead of 12); with it, a lane
 // keeps all of a step's loads in flight (84 / 108 registers for sm_90). Each kernel first asks L2
 // for its first step of weights, then waits for the kernel that writes x (pdl_start).
-#define GEMV_KERNEL(NAME, NT, ROWS, UNROLL, GLU, MIN_BLOCKS)                                        \
-    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, MIN_BLOCKS)                     \
+#define GEMV_KERNEL(NAME, NT, ROWS, UNROLL, GLU)                                                    \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)                              \
         NAME(bf16* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ w, u32 m, \
              u32 n, u32 k) {                                                                      \
-        if (GEMV_PREFETCH_BLOCK_BYTES > 0)                                                        \
-            gemv_prefetch_bulk<ROWS, GLU>(w, n, k);                                               \
-        else                                                                                      \
-            gemv_prefetch<ROWS, UNROLL, GLU>(w, n, k);                                            \
+        gemv_prefetch<ROWS, UNROLL, GLU>(w, n, k);                                                \
         pdl_start();                                                                              \
         gemv<NT, ROWS, UNROLL, GLU>(out, x, w, m, n, k);                                          \
     }
 
-// Minimum resident blocks per SM of the 16-row m <= 8 kernels (gemv_m8, gemv_glu_m8): a
-// measuring variant like those of gemv_m8_r8 below.
-#ifndef GEMV_R16_MIN_BLOCKS
-#define GEMV_R16_MIN_BLOCKS 2
-#endif
-GEMV_KERNEL(gemv_m8, 1, 16, GEMV_UNROLL, false, GEMV_R16_MIN_BLOCKS)
-// 8 weight rows per block, for short weights (the host picks it; see `gemv`'s ROWS). Its steps
-// and minimum blocks per SM can be set through TESSERA_KERNEL_DEFINES to measure variants.
-#ifndef GEMV_R8_UNROLL
-#define GEMV_R8_UNROLL (2 * GEMV_UNROLL)
-#endif
-#ifndef GEMV_R8_MIN_BLOCKS
-#define GEMV_R8_MIN_BLOCKS 2
-#endif
-GEMV_KERNEL(gemv_m8_r8, 1, 8, GEMV_R8_UNROLL, false, GEMV_R8_MIN_BLOCKS)
-GEMV_KERNEL(gemv_m16, 2, 16, GEMV_UNROLL, false, 2)
+GEMV_KERNEL(gemv_m8, 1, 16, GEMV_UNROLL, false)
+// 8 weight rows per block, for short weights (the host picks it; see `gemv`'s ROWS).
+GEMV_KERNEL(gemv_m8_r8, 1, 8, 2 * GEMV_UNROLL, false)
+GEMV_KERNEL(gemv_m16, 2, 16, GEMV_UNROLL, false)
 // gemv_m8 with the GLU epilogue: out[m, n] = silu(x @ w[:n]^T) * (x @ w[n:]^T), w of 2n rows.
-GEMV_KERNEL(gemv_glu_m8, 1, 16, GEMV_UNROLL, true, GEMV_R16_MIN_BLOCKS)
+GEMV_KERNEL(gemv_glu_m8, 1, 16, GEMV_UNROLL, true)

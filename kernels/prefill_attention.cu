@@ -322,13 +322,8 @@ __device__ __forceinline__ void prefill_attention_tile(
 // Grid: (num_kv_heads, num_tiles); block: 32 * group threads (one warp per query head).
 // At most 168 registers a thread: 3 blocks of 4 warps (the 8B layout) fit an SM's 64K registers
 // (169 would allow only 2), so one block's syncs and copies hide behind the others' mma.
-// PREFILL_MAX_REGS (a measuring variant, through TESSERA_KERNEL_DEFINES): 128 allows 4 blocks
-// at the price of spills (232 bytes a thread for d128, ptxas for sm_90).
-#ifndef PREFILL_MAX_REGS
-#define PREFILL_MAX_REGS 168
-#endif
 #define PREFILL_ATTENTION(D)                                                                          \
-    extern "C" __global__ void __maxnreg__(PREFILL_MAX_REGS) prefill_attention_d##D(                \
+    extern "C" __global__ void __maxnreg__(168) prefill_attention_d##D(                                              \
         bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,     \
         const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,                     \
         const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,                \

@@ -8,7 +8,7 @@ NVIDIA's PyPI wheels (nvidia-cuda-nvrtc, nvidia-cuda-nvcc), downloaded once into
 ~/.cache/tessera/cuda-tools. Occupancy follows from the registers: an SM has 65,536.
 
     scripts/kernel_regs.py gemv
-    scripts/kernel_regs.py gemv GEMV_R8_MIN_BLOCKS=3 GEMV_PREFETCH_BLOCK_BYTES=65536
+    scripts/kernel_regs.py gemv NAME=VALUE   # a variant the kernel offers (#ifndef NAME)
 
 The same NVRTC lets the CUDA crate's `every_family_compiles_when_nvrtc_is_present` test run
 here: LD_LIBRARY_PATH=~/.cache/tessera/cuda-tools/nvidia/cu13/lib (after a first run of this

@@ -4,7 +4,7 @@
 # kernels as committed), and the variants take turns, ROUNDS times, in `decode_bench --graphs`.
 #
 #   scripts/gpu/ab_defines.sh ROUNDS VARIANT...
-#   scripts/gpu/ab_defines.sh 2 - "GEMV_PREFETCH_BLOCK_BYTES=65536"
+#   scripts/gpu/ab_defines.sh 2 - "NAME=VALUE"   (NAME: a macro the kernel defines only #ifndef)
 #
 # BATCHES (default 1,8), CONTEXT (1088) and MAX_MODEL_LEN (2048; with context 1088 the shape of
 # `bench latency`'s mean decode step at 1024 in / 128 out). Prints one AB line per run and
