@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Measures compile-time kernel variants (TESSERA_KERNEL_DEFINES values, "-" = the kernels as
+# committed; see ab_defines.sh) against each other through the server, the way bench_8b.sh
+# measures it: for each round and variant, `tessera serve` (Llama-3-8B shape, dummy weights) is
+# started with the variant, `bench serve` sends NUM prompts of 1024 in / 128 out at max
+# concurrency CONC, and the server is stopped. Prints one SERVE line per run, then each
+# variant's output tok/s side by side.
+#
+#   scripts/gpu/ab_serve.sh ROUNDS VARIANT...
+#   CONC=256 NUM=256 scripts/gpu/ab_serve.sh 2 - "NAME=VALUE"
+#
+# MODEL (default "--device cuda --dummy llama-3-8b --max-model-len 2048"), INPUT_LEN and
+# OUTPUT_LEN (1024, 128) change the workload, e.g. MODEL="--dummy tiny" for a dry run on a CPU.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit
+ROUNDS=${1:?usage: ab_serve.sh ROUNDS VARIANT...}
+shift
+CONC=${CONC:-256}
+NUM=${NUM:-256}
+PORT=${PORT:-8031}
+BIN=${BIN:-.gpu/tessera}
+MODEL=${MODEL:---device cuda --dummy llama-3-8b --max-model-len 2048}
+INPUT_LEN=${INPUT_LEN:-1024}
+OUTPUT_LEN=${OUTPUT_LEN:-128}
+read -r -a model <<<"$MODEL"
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export NCCL_NVLS_ENABLE=0
+export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+defines_of() { [ "$1" = "-" ] || echo "$1"; }
+
+# One run: serve with the variant, one bench serve, stop. Prints its SERVE line.
+run() {
+    local round=$1 variant=$2 pid
+    TESSERA_KERNEL_DEFINES="$(defines_of "$variant")" "$BIN" serve "${model[@]}" \
+        --max-num-seqs 256 --host 127.0.0.1 --port "$PORT" >"$work/serve.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do
+        curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "SERVE round=$round variant=\"$variant\" FAILED: server exited before ready"
+            tail -n 5 "$work/serve.log"
+            return
+        fi
+        sleep 0.5
+    done
+    rm -f "$work/r.json"
+    "$BIN" bench serve --url "http://127.0.0.1:$PORT" --num-prompts "$NUM" --input-len "$INPUT_LEN" \
+        --output-len "$OUTPUT_LEN" --max-concurrency "$CONC" --seed 0 --json "$work/r.json" >"$work/bench.log" 2>&1 \
+        || tail -n 5 "$work/bench.log"
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    python3 - "$work/r.json" "$round" "$variant" "$CONC" <<'PY'
+import json, sys
+path, round_, variant, conc = sys.argv[1:]
+try:
+    r = json.load(open(path))
+    print(f'SERVE round={round_} variant="{variant}" concurrency={conc} '
+          f'output_tok_s={r["output_throughput"]:.1f} ttft_ms={r["mean_ttft_ms"]:.0f} '
+          f'tpot_ms={r["median_tpot_ms"]:.2f} failed={r["failed"]}')
+except (OSError, ValueError, KeyError, TypeError) as e:
+    print(f'SERVE round={round_} variant="{variant}" concurrency={conc} output_tok_s=FAILED ({e})')
+PY
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    for variant in "$@"; do
+        run "$round" "$variant" | tee -a "$work/results"
+    done
+done
+echo "== output tok/s per variant at concurrency $CONC (rounds in order)"
+for variant in "$@"; do
+    runs=$(grep -F "variant=\"$variant\" " "$work/results" | sed 's/.*output_tok_s=\([^ ]*\).*/\1/' | tr '\n' ' ')
+    echo "variant=\"$variant\": $runs"
+done
