@@ -23,9 +23,6 @@
 // `ptxas -v`); G = 8 holds twice the state and runs 2 blocks per multiprocessor instead.
 
 #define DA_WARPS 4
-#ifndef DA_PIPELINE
-#define DA_PIPELINE 0
-#endif
 
 // Issues the K and V loads of the warp's tile at t0 into k, v: this lane's keys below `end`,
 // zeros for the others (not stale cache contents: a NaN there times p = 0 would still be NaN).
@@ -186,26 +183,6 @@ __device__ __forceinline__ void decode_attention(
         for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
     }
 
-#if DA_PIPELINE
-    // DA_PIPELINE (a measuring variant): each tile's loads are issued before the previous
-    // tile's math, so a warp always has a tile in flight (registers for two tiles).
-    for (u32 t0 = first; t0 < end; t0 += DA_WARPS * TILE) {
-        const u32 next = t0 + DA_WARPS * TILE;
-        uint4 k1[NL], v1[NL];
-        if (next < end) {
-            da_load_tile<D, NL>(k1, v1, next, end, one_block, blk, table, block_size, k_cache,
-                                v_cache, col, kv_width, sub);
-            const u32 after = next + DA_WARPS * TILE;
-            if (one_block && after < end) blk = table[after / block_size];
-        }
-        da_tile<D, G, NL>(q, m, l, acc, k0, v0, t0, end, sub);
-#pragma unroll
-        for (int i = 0; i < NL; i++) {
-            k0[i] = k1[i];
-            v0[i] = v1[i];
-        }
-    }
-#else
     if (first < end) da_tile<D, G, NL>(q, m, l, acc, k0, v0, first, end, sub);
     // The later tiles: each tile's block-table entry is fetched one tile ahead, so that its K/V
     // loads wait for one memory round trip, not two (table, then K/V).
@@ -217,7 +194,6 @@ __device__ __forceinline__ void decode_attention(
         if (one_block && next < end) blk = table[next / block_size];
         da_tile<D, G, NL>(q, m, l, acc, kraw, vraw, t0, end, sub);
     }
-#endif
 
     // Sum the shares of the lanes holding other keys (the same dims: lane ^ LPK, ^ 2 LPK, ...).
     // Within a key's LPK lanes l is already equal, since each of them summed the same scores.
@@ -290,14 +266,7 @@ DECODE_ATTENTION(decode_attention_d64_g4, 64, 4, 4, 3)
 DECODE_ATTENTION(decode_attention_d64_g8, 64, 8, 4, 2)
 DECODE_ATTENTION(decode_attention_d128_g1, 128, 1, 8, 4)
 DECODE_ATTENTION(decode_attention_d128_g2, 128, 2, 8, 4)
-// The Llama 8B layout's loads per lane and blocks per multiprocessor: measuring variants.
-#ifndef DA_D128_G4_NL
-#define DA_D128_G4_NL 4
-#endif
-#ifndef DA_D128_G4_MIN_BLOCKS
-#define DA_D128_G4_MIN_BLOCKS 4
-#endif
-DECODE_ATTENTION(decode_attention_d128_g4, 128, 4, DA_D128_G4_NL, DA_D128_G4_MIN_BLOCKS)
+DECODE_ATTENTION(decode_attention_d128_g4, 128, 4, 4, 4)
 DECODE_ATTENTION(decode_attention_d128_g8, 128, 8, 4, 2)
 // The other candidate for the Llama 8B / 70B-per-rank layouts, for measuring against the above
 // (op_bench, TESSERA_DECODE_ATTENTION=decode_attention_d128_g4_nl8): twice the loads in flight

@@ -51,9 +51,6 @@ __device__ __forceinline__ float quad_sum(float v) {
 #define PF_BK 64      // keys per shared K/V tile
 #define PF_PAD 8      // bf16 of padding per shared row (bank conflicts, see k_s)
 #define PF_NO_SLOT 0xffffffffu
-#ifndef PF_COPY_STRIDED
-#define PF_COPY_STRIDED 0
-#endif
 
 // Shared-memory address of a generic pointer to shared memory (for cp.async and ldmatrix).
 __device__ __forceinline__ u32 smem_addr(const void* p) {
@@ -109,10 +106,10 @@ template <int D>
 __device__ __forceinline__ void load_tile(bf16 (*dst)[D + PF_PAD], const bf16* __restrict__ cache,
                                           const u32* slots, u32 kvh, u32 num_kv_heads) {
     constexpr u32 CHUNKS = D / 8;
-#if PF_COPY_STRIDED
-    // PF_COPY_STRIDED (a measuring variant): blockDim.x (32 * group) is a multiple of CHUNKS, so
-    // a thread copies the same 8 dims of every key it handles, and a copy's addresses cost one
-    // multiply-add and one add instead of the division, the table arithmetic and cvta per copy.
+    // blockDim.x (32 * group) is a multiple of CHUNKS, so a thread copies the same 8 dims of
+    // every key it handles: a copy's addresses cost a multiply-add and an add (about 17
+    // instructions a copy for sm_90 against 30 when each copy divided its index into key and
+    // dims: the kernel took 390 instead of 464 - 492 us in op_bench, H100).
     const u32 d0 = (threadIdx.x % CHUNKS) * 8, step = blockDim.x / CHUNKS;
     const char* base = reinterpret_cast<const char*>(cache + (size_t)kvh * D + d0);
     const u32 slot_bytes = num_kv_heads * D * 2;
@@ -122,15 +119,6 @@ __device__ __forceinline__ void load_tile(bf16 (*dst)[D + PF_PAD], const bf16* _
         const bool live = slot != PF_NO_SLOT;
         cp_async16(addr, base + (size_t)(live ? slot : 0u) * slot_bytes, live ? 16u : 0u);
     }
-#else
-    for (u32 c = threadIdx.x; c < PF_BK * CHUNKS; c += blockDim.x) {
-        const u32 i = c / CHUNKS, d0 = (c % CHUNKS) * 8;
-        const u32 slot = slots[i];
-        const bool live = slot != PF_NO_SLOT;
-        const bf16* src = live ? cache + ((size_t)slot * num_kv_heads + kvh) * D + d0 : cache;
-        cp_async16(smem_addr(&dst[i][d0]), src, live ? 16u : 0u);
-    }
-#endif
     cp_async_commit();
 }
 
