@@ -24,8 +24,8 @@ LATENCY=${LATENCY:-}
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
 results=$(mktemp)
-# A variant's definitions: "-" stands for none.
-defines_of() { [ "$1" = "-" ] || echo "$1"; }
+# shellcheck source=scripts/gpu/lib.sh
+. scripts/gpu/lib.sh
 if [ -n "${CHECK:-}" ]; then
     read -r -a check <<<"$CHECK"
     for variant in "$@"; do

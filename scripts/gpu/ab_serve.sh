@@ -28,7 +28,8 @@ export NCCL_NVLS_ENABLE=0
 export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-defines_of() { [ "$1" = "-" ] || echo "$1"; }
+# shellcheck source=scripts/gpu/lib.sh
+. scripts/gpu/lib.sh
 
 # One run: serve with the variant, one bench serve, stop. Prints its SERVE line.
 run() {
@@ -36,15 +37,11 @@ run() {
     TESSERA_KERNEL_DEFINES="$(defines_of "$variant")" "$BIN" serve "${model[@]}" \
         --max-num-seqs 256 --host 127.0.0.1 --port "$PORT" >"$work/serve.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "SERVE round=$round variant=\"$variant\" FAILED: server exited before ready"
-            tail -n 5 "$work/serve.log"
-            return
-        fi
-        sleep 0.5
-    done
+    if ! wait_ready "$PORT" "$pid" "$work/serve.log"; then
+        kill "$pid" 2>/dev/null
+        echo "SERVE round=$round variant=\"$variant\" concurrency=$CONC output_tok_s=FAILED (the server did not get ready)"
+        return
+    fi
     rm -f "$work/r.json"
     "$BIN" bench serve --url "http://127.0.0.1:$PORT" --num-prompts "$NUM" --input-len "$INPUT_LEN" \
         --output-len "$OUTPUT_LEN" --max-concurrency "$CONC" --seed 0 --json "$work/r.json" >"$work/bench.log" 2>&1 \

@@ -24,6 +24,8 @@ export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export NCCL_NVLS_ENABLE=0
 export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
 status=0
+# shellcheck source=scripts/gpu/lib.sh
+. scripts/gpu/lib.sh
 
 tessera() {
     for b in 1 64; do
@@ -37,11 +39,7 @@ tessera() {
         --host 127.0.0.1 --port "$PORT" >"$LOGS/serve.log" 2>&1 &
     local pid=$!
     trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' RETURN
-    for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break
-        kill -0 $pid 2>/dev/null || { echo "server exited before ready"; tail -n 20 "$LOGS/serve.log"; return 1; }
-        sleep 0.5
-    done
+    wait_ready "$PORT" "$pid" "$LOGS/serve.log" || return 1
     for c in 256 64 16 1; do
         local n=256
         [ "$c" = 1 ] && n=$CONC1_PROMPTS

@@ -76,15 +76,8 @@ bench() { # port, name
     echo "bench serve ($2): $(grep -h 'Output token throughput\|Median TPOT' "$LOGS/bench-$2.log" | tr -s ' ' | paste -sd';')"
 }
 
-wait_ready() { # port, pid, name
-    for _ in $(seq 1 600); do
-        if curl -sf "http://127.0.0.1:$1/ready" >/dev/null; then return 0; fi
-        if ! kill -0 "$2" 2>/dev/null; then echo "$3 exited; see $LOGS/$3.log" >&2; return 1; fi
-        sleep 0.5
-    done
-    echo "$3 not ready after 300 s" >&2
-    return 1
-}
+# shellcheck source=scripts/gpu/lib.sh
+. scripts/gpu/lib.sh
 
 # Greedy completions of fixed prompts, one JSON line each: text and token count.
 complete() { # port, output file
@@ -101,7 +94,7 @@ start=$SECONDS
 CUDA_VISIBLE_DEVICES=$ALL_GPUS TESSERA_CACHE__NUM_BLOCKS=4096 "$BIN" serve --device cuda --dummy "$SHAPE" --tensor-parallel-size "$TP" \
     --max-model-len 1024 --port "$HTTP_REF" >"$LOGS/reference.log" 2>&1 &
 pids+=($!)
-wait_ready "$HTTP_REF" "${pids[0]}" reference
+wait_ready "$HTTP_REF" "${pids[0]}" "$LOGS/reference.log"
 echo "ready in $((SECONDS - start)) s"
 complete "$HTTP_REF" "$LOGS/reference.jsonl"
 bench "$HTTP_REF" threads
@@ -119,7 +112,7 @@ for rank in $(seq 1 $((TP - 1))); do
     worker_pids+=($!)
     pids+=($!)
 done
-wait_ready "$HTTP_HEAD" "$head_pid" head
+wait_ready "$HTTP_HEAD" "$head_pid" "$LOGS/head.log"
 echo "ready in $((SECONDS - start)) s"
 complete "$HTTP_HEAD" "$LOGS/cluster.jsonl"
 bench "$HTTP_HEAD" processes
