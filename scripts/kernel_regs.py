@@ -81,8 +81,9 @@ def main():
             kernel = m.group(1)
         elif m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
             spills = f"spills {m.group(1)}/{m.group(2)} B"
-        elif m := re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line):
-            print(f"{kernel}: {m.group(1)} registers, {m.group(2)} B static shared memory, {spills}")
+        elif m := re.search(r"Used (\d+) registers", line):
+            smem = re.search(r"(\d+) bytes smem", line)
+            print(f"{kernel}: {m.group(1)} registers, {smem.group(1) if smem else 0} B static shared memory, {spills}")
 
 
 if __name__ == "__main__":

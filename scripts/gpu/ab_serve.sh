@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Measures compile-time kernel variants (TESSERA_KERNEL_DEFINES values, "-" = the kernels as
-# committed; see ab_defines.sh) against each other through the server, the way bench_8b.sh
+# Measures kernel variants (TESSERA_KERNEL_DEFINES values and TESSERA_* settings, "-" = the
+# kernels as committed; see lib.sh's defines_of) against each other through the server, the way bench_8b.sh
 # measures it: for each round and variant, `tessera serve` (Llama-3-8B shape, dummy weights) is
 # started with the variant, `bench serve` sends NUM prompts of 1024 in / 128 out at max
 # concurrency CONC, and the server is stopped. Prints one SERVE line per run, then each
@@ -33,8 +33,9 @@ trap 'rm -rf "$work"' EXIT
 
 # One run: serve with the variant, one bench serve, stop. Prints its SERVE line.
 run() {
-    local round=$1 variant=$2 pid
-    TESSERA_KERNEL_DEFINES="$(defines_of "$variant")" "$BIN" serve "${model[@]}" \
+    local round=$1 variant=$2 pid settings
+    read -r -a settings <<<"$(env_of "$variant")"
+    env "${settings[@]}" TESSERA_KERNEL_DEFINES="$(defines_of "$variant")" "$BIN" serve "${model[@]}" \
         --max-num-seqs 256 --host 127.0.0.1 --port "$PORT" >"$work/serve.log" 2>&1 &
     pid=$!
     if ! wait_ready "$PORT" "$pid" "$work/serve.log"; then

@@ -17,5 +17,10 @@ wait_ready() { # port, pid, log
     return 1
 }
 
-# A kernel variant's TESSERA_KERNEL_DEFINES value: "-" (the kernels as committed) stands for none.
-defines_of() { [ "$1" = "-" ] || echo "$1"; }
+# A variant is "-" (the kernels as committed) or words: NAME=VALUE definitions for
+# TESSERA_KERNEL_DEFINES, and TESSERA_*=VALUE environment settings (e.g.
+# TESSERA_PREFILL_ATTENTION=r16, a kernel the launcher picks). defines_of prints the first,
+# env_of the second.
+defines_of() { words_of "$1" | grep -v '^TESSERA_' | tr '\n' ' ' | sed 's/ $//'; }
+env_of() { words_of "$1" | grep '^TESSERA_' | tr '\n' ' ' | sed 's/ $//'; }
+words_of() { [ "$1" = "-" ] || tr -s ' ' '\n' <<<"$1" | grep -v '^$'; }

@@ -99,7 +99,7 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
 const ENTRIES: [(&str, &[&str]); 10] = [
     ("embedding", &["embedding", "fill_dummy"]),
     ("norm", &["rms_norm", "add_rms_norm", "rms_norm_v8", "add_rms_norm_v8", "qk_norm"]),
-    ("rope", &["rope", "rope_write_kv"]),
+    ("rope", &["rope", "rope_write_kv", "rope_write_kv_v4"]),
     ("activation", &["silu_mul", "silu_mul_v8", "add_bias", "gather_rows", "concat_cols"]),
     ("kv_cache", &["write_kv"]),
     ("attention", &["paged_attention", "attention_reduce"]),
@@ -122,8 +122,8 @@ const ENTRIES: [(&str, &[&str]); 10] = [
         &[
             "prefill_attention_d64",
             "prefill_attention_d128",
-            "prefill_attention_v1_d64",
-            "prefill_attention_v1_d128",
+            "prefill_attention_r16_d64",
+            "prefill_attention_r16_d128",
         ],
     ),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),

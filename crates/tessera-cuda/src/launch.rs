@@ -35,7 +35,7 @@ const SHARED_LIMIT: usize = 48 * 1024;
 
 /// Whether `buf` starts on a 16-byte boundary, as kernels with 16-byte vector loads need (pool
 /// allocations always do; checked rather than assumed).
-pub fn aligned16(device: &Device, buf: &CudaSlice<bf16>) -> bool {
+pub fn aligned16<T>(device: &Device, buf: &CudaSlice<T>) -> bool {
     buf.device_ptr(&device.stream).0.is_multiple_of(16)
 }
 
@@ -227,11 +227,22 @@ pub fn rope_write_kv(
         return Ok(());
     }
     let rot_pairs = (heads.num_heads + heads.num_kv_heads) * heads.head_dim / 2;
-    let mut b = KernelLaunch::new(device, "rope_write_kv");
+    // Four pairs a thread where whole 16-byte vectors allow it (`TESSERA_ROPE=scalar`, read at
+    // each launch, keeps one pair a thread, to compare the two).
+    let scalar = std::env::var_os("TESSERA_ROPE").is_some_and(|v| v == "scalar");
+    let vector = !scalar
+        && heads.head_dim.is_multiple_of(8)
+        && aligned16(device, qkv)
+        && aligned16(device, k_cache)
+        && aligned16(device, v_cache)
+        && aligned16(device, cos)
+        && aligned16(device, sin);
+    let (name, per_thread) = if vector { ("rope_write_kv_v4", 4) } else { ("rope_write_kv", 1) };
+    let mut b = KernelLaunch::new(device, name);
     b.arg(qkv).arg(k_cache).arg(v_cache).arg(positions).arg(slots).arg(cos).arg(sin);
     b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.head_dim).arg(&heads.row_width);
-    // One pair per thread: rows x blocks of ROPE_THREADS.
-    let per_row = rot_pairs.div_ceil(ROPE_THREADS);
+    // One pair (or four) per thread: rows x blocks of ROPE_THREADS.
+    let per_row = rot_pairs.div_ceil(per_thread * ROPE_THREADS);
     // SAFETY: positions were checked against the table length and slots against the cache on the
     // host (`prepare`, `rope_write_kv`); padding slots are skipped by the kernel.
     unsafe { b.launch(cfg((rows as u32, per_row, 1), ROPE_THREADS, 0)) }
