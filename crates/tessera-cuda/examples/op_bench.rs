@@ -5,8 +5,8 @@
 //! `add_rms_norm` at 1 and 64 rows; decode attention of the 8B layout at batch 1 and 64
 //! (`Backend::attention` on decode rows: whichever kernel the backend picks for them, with
 //! `TESSERA_DECODE_ATTENTION` honoured as in the engine); prefill attention of the 8B layout for
-//! 8 prompts of 1023 tokens in TFLOP/s (causal FLOPs), by the 32-row prefill_attention kernel
-//! and its 16-row kernel (or only the one `TESSERA_PREFILL_ATTENTION` names: r32 or r16).
+//! 8 prompts of 1023 tokens in TFLOP/s (causal FLOPs), by the current prefill_attention kernel
+//! and its first version (or only the one `TESSERA_PREFILL_ATTENTION` names).
 //!
 //! Figures: the median over `--reps` timings of `CALLS` back-to-back calls, each timing enqueued
 //! behind a long cuBLAS GEMM so that the GPU never waits for the host between calls (what a
@@ -415,12 +415,12 @@ fn main() -> Result<(), Error> {
             frac(bytes, us)
         ));
     }
-    // Prefill attention, the 32-row kernel and the 16-row one (the launcher reads
+    // Prefill attention, the current kernel and the first version (the launcher reads
     // TESSERA_PREFILL_ATTENTION at every call), unless the caller chose one.
     let chosen = std::env::var("TESSERA_PREFILL_ATTENTION").ok();
     let kernels = match &chosen {
         Some(k) => vec![k.clone()],
-        None => vec!["r32".to_string(), "r16".to_string()],
+        None => vec!["pipelined".to_string(), "v1".to_string()],
     };
     println!();
     println!("| op | shape | us | TFLOP/s |");

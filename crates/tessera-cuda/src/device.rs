@@ -122,8 +122,8 @@ const ENTRIES: [(&str, &[&str]); 10] = [
         &[
             "prefill_attention_d64",
             "prefill_attention_d128",
-            "prefill_attention_r16_d64",
-            "prefill_attention_r16_d128",
+            "prefill_attention_v1_d64",
+            "prefill_attention_v1_d128",
         ],
     ),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),

@@ -202,9 +202,8 @@ fn attention_reduce(
     unsafe { b.launch(cfg(grid, row_threads(heads.head_dim as usize).min(128), shared as u32)) }
 }
 
-/// Query rows per tile of `prefill_attention`: two mma row blocks of 16 per warp (see
-/// prefill_attention.cu).
-pub const PREFILL_TILE_ROWS: usize = 32;
+/// Query rows per tile of `prefill_attention` (one mma row block).
+pub const PREFILL_TILE_ROWS: usize = 16;
 
 /// Whether `prefill_attention` handles this head layout: head_dim 64 or 128 and one warp per
 /// query head of a KV group (at most 8).
@@ -213,17 +212,16 @@ pub fn prefill_attention_supports(heads: Heads) -> bool {
     matches!(heads.head_dim, 64 | 128) && (1..=8).contains(&group)
 }
 
-/// The kernel of prefill_attention.cu for `heads` and the blocks it takes per tile: the 32-row
-/// kernel (one block a tile), or with `TESSERA_PREFILL_ATTENTION=r16` the 16-row one (two blocks
-/// a tile, same arguments), so that one GPU run can compare them. Read at each launch (tests
-/// switch it within one process).
-fn prefill_attention_kernel(heads: Heads) -> (&'static str, u32) {
-    let r16 = std::env::var("TESSERA_PREFILL_ATTENTION").is_ok_and(|v| v == "r16");
-    match (heads.head_dim, r16) {
-        (64, false) => ("prefill_attention_d64", 1),
-        (64, true) => ("prefill_attention_r16_d64", 2),
-        (_, false) => ("prefill_attention_d128", 1),
-        (_, true) => ("prefill_attention_r16_d128", 2),
+/// The kernel of prefill_attention.cu for `heads`: the pipelined one, or with
+/// `TESSERA_PREFILL_ATTENTION=v1` the first version (same grid and arguments), so that one GPU run
+/// can compare them or tell a fault of the new kernel from one elsewhere.
+fn prefill_attention_kernel(heads: Heads) -> &'static str {
+    let v1 = std::env::var("TESSERA_PREFILL_ATTENTION").is_ok_and(|v| v == "v1");
+    match (heads.head_dim, v1) {
+        (64, false) => "prefill_attention_d64",
+        (64, true) => "prefill_attention_v1_d64",
+        (_, false) => "prefill_attention_d128",
+        (_, true) => "prefill_attention_v1_d128",
     }
 }
 
@@ -251,21 +249,19 @@ pub fn prefill_attention(
     assert!(prefill_attention_supports(heads), "prefill_attention: head_dim {}", heads.head_dim);
     assert_eq!(out.len(), rows * (heads.num_heads * heads.head_dim) as usize);
     let num_tiles = tiles.row_start.len();
-    let (name, blocks_per_tile) = prefill_attention_kernel(heads);
-    let grid_y = num_tiles * blocks_per_tile as usize;
-    assert!(grid_y <= 65535, "prefill attention over {num_tiles} tiles exceeds the grid");
+    assert!(num_tiles <= 65535, "prefill attention over {num_tiles} tiles exceeds the grid");
     if num_tiles == 0 {
         return Ok(());
     }
     let group = heads.num_heads / heads.num_kv_heads;
     let scale = 1.0 / (heads.head_dim as f32).sqrt();
-    let mut b = KernelLaunch::new(device, name);
+    let mut b = KernelLaunch::new(device, prefill_attention_kernel(heads));
     b.arg(out).arg(qkv).arg(k_cache).arg(v_cache);
     b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
     b.arg(&tiles.row_start).arg(&tiles.num_rows).arg(&scale);
     b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width).arg(&meta.block_size);
     // SAFETY: tiles cover rows of the batch within one sequence each (built by `prepare`), and
     // block tables, lengths and slots were validated on the host.
-    unsafe { b.launch(cfg((heads.num_kv_heads, grid_y as u32, 1), 32 * group, 0)) }?;
+    unsafe { b.launch(cfg((heads.num_kv_heads, num_tiles as u32, 1), 32 * group, 0)) }?;
     Ok(())
 }
