@@ -2,7 +2,8 @@
 //! linear layer of Llama 3 8B and of one rank of Llama 3 70B at TP=2 (column-parallel layers
 //! split n, row-parallel ones k), by the GEMV kernels and by cuBLAS at batch sizes 1 to 256
 //! (past the GEMV's rows also by cuBLAS with the algorithm GEMM tuning chose, gemm_tune.rs);
-//! `add_rms_norm` at 1 and 64 rows; decode attention of the 8B layout at batch 1 and 64
+//! `add_rms_norm` at 1 and 64 rows; `rope_write_kv` at 1 and 8,184 rows (vector and scalar
+//! kernels, or only the one `TESSERA_ROPE` names); decode attention of the 8B layout at batch 1 and 64
 //! (`Backend::attention` on decode rows: whichever kernel the backend picks for them, with
 //! `TESSERA_DECODE_ATTENTION` honoured as in the engine); prefill attention of the 8B layout for
 //! 8 prompts of 1023 tokens in TFLOP/s (causal FLOPs), by the current prefill_attention kernel
@@ -251,6 +252,40 @@ fn rotated_cache(
     Ok((cache, tables, shape.num_layers))
 }
 
+/// Microseconds of `Backend::rope_write_kv` over `rows` rows of positions 0.. (one prompt, or
+/// one decode row at position CONTEXT - 1), and the bytes it moves: the q and k heads read and
+/// written, the v heads read, k and v written to the cache.
+fn bench_rope_write_kv(
+    b: &CudaBackend,
+    busy: &Busy,
+    values: &[bf16],
+    layout: QkvLayout,
+    rows: usize,
+    reps: usize,
+) -> Result<(f64, usize), Error> {
+    let (d, positions) = (layout.head_dim, 8192);
+    let inv: Vec<f32> = (0..d / 2).map(|i| 500000f32.powf(-2.0 * i as f32 / d as f32)).collect();
+    let angles = (0..positions).flat_map(|p| inv.iter().map(move |f| p as f32 * f));
+    let (cos, sin) = angles.map(|a| (a.cos(), a.sin())).unzip();
+    let rope = b.upload_rope(cos, sin, d)?;
+    let (mut cache, tables, layers) = rotated_cache(b, layout, 1, rows.max(CONTEXT))?;
+    let tokens = vec![1u32; rows];
+    let computed = if rows == 1 { CONTEXT - 1 } else { 0 };
+    let chunk = SeqChunk {
+        new_tokens: &tokens,
+        num_computed_tokens: computed,
+        block_table: &tables[0],
+        wants_logits: true,
+    };
+    let prepared = b.prepare(&ModelInput::build(BLOCK_SIZE, &[chunk]))?;
+    let mut qkv = b.tensor_from_bf16(rows, layout.row_width(), &values[..rows * layout.row_width()])?;
+    let us = time_us(b, busy, reps, |i| {
+        b.rope_write_kv(&mut qkv, &rope, &mut cache, i % layers, &prepared, layout)
+    })?;
+    let (q, kv) = (layout.num_heads * d, layout.num_kv_heads * d);
+    Ok((us, rows * 2 * (2 * (q + kv) + kv + 2 * kv)))
+}
+
 /// Sequences and prompt length of the prefill attention row: a prefill step of 8 prompts of
 /// 1023 tokens (the shape measured for issue 8).
 const PREFILL_SEQS: usize = 8;
@@ -414,6 +449,33 @@ fn main() -> Result<(), Error> {
             gbps(bytes, us),
             frac(bytes, us)
         ));
+    }
+    // rope_write_kv at a prefill step's rows and at one decode row, the vector kernel and the
+    // scalar one (the launcher reads TESSERA_ROPE at every call), unless the caller chose one.
+    let chosen = std::env::var("TESSERA_ROPE").ok();
+    let kernels = match &chosen {
+        Some(k) => vec![k.clone()],
+        None => vec!["vector".to_string(), "scalar".to_string()],
+    };
+    for kernel in kernels {
+        std::env::set_var("TESSERA_ROPE", &kernel);
+        for rows in [1, PREFILL_SEQS * PREFILL_LEN] {
+            let (us, bytes) = bench_rope_write_kv(&b, &busy, &values, layout, rows, reps)?;
+            println!(
+                "| rope_write_kv ({kernel}) | {rows} rows | {us:.2} | {:.0} | {:.1}% |",
+                gbps(bytes, us),
+                100.0 * frac(bytes, us)
+            );
+            lines.push(format!(
+                "OPBENCH op=rope_write_kv kernel={kernel} rows={rows} us={us:.3} gbps={:.0} frac={:.4}",
+                gbps(bytes, us),
+                frac(bytes, us)
+            ));
+        }
+    }
+    match chosen {
+        Some(k) => std::env::set_var("TESSERA_ROPE", k),
+        None => std::env::remove_var("TESSERA_ROPE"),
     }
     // Prefill attention, the current kernel and the first version (the launcher reads
     // TESSERA_PREFILL_ATTENTION at every call), unless the caller chose one.
