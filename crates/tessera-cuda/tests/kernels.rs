@@ -414,13 +414,22 @@ fn rope_write_kv_then_attention() {
         // head_dim % 8 != 0: the scalar kernel.
         (QkvLayout { num_heads: 4, num_kv_heads: 2, head_dim: 12 }, 4),
     ];
+    // 18 rows (one pair a thread) and 88 (four pairs a thread where head_dim % 8 == 0).
+    let few = [Seq { computed: 40, query: 1 }, Seq { computed: 3, query: 12 }, Seq { computed: 0, query: 5 }];
+    let many =
+        [Seq { computed: 40, query: 1 }, Seq { computed: 3, query: 17 }, Seq { computed: 0, query: 70 }];
     for (i, (layout, block_size)) in cases.into_iter().enumerate() {
-        let seqs =
-            [Seq { computed: 40, query: 1 }, Seq { computed: 3, query: 12 }, Seq { computed: 0, query: 5 }];
-        let seed = 900 + 2 * i as u64;
-        let want = attention_with(&cpu, layout, &seqs, block_size, seed, true);
-        let got = attention_with(&gpu, layout, &seqs, block_size, seed, true);
-        assert_close(&format!("rope_write_kv {layout:?}"), &got, &want, BF16_TOL);
+        for (j, seqs) in [&few, &many].into_iter().enumerate() {
+            let seed = 900 + 2 * (2 * i + j) as u64;
+            let want = attention_with(&cpu, layout, seqs, block_size, seed, true);
+            let got = attention_with(&gpu, layout, seqs, block_size, seed, true);
+            assert_close(
+                &format!("rope_write_kv {layout:?}, {} rows", if j == 0 { 18 } else { 88 }),
+                &got,
+                &want,
+                BF16_TOL,
+            );
+        }
     }
 }
 
