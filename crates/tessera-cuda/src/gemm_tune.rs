@@ -18,21 +18,11 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use half::bf16;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use tessera_model::{ModelError, Result};
 
-/// How many algorithms to ask cuBLASLt's heuristic for (see `candidates_wanted`).
+/// How many algorithms to ask cuBLASLt's heuristic for.
 const CANDIDATES: usize = 16;
-
-/// CANDIDATES, or `TESSERA_GEMM_CANDIDATES` (a positive number) to measure a wider search: read
-/// once per process.
-fn candidates_wanted() -> usize {
-    static WANTED: OnceLock<usize> = OnceLock::new();
-    *WANTED.get_or_init(|| {
-        let var = std::env::var("TESSERA_GEMM_CANDIDATES").ok();
-        var.and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(CANDIDATES)
-    })
-}
 /// Timed runs of each candidate; the median counts.
 const ROUNDS: usize = 5;
 /// Written before every timed run so that the weight comes from memory, as in a real step where
@@ -113,7 +103,7 @@ impl LtPlan {
         Ok(plan)
     }
 
-    /// Up to `candidates_wanted()` algorithms cuBLASLt's heuristic offers for this shape within
+    /// Up to `CANDIDATES` algorithms cuBLASLt's heuristic offers for this shape within
     /// `workspace_bytes`, best guess first.
     fn candidates(
         &self,
@@ -121,10 +111,9 @@ impl LtPlan {
         workspace_bytes: usize,
     ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
         let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
-        let wanted = candidates_wanted();
-        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(wanted);
+        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
         let mut found = 0i32;
-        // SAFETY: live descriptors; the results array has room for `wanted` entries, of which
+        // SAFETY: live descriptors; the results array has room for CANDIDATES entries, of which
         // the call initialises `found`.
         // Split-K partial sums only in f32 in the workspace: no in-place reduction (which may add
         // them in any order) and none in bf16, so every run gives the same bits.
@@ -142,7 +131,7 @@ impl LtPlan {
                         self.out_layout,
                         self.out_layout,
                         pref,
-                        wanted as i32,
+                        CANDIDATES as i32,
                         results.as_mut_ptr(),
                         &mut found,
                     )
@@ -152,8 +141,8 @@ impl LtPlan {
         // SAFETY: created above, destroyed once.
         unsafe { lt::destroy_matmul_pref(pref) }.map_err(lt_err("preference"))?;
         status.map_err(lt_err("heuristic"))?;
-        // SAFETY: the call wrote `found` (at most `wanted`) entries.
-        unsafe { results.set_len((found.max(0) as usize).min(wanted)) };
+        // SAFETY: the call wrote `found` (at most CANDIDATES) entries.
+        unsafe { results.set_len((found.max(0) as usize).min(CANDIDATES)) };
         Ok(results
             .into_iter()
             .filter(|r| {
