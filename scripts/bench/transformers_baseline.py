@@ -20,6 +20,7 @@ sampling cost matches Tessera's `temperature = 0` runs.
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -165,7 +166,10 @@ def throughput_continuous(model, prompts, output_len):
     )
     inputs = [row.tolist() for row in prompts]
     start = time.perf_counter()
-    results = model.generate_batch(inputs=inputs, generation_config=config, progress_bar=False)
+    # transformers prints notes of its own (e.g. "Returning results of generate_batch despite
+    # unexpected termination.") on stdout, which carries this script's JSON: send them to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        results = model.generate_batch(inputs=inputs, generation_config=config, progress_bar=False)
     elapsed = time.perf_counter() - start
     generated = sum(len(r.generated_tokens) for r in results.values())
     return elapsed, generated
