@@ -21,11 +21,11 @@ BATCHES=${BATCHES:-1,8}
 CONTEXT=${CONTEXT:-1088}
 MAX_MODEL_LEN=${MAX_MODEL_LEN:-2048}
 LATENCY=${LATENCY:-}
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
 results=$(mktemp)
 # shellcheck source=scripts/gpu/lib.sh
 . scripts/gpu/lib.sh
+gpu_env
+read -r -a model <<<"$MODEL_8B"
 if [ -n "${CHECK:-}" ]; then
     read -r -a check <<<"$CHECK"
     for variant in "$@"; do
@@ -52,8 +52,8 @@ for round in $(seq 1 "$ROUNDS"); do
             | tee -a "$results"
         for batch in ${LATENCY//,/ }; do
             rm -f "$results.json"
-            TESSERA_KERNEL_DEFINES="$defines" .gpu/tessera bench latency --device cuda --dummy llama-3-8b \
-                --max-model-len 2048 --batch-size "$batch" --input-len 1024 --output-len 128 --num-iters 3 \
+            TESSERA_KERNEL_DEFINES="$defines" .gpu/tessera bench latency "${model[@]}" \
+                --batch-size "$batch" --input-len 1024 --output-len 128 --num-iters 3 \
                 --json "$results.json" >"$results.log" 2>&1 || tail -n 5 "$results.log"
             python3 - "$results.json" "$round" "$variant" "$batch" <<'PY' | tee -a "$results"
 import json, sys

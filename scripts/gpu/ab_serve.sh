@@ -9,7 +9,7 @@
 #   scripts/gpu/ab_serve.sh ROUNDS VARIANT...
 #   CONC=256 NUM=256 scripts/gpu/ab_serve.sh 2 - "NAME=VALUE"
 #
-# MODEL (default "--device cuda --dummy llama-3-8b --max-model-len 2048"), INPUT_LEN and
+# MODEL (default lib.sh's MODEL_8B), INPUT_LEN and
 # OUTPUT_LEN (1024, 128) change the workload, e.g. MODEL="--dummy tiny" for a dry run on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
@@ -19,17 +19,14 @@ CONC=${CONC:-256}
 NUM=${NUM:-256}
 PORT=${PORT:-8031}
 BIN=${BIN:-.gpu/tessera}
-MODEL=${MODEL:---device cuda --dummy llama-3-8b --max-model-len 2048}
 INPUT_LEN=${INPUT_LEN:-1024}
 OUTPUT_LEN=${OUTPUT_LEN:-128}
-read -r -a model <<<"$MODEL"
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-export NCCL_NVLS_ENABLE=0
-export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 # shellcheck source=scripts/gpu/lib.sh
 . scripts/gpu/lib.sh
+gpu_env
+read -r -a model <<<"${MODEL:-$MODEL_8B}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 
 # One run: serve with the variant, one bench serve, stop. Prints its SERVE line.
 run() {
@@ -49,17 +46,7 @@ run() {
         || tail -n 5 "$work/bench.log"
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
-    python3 - "$work/r.json" "$round" "$variant" "$CONC" <<'PY'
-import json, sys
-path, round_, variant, conc = sys.argv[1:]
-try:
-    r = json.load(open(path))
-    print(f'SERVE round={round_} variant="{variant}" concurrency={conc} '
-          f'output_tok_s={r["output_throughput"]:.1f} ttft_ms={r["mean_ttft_ms"]:.0f} '
-          f'tpot_ms={r["median_tpot_ms"]:.2f} failed={r["failed"]}')
-except (OSError, ValueError, KeyError, TypeError) as e:
-    print(f'SERVE round={round_} variant="{variant}" concurrency={conc} output_tok_s=FAILED ({e})')
-PY
+    serve_summary "$work/r.json" "SERVE round=$round variant=\"$variant\" concurrency=$CONC"
 }
 
 for round in $(seq 1 "$ROUNDS"); do

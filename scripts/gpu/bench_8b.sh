@@ -20,22 +20,21 @@ LOGS="${OUT:-$PWD/gpu-logs}/bench"
 PORT=${PORT:-8021}
 CONC1_PROMPTS=${CONC1_PROMPTS:-32}
 mkdir -p "$LOGS"
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-export NCCL_NVLS_ENABLE=0
-export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
 status=0
 # shellcheck source=scripts/gpu/lib.sh
 . scripts/gpu/lib.sh
+gpu_env
+read -r -a model <<<"$MODEL_8B"
 
 tessera() {
     for b in 1 64; do
-        "$BIN" bench latency --device cuda --dummy llama-3-8b --max-model-len 2048 --batch-size "$b" \
+        "$BIN" bench latency "${model[@]}" --batch-size "$b" \
             --input-len 1024 --output-len 128 --num-iters 3 --json "$LOGS/latency-b$b.json" \
             >"$LOGS/latency-b$b.log" 2>&1 || { echo "bench latency batch $b failed"; status=1; }
         tail -n 15 "$LOGS/latency-b$b.log"
     done
 
-    "$BIN" serve --device cuda --dummy llama-3-8b --max-model-len 2048 --max-num-seqs 256 \
+    "$BIN" serve "${model[@]}" --max-num-seqs 256 \
         --host 127.0.0.1 --port "$PORT" >"$LOGS/serve.log" 2>&1 &
     local pid=$!
     trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' RETURN

@@ -20,9 +20,9 @@ BIN=$(realpath "${1:-.gpu/tessera}")
 TP=${TP:-2}
 LOGS="${OUT:-$PWD/gpu-logs}/cluster_tp$TP"
 mkdir -p "$LOGS"
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-export NCCL_NVLS_ENABLE=0
-export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
+# shellcheck source=scripts/gpu/lib.sh
+. scripts/gpu/lib.sh
+gpu_env
 export RUST_BACKTRACE=1
 
 [ -x "$BIN" ] || { echo "no tessera binary at $BIN (build with --features cuda)" >&2; exit 2; }
@@ -75,9 +75,6 @@ bench() { # port, name
         --output-len 64 --max-concurrency 32 --seed 0 --json "$LOGS/bench-$2.json" >"$LOGS/bench-$2.log" 2>&1
     echo "bench serve ($2): $(grep -h 'Output token throughput\|Median TPOT' "$LOGS/bench-$2.log" | tr -s ' ' | paste -sd';')"
 }
-
-# shellcheck source=scripts/gpu/lib.sh
-. scripts/gpu/lib.sh
 
 # Greedy completions of fixed prompts, one JSON line each: text and token count.
 complete() { # port, output file

@@ -8,20 +8,18 @@
 # Why: bench_8b.sh's concurrency-1 row (run last, after 256, 64 and 16 on the same server) gives
 # 172 - 173 tok/s, a server started for concurrency 1 alone 167 (session 12, H100).
 #
-# BIN, MODEL ("--device cuda --dummy llama-3-8b --max-model-len 2048"), INPUT_LEN and
+# BIN, MODEL (lib.sh's MODEL_8B), INPUT_LEN and
 # OUTPUT_LEN (1024, 128) as in ab_serve.sh; MODEL="--dummy tiny" for a dry run on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
 PORT=${PORT:-8041}
 BIN=${BIN:-.gpu/tessera}
 NUM1=${NUM1:-32}
-read -r -a model <<<"${MODEL:---device cuda --dummy llama-3-8b --max-model-len 2048}"
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-export NCCL_NVLS_ENABLE=0
-export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
-work=$(mktemp -d)
 # shellcheck source=scripts/gpu/lib.sh
 . scripts/gpu/lib.sh
+gpu_env
+read -r -a model <<<"${MODEL:-$MODEL_8B}"
+work=$(mktemp -d)
 
 "$BIN" serve "${model[@]}" --max-num-seqs 256 --host 127.0.0.1 --port "$PORT" >"$work/serve.log" 2>&1 &
 pid=$!
@@ -33,16 +31,7 @@ bench() { # concurrency, prompts
     "$BIN" bench serve --url "http://127.0.0.1:$PORT" --num-prompts "$2" --input-len "${INPUT_LEN:-1024}" \
         --output-len "${OUTPUT_LEN:-128}" --max-concurrency "$1" --seed 0 --json "$work/r.json" >"$work/bench.log" 2>&1 \
         || tail -n 5 "$work/bench.log"
-    python3 - "$work/r.json" "$1" "$2" <<'PY'
-import json, sys
-path, conc, num = sys.argv[1:]
-try:
-    r = json.load(open(path))
-    print(f"RUN concurrency={conc} prompts={num} output_tok_s={r['output_throughput']:.1f} "
-          f"tpot_ms={r['median_tpot_ms']:.3f} ttft_ms={r['mean_ttft_ms']:.1f} failed={r['failed']}")
-except (OSError, ValueError, KeyError) as e:
-    print(f"RUN concurrency={conc} prompts={num} FAILED ({e})")
-PY
+    serve_summary "$work/r.json" "RUN concurrency=$1 prompts=$2"
 }
 counted() { # before, after
     python3 - "$work/m$1" "$work/m$2" <<'PY'
