@@ -6,6 +6,9 @@
 # Prints, per step, each kernel's count, total ms and share; the CSV goes to $OUT/profile.
 #
 #   scripts/gpu/kernel_profile.sh [BATCHES] [CONTEXT]     (defaults 256 and 1088)
+#
+# NCU_ARGS adds ncu options, e.g. "--clock-control none" to time at the clocks the GPU chooses
+# (ncu's default locks them to base).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
 BATCHES=${1:-256}
@@ -15,7 +18,8 @@ mkdir -p "$LOGS"
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
 NCU=${NCU:-/usr/local/cuda/bin/ncu}
-DECODE_BENCH_PROFILE=1 "$NCU" --profile-from-start off --metrics gpu__time_duration.sum --csv \
+read -r -a ncu_args <<<"${NCU_ARGS:-}"
+DECODE_BENCH_PROFILE=1 "$NCU" "${ncu_args[@]}" --profile-from-start off --metrics gpu__time_duration.sum --csv \
     --print-units base .gpu/decode_bench --shape llama-3-8b --batches "$BATCHES" --context "$CONTEXT" \
     --iters 3 --max-model-len 2048 >"$LOGS/ncu.csv" 2>"$LOGS/ncu.err" || { echo "ncu failed"; tail -n 20 "$LOGS/ncu.err"; exit 1; }
 python3 - "$LOGS/ncu.csv" "$BATCHES" <<'PY'

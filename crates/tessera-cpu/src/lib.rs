@@ -104,6 +104,17 @@ impl Backend for CpuBackend {
         Ok(gemm::linear(x, weight, bias))
     }
 
+    /// Always adds (in f32, as `add_rms_norm` would), so the CPU runs the model's fused path.
+    fn linear_into_residual(
+        &self,
+        x: &CpuTensor,
+        weight: &CpuTensor,
+        residual: &mut CpuTensor,
+    ) -> Result<Option<CpuTensor>> {
+        ops::add_in_place(residual, &gemm::linear(x, weight, None));
+        Ok(None)
+    }
+
     fn qk_norm(
         &self,
         qkv: &mut CpuTensor,

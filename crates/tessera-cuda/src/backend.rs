@@ -297,6 +297,19 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn linear_into_residual(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        residual: &mut CudaTensor,
+    ) -> Result<Option<CudaTensor>> {
+        if crate::gemm::linear_accumulate(self, x, weight, residual)? {
+            Ok(None)
+        } else {
+            self.linear(x, weight, None).map(Some)
+        }
+    }
+
     fn qk_norm(
         &self,
         qkv: &mut CudaTensor,

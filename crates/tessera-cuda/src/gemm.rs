@@ -65,11 +65,54 @@ pub fn linear_with(
     if use_gemv {
         launch::gemv(device, &mut out, &x.data, &w.data, m, n, k)?;
     } else if m > 0 && kernel == LinearKernel::Cublas {
-        cublas(device, &mut out, x, w)?;
+        cublas(device, &mut out, x, w, Output::Overwrite)?;
     } else if m > 0 {
-        tuned(backend, &mut out, x, w, kernel == LinearKernel::Tuned)?;
+        tuned(backend, &mut out, x, w, kernel == LinearKernel::Tuned, Output::Overwrite)?;
     }
     Ok(CudaTensor { rows: m, cols: n, data: out })
+}
+
+/// Whether a GEMM writes its product over the output or adds it to what the output holds
+/// (cuBLAS's beta = 0 or 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Overwrite,
+    Accumulate,
+}
+
+impl Output {
+    pub fn beta(self) -> f32 {
+        match self {
+            Output::Overwrite => 0.0,
+            Output::Accumulate => 1.0,
+        }
+    }
+}
+
+/// `out += x @ w^T` (row-major, `out` is `[m, n]`) by the GEMM `linear` would run, with the
+/// sum taken in f32 inside the GEMM's epilogue: it saves the residual stream a separate add's
+/// read and write of every row (`add_rms_norm` becomes `rms_norm`). Returns false, touching
+/// nothing, where `linear` would take a GEMV (no accumulating form: at those few rows the add
+/// costs nothing) or when TESSERA_RESIDUAL_GEMM=0 (for A/B measurements).
+pub fn linear_accumulate(
+    backend: &CudaBackend,
+    x: &CudaTensor,
+    w: &CudaTensor,
+    out: &mut CudaTensor,
+) -> Result<bool> {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("TESSERA_RESIDUAL_GEMM").map_or(true, |v| v != "0"));
+    assert_eq!(x.cols, w.cols, "linear: x has {} features, the weight {}", x.cols, w.cols);
+    assert_eq!((out.rows, out.cols), (x.rows, w.rows), "linear_accumulate output shape");
+    let (m, n, k) = (x.rows, w.rows, x.cols);
+    let gemv = launch::gemv_supports(&backend.device, &x.data, &w.data, m, n, k) && m <= GEMV_MAX_M;
+    if !on || gemv {
+        return Ok(false);
+    }
+    if m > 0 {
+        tuned(backend, &mut out.data, x, w, false, Output::Accumulate)?;
+    }
+    Ok(true)
 }
 
 /// Whether `silu(x @ gate^T) * (x @ up^T)` for a fused gate|up weight `w` (gate rows, then up
@@ -93,6 +136,7 @@ fn tuned(
     x: &CudaTensor,
     w: &CudaTensor,
     force: bool,
+    output: Output,
 ) -> Result<()> {
     let (m, n, k) = (x.rows, w.rows, x.cols);
     let device = &backend.device;
@@ -100,16 +144,28 @@ fn tuned(
     let plan = match tuner.planned(m, n, k) {
         Some(plan) => plan,
         None if force || tuner.is_tuning() => {
-            let default = |out: &mut _| cublas(device, out, x, w);
+            let default = |out: &mut _| cublas(device, out, x, w, Output::Overwrite);
             // The backend's wait: bounded by the collective deadline in a tensor-parallel group.
             let wait = || backend.synchronize();
-            tuner.tune(&device.stream, out, (&x.data, &w.data), (m, n, k), &default, &wait)?
+            // Tuning writes each candidate's product over the buffer it times on: a scratch
+            // buffer where `out` holds a sum to add to. The choice holds for either output.
+            let mut scratch;
+            let target = match output {
+                Output::Overwrite => &mut *out,
+                Output::Accumulate => {
+                    // SAFETY: allocation only; every timed run writes every element.
+                    scratch = unsafe { device.stream.alloc::<bf16>(m * n) }
+                        .map_err(|e| ModelError::Backend(format!("CUDA alloc: {e}")))?;
+                    &mut scratch
+                }
+            };
+            tuner.tune(&device.stream, target, (&x.data, &w.data), (m, n, k), &default, &wait)?
         }
         None => None,
     };
     match plan {
-        Some(chosen) => tuner.run_chosen(&device.stream, &chosen, out, &x.data, &w.data),
-        None => cublas(device, out, x, w),
+        Some(chosen) => tuner.run_chosen(&device.stream, &chosen, out, &x.data, &w.data, output),
+        None => cublas(device, out, x, w, output),
     }
 }
 
@@ -120,6 +176,7 @@ fn cublas(
     out: &mut cudarc::driver::CudaSlice<bf16>,
     x: &CudaTensor,
     w: &CudaTensor,
+    output: Output,
 ) -> Result<()> {
     let (m, n, k) = (x.rows, w.rows, x.cols);
     let cfg = GemmConfig {
@@ -131,7 +188,7 @@ fn cublas(
         alpha: bf16::ONE,
         lda: k as i32,
         ldb: k as i32,
-        beta: bf16::ZERO,
+        beta: bf16::from_f32(output.beta()),
         ldc: n as i32,
     };
     // SAFETY: the shapes above match the buffers' lengths (asserted and allocated by the caller).
@@ -144,6 +201,12 @@ impl CudaBackend {
     /// error for shapes the GEMV does not take. For benchmarks and tests that compare the two.
     pub fn linear_with(&self, x: &CudaTensor, w: &CudaTensor, kernel: LinearKernel) -> Result<CudaTensor> {
         linear_with(self, x, w, kernel)
+    }
+
+    /// Runs `f` with GEMM tuning on, as the profiling pass and graph captures do: the shapes
+    /// it meets untuned are tuned. For tests.
+    pub fn tuning<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.device.gemm_tuner.while_tuning(f)
     }
 
     /// Every GEMM shape tuned so far (gemm_tune.rs), in order: what each algorithm measured and

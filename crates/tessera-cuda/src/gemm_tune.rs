@@ -12,6 +12,7 @@
 //! TESSERA_GEMM_TUNE=0 turns tuning off (for A/B measurements).
 
 use crate::device::backend_err;
+use crate::gemm::Output;
 use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
@@ -261,8 +262,9 @@ impl GemmTuner {
         out: &mut CudaSlice<bf16>,
         x: &CudaSlice<bf16>,
         w: &CudaSlice<bf16>,
+        output: Output,
     ) -> Result<()> {
-        self.run(stream, &chosen.plan, &chosen.algo, out, x, w)
+        self.run(stream, &chosen.plan, &chosen.algo, out, (x, w), output)
     }
 
     /// Runs `plan` with algorithm `algo`.
@@ -272,10 +274,10 @@ impl GemmTuner {
         plan: &LtPlan,
         algo: &sys::cublasLtMatmulAlgo_t,
         out: &mut CudaSlice<bf16>,
-        x: &CudaSlice<bf16>,
-        w: &CudaSlice<bf16>,
+        (x, w): (&CudaSlice<bf16>, &CudaSlice<bf16>),
+        output: Output,
     ) -> Result<()> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (alpha, beta) = (1.0f32, output.beta());
         let (w_ptr, _w) = w.device_ptr(stream);
         let (x_ptr, _x) = x.device_ptr(stream);
         let (out_ptr, _o) = out.device_ptr_mut(stream);
@@ -328,7 +330,7 @@ impl GemmTuner {
         // to launch (the heuristic can offer one the shape's alignment rules out) is dropped.
         let run = |i: usize, out: &mut CudaSlice<bf16>| match i {
             0 => default(out),
-            i => self.run(stream, &plan, &algos[i - 1], out, x, w),
+            i => self.run(stream, &plan, &algos[i - 1], out, (x, w), Output::Overwrite),
         };
         let mut live: Vec<usize> = Vec::new();
         for i in 0..=algos.len() {
@@ -381,7 +383,7 @@ impl GemmTuner {
         let mut outs = Vec::with_capacity(algos.len());
         for algo in &algos {
             let mut out = stream.alloc_zeros::<bf16>(m * n).map_err(backend_err("alloc"))?;
-            if self.run(stream, &plan, algo, &mut out, x, w).is_ok() {
+            if self.run(stream, &plan, algo, &mut out, (x, w), Output::Overwrite).is_ok() {
                 outs.push(out);
             }
         }

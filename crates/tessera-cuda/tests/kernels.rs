@@ -175,6 +175,58 @@ fn tuned_gemm_candidates_against_cpu_and_cublas() {
     }
 }
 
+/// `residual + x @ w^T` through `linear_into_residual`, on the host, and whether the backend
+/// added inside the product (else the returned product is added here).
+fn residual_sum<B: Backend>(b: &B, (m, k, n): (usize, usize, usize), seed: u64) -> (Vec<f32>, bool) {
+    let x = activation(b, m, k, &random_bf16(seed, m * k, 1.0));
+    let w = b.upload(host_bf16(vec![n, k], &random_bf16(seed + 1, n * k, 0.05))).unwrap();
+    let mut residual = activation(b, m, n, &random_bf16(seed + 2, m * n, 2.0));
+    let delta = b.linear_into_residual(&x, &w, &mut residual).unwrap();
+    let mut sum = b.to_host(&residual).unwrap();
+    if let Some(delta) = &delta {
+        sum.iter_mut().zip(b.to_host(delta).unwrap()).for_each(|(s, d)| *s += d);
+    }
+    (sum, delta.is_none())
+}
+
+/// The residual stream's projections against the CPU backend: rows that take cuBLAS add inside
+/// the GEMM (beta = 1), by the default call, by a tuned choice, and while tuning (whose timed
+/// runs must not add to the residual); GEMV rows return the product instead.
+#[test]
+fn linear_into_residual_adds_once() {
+    let Some((cpu, gpu)) = backends("linear_into_residual_adds_once") else { return };
+    // (shape, how the GPU runs it, whether it adds inside the GEMM)
+    let cases = [
+        ((1, 4096, 4096), "gemv", false),
+        ((8, 4096, 1024), "gemv", false),
+        ((9, 4096, 1024), "cublas", true),
+        ((3, 12, 5), "cublas (no gemv for k = 12)", true),
+        ((64, 4096, 1024), "tuning", true),
+        ((128, 512, 3000), "tuned", true),
+    ];
+    for (i, (shape, how, fused)) in cases.into_iter().enumerate() {
+        let seed = 1200 + 10 * i as u64;
+        let (m, k, n) = shape;
+        let (want, cpu_fused) = residual_sum(&cpu, shape, seed);
+        assert!(cpu_fused, "the CPU backend always adds");
+        if how == "tuned" {
+            let x = activation(&gpu, m, k, &random_bf16(seed, m * k, 1.0));
+            let w = gpu.upload(host_bf16(vec![n, k], &random_bf16(seed + 1, n * k, 0.05))).unwrap();
+            gpu.linear_with(&x, &w, LinearKernel::Tuned).unwrap();
+        }
+        let (got, gpu_fused) = if how == "tuning" {
+            gpu.tuning(|| residual_sum(&gpu, shape, seed))
+        } else {
+            residual_sum(&gpu, shape, seed)
+        };
+        assert_eq!(gpu_fused, fused, "{m}x{k} @ {n}x{k}^T ({how}): added inside the GEMM");
+        assert_close(&format!("residual + {m}x{k} @ {n}x{k}^T ({how})"), &got, &want, BF16_TOL);
+        if how.starts_with("tun") {
+            assert!(gpu.gemm_tunings().iter().any(|t| (t.m, t.n, t.k) == shape), "{how} tuned {shape:?}");
+        }
+    }
+}
+
 fn silu_mul<B: Backend>(b: &B, rows: usize, n: usize, values: &[f32]) -> Vec<f32> {
     b.to_host(&b.silu_mul(&activation(b, rows, 2 * n, values)).unwrap()).unwrap()
 }

@@ -98,6 +98,19 @@ pub trait Backend {
         weight: &Self::Weight,
         bias: Option<&Self::Weight>,
     ) -> Result<Self::Tensor>;
+    /// `residual += x @ weight^T` where the backend adds inside the product (a GEMM's `C +=`),
+    /// which spares the add its own pass over the rows: returns `None` then. Elsewhere it returns
+    /// the product and leaves `residual` alone; the caller adds it (`add_rms_norm` fuses that add
+    /// with the next norm). The default never adds.
+    fn linear_into_residual(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Weight,
+        residual: &mut Self::Tensor,
+    ) -> Result<Option<Self::Tensor>> {
+        let _ = residual;
+        self.linear(x, weight, None).map(Some)
+    }
     /// Per-head RMSNorm of the q and k heads of a fused q|k|v tensor, in place (Qwen3).
     fn qk_norm(
         &self,

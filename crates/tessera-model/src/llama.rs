@@ -244,20 +244,19 @@ impl<B: Backend> Model<B> {
         if self.vocab_parallel && self.tp.world > 1 {
             b.all_reduce(&mut residual)?;
         }
+        // The update of the residual stream that the next norm still has to add (`add_rms_norm`),
+        // or None where the projection added it already (`project_residual`).
         let mut pending: Option<B::Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = match pending.take() {
-                None => b.rms_norm(&residual, &layer.input_norm, eps)?,
-                Some(delta) => b.add_rms_norm(&mut residual, &delta, &layer.input_norm, eps)?,
-            };
+            let h = norm_residual(b, &mut residual, pending.take(), &layer.input_norm, eps)?;
             let attn = self.attention(b, layer, i, &h, batch, cache)?;
-            let h = b.add_rms_norm(&mut residual, &attn, &layer.post_norm, eps)?;
-            let mut mlp = b.linear(&b.linear_silu_mul(&h, &layer.gate_up)?, &layer.down, None)?;
-            b.all_reduce(&mut mlp)?;
-            pending = Some(mlp);
+            let delta =
+                self.project_residual(b, &attn, &layer.o_proj, layer.o_bias.as_ref(), &mut residual)?;
+            let h = norm_residual(b, &mut residual, delta, &layer.post_norm, eps)?;
+            let act = b.linear_silu_mul(&h, &layer.gate_up)?;
+            pending = self.project_residual(b, &act, &layer.down, None, &mut residual)?;
         }
-        let last = pending.expect("a model has at least one layer");
-        let h = b.add_rms_norm(&mut residual, &last, &self.norm, eps)?;
+        let h = norm_residual(b, &mut residual, pending, &self.norm, eps)?;
         let h = b.gather_logit_rows(&h, batch)?;
         let logits = b.linear(&h, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
         if self.vocab_parallel && self.tp.world > 1 {
@@ -267,6 +266,7 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// The attention heads' output of layer `index` (before o_proj), writing the batch's K/V.
     fn attention(
         &self,
         b: &B,
@@ -281,9 +281,41 @@ impl<B: Backend> Model<B> {
             b.qk_norm(&mut qkv, q_norm, k_norm, self.spec.rms_norm_eps, self.layout)?;
         }
         b.rope_write_kv(&mut qkv, &self.rope, cache, index, batch, self.layout)?;
-        let attn = b.attention(cache, index, &qkv, batch, self.layout)?;
-        let mut out = b.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())?;
+        b.attention(cache, index, &qkv, batch, self.layout)
+    }
+
+    /// `x @ w^T (+ bias)` summed over the tensor-parallel ranks: the update of the residual
+    /// stream by an attention or MLP block. On one rank without a bias the backend may add it
+    /// into `residual` inside the product (returns None); otherwise it is returned, for the next
+    /// norm to add (after the all-reduce, which a partial sum added early would break).
+    fn project_residual(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        w: &B::Weight,
+        bias: Option<&B::Weight>,
+        residual: &mut B::Tensor,
+    ) -> Result<Option<B::Tensor>> {
+        if self.tp.world == 1 && bias.is_none() {
+            return b.linear_into_residual(x, w, residual);
+        }
+        let mut out = b.linear(x, w, bias)?;
         b.all_reduce(&mut out)?;
-        Ok(out)
+        Ok(Some(out))
+    }
+}
+
+/// The pre-norm of a block: `rms_norm(residual)`, after adding `delta` when the last block's
+/// update is still pending (one fused kernel where the backend has it).
+fn norm_residual<B: Backend>(
+    b: &B,
+    residual: &mut B::Tensor,
+    delta: Option<B::Tensor>,
+    weight: &B::Weight,
+    eps: f32,
+) -> Result<B::Tensor> {
+    match delta {
+        None => b.rms_norm(residual, weight, eps),
+        Some(delta) => b.add_rms_norm(residual, &delta, weight, eps),
     }
 }
