@@ -19,19 +19,20 @@ extern "C" __global__ void silu_mul(bf16* __restrict__ out, const bf16* __restri
 }
 
 // silu_mul over 16-byte vectors (n % 8 == 0, 16-byte aligned buffers): a prefill step's gate|up
-// is hundreds of MB, and the scalar kernel's per-element 64-bit index division held it to about
-// 2.3 TB/s on an H100. Same numerics.
+// is hundreds of MB. Grid (vectors of a row / blockDim.x, rows; y strides past 65535 rows), one
+// vector a thread: no index division. The scalar kernel's per-element 64-bit division held it to
+// about 2.3 TB/s on an H100, and a grid-stride version of this one with a 64-bit division per
+// vector to 2.49 TB/s (82% of the copy bandwidth, 8,696 x 14,336). Same numerics.
 extern "C" __global__ void silu_mul_v8(bf16* __restrict__ out, const bf16* __restrict__ gate_up,
                                       u32 rows, u32 n) {
     pdl_start();
-    const u32 nv = n / 8;
-    const size_t total = (size_t)rows * nv;
-    for (size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x; v < total;
-         v += (size_t)gridDim.x * blockDim.x) {
-        const size_t r = v / nv, c = (v % nv) * 8;
+    const u32 nv = n / 8, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= nv) return;
+    for (u32 r = blockIdx.y; r < rows; r += gridDim.y) {
+        const bf16* in = gate_up + (size_t)r * 2 * n + c * 8;
         float g[8], u[8];
-        unpack8(*(const uint4*)(gate_up + r * 2 * n + c), g);
-        unpack8(*(const uint4*)(gate_up + r * 2 * n + n + c), u);
+        unpack8(*(const uint4*)in, g);
+        unpack8(*(const uint4*)(in + n), u);
         u32 packed[4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -39,7 +40,7 @@ extern "C" __global__ void silu_mul_v8(bf16* __restrict__ out, const bf16* __res
             const float b = silu_mul_f(g[2 * i + 1], u[2 * i + 1]);
             packed[i] = (u32)f2bf(a) | ((u32)f2bf(b) << 16);
         }
-        *(uint4*)(out + v * 8) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        *(uint4*)(out + (size_t)r * n + c * 8) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
     }
 }
 

@@ -258,6 +258,11 @@ const VECTOR_ROPE_MIN_ROWS: usize = 64;
 /// Threads per block of `rope_write_kv`.
 const ROPE_THREADS: u32 = 256;
 
+/// Threads per block of `silu_mul_v8`, one 16-byte vector each.
+const SILU_THREADS: u32 = 256;
+/// The most blocks a grid's y dimension takes.
+const MAX_GRID_Y: usize = 65535;
+
 pub fn silu_mul(
     device: &Device,
     out: &mut CudaSlice<bf16>,
@@ -271,12 +276,18 @@ pub fn silu_mul(
     assert!(gate_up.len() == rows * 2 * n && out.len() == rows * n, "silu_mul shapes");
     let (rows32, n32) = (rows as u32, n as u32);
     let vector = n.is_multiple_of(8) && aligned16(device, out) && aligned16(device, gate_up);
-    let (name, threads) = if vector { ("silu_mul_v8", rows * n / 8) } else { ("silu_mul", rows * n) };
+    let (name, launch) = if vector {
+        let blocks = (n / 8).div_ceil(SILU_THREADS as usize) as u32;
+        ("silu_mul_v8", cfg((blocks, rows.min(MAX_GRID_Y) as u32, 1), SILU_THREADS, 0))
+    } else {
+        ("silu_mul", elementwise(device, rows * n))
+    };
     let mut b = KernelLaunch::new(device, name);
     b.arg(out).arg(gate_up).arg(&rows32).arg(&n32);
-    // SAFETY: grid-stride loop bounded by rows * n (in vectors of 8 for the vector kernel, whose
-    // 16-byte accesses are aligned: n % 8 == 0 and both buffers start 16-byte aligned).
-    unsafe { b.launch(elementwise(device, threads)) }
+    // SAFETY: the scalar kernel's grid-stride loop is bounded by rows * n; the vector kernel's
+    // threads stop at the row's n / 8 vectors and its rows loop below `rows`; its 16-byte
+    // accesses are aligned (n % 8 == 0 and both buffers start 16-byte aligned).
+    unsafe { b.launch(launch) }
 }
 
 pub fn add_bias(

@@ -222,7 +222,7 @@ fn linear_into_residual_adds_once() {
         assert_eq!(gpu_fused, fused, "{m}x{k} @ {n}x{k}^T ({how}): added inside the GEMM");
         assert_close(&format!("residual + {m}x{k} @ {n}x{k}^T ({how})"), &got, &want, BF16_TOL);
         if how.starts_with("tun") {
-            assert!(gpu.gemm_tunings().iter().any(|t| (t.m, t.n, t.k) == shape), "{how} tuned {shape:?}");
+            assert!(gpu.gemm_tunings().iter().any(|t| (t.m, t.n, t.k) == (m, n, k)), "{how} tuned {shape:?}");
         }
     }
 }
@@ -234,8 +234,9 @@ fn silu_mul<B: Backend>(b: &B, rows: usize, n: usize, values: &[f32]) -> Vec<f32
 #[test]
 fn silu_and_mul() {
     let Some((cpu, gpu)) = backends("silu_and_mul") else { return };
-    // n = 13: the scalar kernel (rows not whole 16-byte vectors); the others the vector one.
-    for (rows, n) in [(1, 8), (3, 128), (64, 14336), (5, 13)] {
+    // n = 13: the scalar kernel (rows not whole 16-byte vectors); the others the vector one,
+    // whose grid has a block row per row up to 65,535 rows and loops over the rest.
+    for (rows, n) in [(1, 8), (3, 128), (64, 14336), (5, 13), (70_000, 8)] {
         let v = random_bf16(rows as u64, rows * 2 * n, 6.0);
         assert_close(
             &format!("silu_mul {rows}x{n}"),
