@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Does a server's history change its concurrency-1 speed? One fresh `tessera serve` (Llama-3-8B
-# shape, dummy weights), then `bench serve` at concurrency 1 (NUM1 prompts, default 32), at
-# concurrency 16 (64 prompts), and at concurrency 1 twice more. Prints each run's output tok/s,
-# TPOT and TTFT, and for the concurrency-1 runs what /metrics counted meanwhile (decode lookahead
-# used / discarded, time and count of each step phase).
+# shape, dummy weights), then `bench serve` at the concurrencies RUNS names in turn (default
+# "1 16 1 1": concurrency 1 on NUM1 prompts, default 32, others on 64 prompts). Prints each
+# run's output tok/s, TPOT and TTFT, and for the concurrency-1 runs what /metrics counted
+# meanwhile (decode lookahead used / discarded, time and count of each step phase).
 #
 # Why: bench_8b.sh's concurrency-1 row (run last, after 256, 64 and 16 on the same server) gives
 # 172 - 173 tok/s, a server started for concurrency 1 alone 167 (session 12, H100).
@@ -44,7 +44,16 @@ print("  counted: " + "; ".join(f"{k.removeprefix('tessera_')}={b[k] - a.get(k, 
 PY
 }
 
-scrape 0; bench 1 "$NUM1"; scrape 1; counted 0 1
-bench 16 64; scrape 2
-bench 1 "$NUM1"; scrape 3; counted 2 3
-bench 1 "$NUM1"; scrape 4; counted 3 4
+# RUNS: the concurrencies in order; 1 runs NUM1 prompts (with what /metrics counted during it),
+# anything else 64. The default answers "after a concurrency-16 run?"; "1 1 16 1" tells a
+# server's second concurrency-1 run from one after concurrency 16.
+i=0
+scrape 0
+for conc in ${RUNS:-1 16 1 1}; do
+    i=$((i + 1))
+    if [ "$conc" = 1 ]; then
+        bench 1 "$NUM1"; scrape "$i"; counted $((i - 1)) "$i"
+    else
+        bench "$conc" 64; scrape "$i"
+    fi
+done
