@@ -48,9 +48,7 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-#ifndef PF_BK
 #define PF_BK 64      // keys per shared K/V tile
-#endif
 #define PF_PAD 8      // bf16 of padding per shared row (bank conflicts, see k_s)
 #define PF_NO_SLOT 0xffffffffu
 
@@ -330,11 +328,8 @@ __device__ __forceinline__ void prefill_attention_tile(
 // Grid: (num_kv_heads, num_tiles); block: 32 * group threads (one warp per query head).
 // At most 168 registers a thread: 3 blocks of 4 warps (the 8B layout) fit an SM's 64K registers
 // (169 would allow only 2), so one block's syncs and copies hide behind the others' mma.
-#ifndef PF_MAXNREG
-#define PF_MAXNREG 168
-#endif
 #define PREFILL_ATTENTION(D)                                                                          \
-    extern "C" __global__ void __maxnreg__(PF_MAXNREG) prefill_attention_d##D(                                              \
+    extern "C" __global__ void __maxnreg__(168) prefill_attention_d##D(                                              \
         bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,     \
         const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,                     \
         const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,                \
