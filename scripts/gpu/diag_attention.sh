@@ -3,8 +3,8 @@
 # detailed sections (speed of light, memory, scheduler, warp stalls) for one decode_attention
 # launch of a batch-256 decode step and one prefill_attention launch of an 8-prompt prefill step
 # (Llama-3-8B shape, context 1,088, decode_bench under DECODE_BENCH_PROFILE=1, clocks left to the
-# GPU), and the device's read-only bandwidth (torch sum) beside its copy bandwidth: the ceiling a
-# kernel that only reads K/V can reach.
+# GPU), and the device's read-only bandwidth (torch sum) beside its copy bandwidth: what a
+# kernel that only reads K/V can expect (a best measured rate, not a hard ceiling).
 #
 #   scripts/gpu/diag_attention.sh            (reports to $OUT/diag or gpu-logs/diag)
 set -uo pipefail

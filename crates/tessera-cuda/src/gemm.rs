@@ -129,7 +129,9 @@ pub fn glu_applies(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
 }
 
 /// The choice tuning made for this shape; tunes it first when tuning is on (or `force`d) and it
-/// was not yet, else the default cuBLAS call.
+/// was not yet, else the default cuBLAS call. A shape keeps the choice of its first tuning,
+/// which timed the calls writing as that first call's `output` did (in a Llama model a shape is
+/// only ever one of the two: o_proj and down_proj accumulate, q|k|v and gate|up overwrite).
 fn tuned(
     backend: &CudaBackend,
     out: &mut cudarc::driver::CudaSlice<bf16>,
@@ -144,22 +146,23 @@ fn tuned(
     let plan = match tuner.planned(m, n, k) {
         Some(plan) => plan,
         None if force || tuner.is_tuning() => {
-            let default = |out: &mut _| cublas(device, out, x, w, Output::Overwrite);
+            let default = |out: &mut _| cublas(device, out, x, w, output);
             // The backend's wait: bounded by the collective deadline in a tensor-parallel group.
             let wait = || backend.synchronize();
-            // Tuning writes each candidate's product over the buffer it times on: a scratch
-            // buffer where `out` holds a sum to add to. The choice holds for either output.
+            // Every timed run writes (or adds) its product into the buffer tuning is given: a
+            // zeroed scratch buffer where `out` holds a sum that must be added to only once.
             let mut scratch;
             let target = match output {
                 Output::Overwrite => &mut *out,
                 Output::Accumulate => {
-                    // SAFETY: allocation only; every timed run writes every element.
-                    scratch = unsafe { device.stream.alloc::<bf16>(m * n) }
+                    scratch = device
+                        .stream
+                        .alloc_zeros::<bf16>(m * n)
                         .map_err(|e| ModelError::Backend(format!("CUDA alloc: {e}")))?;
                     &mut scratch
                 }
             };
-            tuner.tune(&device.stream, target, (&x.data, &w.data), (m, n, k), &default, &wait)?
+            tuner.tune(&device.stream, target, (&x.data, &w.data), (m, n, k), output, &default, &wait)?
         }
         None => None,
     };
@@ -216,12 +219,22 @@ impl CudaBackend {
     }
 
     /// The output of every cuBLASLt algorithm tuning would time for `x @ w^T`, for tests that
-    /// check each against a reference.
-    pub fn gemm_candidate_outputs(&self, x: &CudaTensor, w: &CudaTensor) -> Result<Vec<CudaTensor>> {
+    /// check each against a reference; with `add_to`, a copy of it plus the product, added in
+    /// place as `linear_into_residual` adds.
+    pub fn gemm_candidate_outputs(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        add_to: Option<&CudaTensor>,
+    ) -> Result<Vec<CudaTensor>> {
         assert_eq!(x.cols, w.cols, "gemm candidates: x has {} features, the weight {}", x.cols, w.cols);
         let (m, n, k) = (x.rows, w.rows, x.cols);
-        let outs =
-            self.device.gemm_tuner.candidate_outputs(&self.device.stream, &x.data, &w.data, (m, n, k))?;
+        if let Some(init) = add_to {
+            assert_eq!((init.rows, init.cols), (m, n), "gemm candidates: the sum's shape");
+        }
+        let tuner = &self.device.gemm_tuner;
+        let init = add_to.map(|t| &t.data);
+        let outs = tuner.candidate_outputs(&self.device.stream, (&x.data, &w.data), (m, n, k), init)?;
         Ok(outs.into_iter().map(|data| CudaTensor { rows: m, cols: n, data }).collect())
     }
 }

@@ -281,8 +281,11 @@ impl GemmTuner {
         let (w_ptr, _w) = w.device_ptr(stream);
         let (x_ptr, _x) = x.device_ptr(stream);
         let (out_ptr, _o) = out.device_ptr_mut(stream);
-        // SAFETY: the layouts match the buffers (shapes checked by `gemm::linear_with`); the
-        // workspace outlives the tuner; `algo` came from the heuristic for this plan.
+        // SAFETY: the layouts match the buffers (shapes checked by `gemm::linear_with` and
+        // `gemm::linear_accumulate`); C and D are the same buffer with the same layout, which
+        // cuBLASLt allows, and with beta = 1 it reads C, which the caller has initialised (the
+        // residual, or tuning's zeroed scratch); the workspace outlives the tuner; `algo` came
+        // from the heuristic for this plan.
         unsafe {
             lt::matmul(
                 self.handle,
@@ -306,15 +309,19 @@ impl GemmTuner {
         .map_err(lt_err("matmul"))
     }
 
-    /// Times the default call (`default`) and every cuBLASLt candidate on these buffers,
-    /// remembers the winner for (m, n, k) with the measurements, and returns it. Waits for the
-    /// device through `wait` (the backend's, bounded by the collective deadline in a group).
+    /// Times the default call (`default`, which writes its product the way `output` says) and
+    /// every cuBLASLt candidate on these buffers, each writing as `output` says (so an
+    /// accumulating GEMM is chosen by how fast it accumulates), remembers the winner for
+    /// (m, n, k) with the measurements, and returns it. Waits for the device through `wait` (the
+    /// backend's, bounded by the collective deadline in a group).
+    #[allow(clippy::too_many_arguments)]
     pub fn tune(
         &self,
         stream: &Arc<CudaStream>,
         out: &mut CudaSlice<bf16>,
         (x, w): (&CudaSlice<bf16>, &CudaSlice<bf16>),
         (m, n, k): Shape,
+        output: Output,
         default: &dyn Fn(&mut CudaSlice<bf16>) -> Result<()>,
         wait: &dyn Fn() -> Result<()>,
     ) -> Result<Decision> {
@@ -330,7 +337,7 @@ impl GemmTuner {
         // to launch (the heuristic can offer one the shape's alignment rules out) is dropped.
         let run = |i: usize, out: &mut CudaSlice<bf16>| match i {
             0 => default(out),
-            i => self.run(stream, &plan, &algos[i - 1], out, (x, w), Output::Overwrite),
+            i => self.run(stream, &plan, &algos[i - 1], out, (x, w), output),
         };
         let mut live: Vec<usize> = Vec::new();
         for i in 0..=algos.len() {
@@ -370,20 +377,24 @@ impl GemmTuner {
     }
 
     /// The output of every cuBLASLt algorithm `tune` would time for one shape, for tests that
-    /// check each against a reference.
+    /// check each against a reference: the product, or with `add_to` that buffer's copy plus
+    /// the product, added in place (C == D) as an accumulating GEMM runs.
     pub fn candidate_outputs(
         &self,
         stream: &Arc<CudaStream>,
-        x: &CudaSlice<bf16>,
-        w: &CudaSlice<bf16>,
+        (x, w): (&CudaSlice<bf16>, &CudaSlice<bf16>),
         (m, n, k): Shape,
+        add_to: Option<&CudaSlice<bf16>>,
     ) -> Result<Vec<CudaSlice<bf16>>> {
         let plan = LtPlan::new(m, n, k)?;
         let algos = plan.candidates(self.handle, self.workspace.1)?;
         let mut outs = Vec::with_capacity(algos.len());
         for algo in &algos {
-            let mut out = stream.alloc_zeros::<bf16>(m * n).map_err(backend_err("alloc"))?;
-            if self.run(stream, &plan, algo, &mut out, (x, w), Output::Overwrite).is_ok() {
+            let (mut out, output) = match add_to {
+                Some(init) => (stream.clone_dtod(init).map_err(backend_err("copy"))?, Output::Accumulate),
+                None => (stream.alloc_zeros::<bf16>(m * n).map_err(backend_err("alloc"))?, Output::Overwrite),
+            };
+            if self.run(stream, &plan, algo, &mut out, (x, w), output).is_ok() {
                 outs.push(out);
             }
         }

@@ -154,7 +154,7 @@ fn tuned_gemm_candidates_against_cpu_and_cublas() {
             gpu.to_host(&gpu.linear_with(&x, &w, LinearKernel::Cublas).unwrap()).unwrap()
         };
         let what = format!("{m}x{k} @ {n}x{k}^T vs {}", if on_cpu { "cpu" } else { "cublas" });
-        let candidates = gpu.gemm_candidate_outputs(&x, &w).unwrap();
+        let candidates = gpu.gemm_candidate_outputs(&x, &w, None).unwrap();
         assert!(!candidates.is_empty(), "cuBLASLt offered no algorithm for {what}");
         for (j, out) in candidates.iter().enumerate() {
             assert_close(
@@ -190,8 +190,9 @@ fn residual_sum<B: Backend>(b: &B, (m, k, n): (usize, usize, usize), seed: u64) 
 }
 
 /// The residual stream's projections against the CPU backend: rows that take cuBLAS add inside
-/// the GEMM (beta = 1), by the default call, by a tuned choice, and while tuning (whose timed
-/// runs must not add to the residual); GEMV rows return the product instead.
+/// the GEMM (beta = 1), by the default call, by the choice of an earlier tuning, and while
+/// tuning (whose timed runs must not add to the residual); GEMV rows return the product instead.
+/// Then every cuBLASLt algorithm tuning may choose, adding in place (C == D) into a residual.
 #[test]
 fn linear_into_residual_adds_once() {
     let Some((cpu, gpu)) = backends("linear_into_residual_adds_once") else { return };
@@ -202,14 +203,14 @@ fn linear_into_residual_adds_once() {
         ((9, 4096, 1024), "cublas", true),
         ((3, 12, 5), "cublas (no gemv for k = 12)", true),
         ((64, 4096, 1024), "tuning", true),
-        ((128, 512, 3000), "tuned", true),
+        ((128, 512, 3000), "tuned (by linear, before)", true),
     ];
     for (i, (shape, how, fused)) in cases.into_iter().enumerate() {
         let seed = 1200 + 10 * i as u64;
         let (m, k, n) = shape;
         let (want, cpu_fused) = residual_sum(&cpu, shape, seed);
         assert!(cpu_fused, "the CPU backend always adds");
-        if how == "tuned" {
+        if how.starts_with("tuned") {
             let x = activation(&gpu, m, k, &random_bf16(seed, m * k, 1.0));
             let w = gpu.upload(host_bf16(vec![n, k], &random_bf16(seed + 1, n * k, 0.05))).unwrap();
             gpu.linear_with(&x, &w, LinearKernel::Tuned).unwrap();
@@ -221,8 +222,21 @@ fn linear_into_residual_adds_once() {
         };
         assert_eq!(gpu_fused, fused, "{m}x{k} @ {n}x{k}^T ({how}): added inside the GEMM");
         assert_close(&format!("residual + {m}x{k} @ {n}x{k}^T ({how})"), &got, &want, BF16_TOL);
-        if how.starts_with("tun") {
-            assert!(gpu.gemm_tunings().iter().any(|t| (t.m, t.n, t.k) == (m, n, k)), "{how} tuned {shape:?}");
+        if how == "tuning" {
+            assert!(gpu.gemm_tunings().iter().any(|t| (t.m, t.n, t.k) == (m, n, k)), "tuned {shape:?}");
+        }
+    }
+    for (i, (m, k, n)) in [(16, 4096, 1024), (256, 4096, 512), (200, 512, 3000)].into_iter().enumerate() {
+        let seed = 1300 + 10 * i as u64;
+        let (want, _) = residual_sum(&cpu, (m, k, n), seed);
+        let x = activation(&gpu, m, k, &random_bf16(seed, m * k, 1.0));
+        let w = gpu.upload(host_bf16(vec![n, k], &random_bf16(seed + 1, n * k, 0.05))).unwrap();
+        let residual = activation(&gpu, m, n, &random_bf16(seed + 2, m * n, 2.0));
+        let sums = gpu.gemm_candidate_outputs(&x, &w, Some(&residual)).unwrap();
+        assert!(!sums.is_empty(), "cuBLASLt offered no algorithm for {m}x{k} @ {n}x{k}^T");
+        for (j, sum) in sums.iter().enumerate() {
+            let what = format!("cuBLASLt algorithm {j} adding {m}x{k} @ {n}x{k}^T in place");
+            assert_close(&what, &gpu.to_host(sum).unwrap(), &want, BF16_TOL);
         }
     }
 }
@@ -235,8 +249,9 @@ fn silu_mul<B: Backend>(b: &B, rows: usize, n: usize, values: &[f32]) -> Vec<f32
 fn silu_and_mul() {
     let Some((cpu, gpu)) = backends("silu_and_mul") else { return };
     // n = 13: the scalar kernel (rows not whole 16-byte vectors); the others the vector one,
-    // whose grid has a block row per row up to 65,535 rows and loops over the rest.
-    for (rows, n) in [(1, 8), (3, 128), (64, 14336), (5, 13), (70_000, 8)] {
+    // whose grid has a block row per row up to 65,535 rows and loops over the rest; n = 2,400
+    // (300 vectors) ends a row in a partial block.
+    for (rows, n) in [(1, 8), (3, 128), (64, 14336), (5, 13), (70_000, 8), (5, 2400)] {
         let v = random_bf16(rows as u64, rows * 2 * n, 6.0);
         assert_close(
             &format!("silu_mul {rows}x{n}"),

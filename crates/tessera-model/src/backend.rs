@@ -101,7 +101,8 @@ pub trait Backend {
     /// `residual += x @ weight^T` where the backend adds inside the product (a GEMM's `C +=`),
     /// which spares the add its own pass over the rows: returns `None` then. Elsewhere it returns
     /// the product and leaves `residual` alone; the caller adds it (`add_rms_norm` fuses that add
-    /// with the next norm). The default never adds.
+    /// with the next norm). The default never adds. Only for a product that is final as it is:
+    /// a tensor-parallel rank's partial product must be all-reduced before it is added.
     fn linear_into_residual(
         &self,
         x: &Self::Tensor,
