@@ -129,9 +129,8 @@ pub fn glu_applies(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
 }
 
 /// The choice tuning made for this shape; tunes it first when tuning is on (or `force`d) and it
-/// was not yet, else the default cuBLAS call. A shape keeps the choice of its first tuning,
-/// which timed the calls writing as that first call's `output` did (in a Llama model a shape is
-/// only ever one of the two: o_proj and down_proj accumulate, q|k|v and gate|up overwrite).
+/// was not yet, else the default cuBLAS call. Tuning always times overwriting calls; an
+/// accumulating one (o_proj and down_proj of a Llama model) runs the same choice.
 fn tuned(
     backend: &CudaBackend,
     out: &mut cudarc::driver::CudaSlice<bf16>,
@@ -146,23 +145,24 @@ fn tuned(
     let plan = match tuner.planned(m, n, k) {
         Some(plan) => plan,
         None if force || tuner.is_tuning() => {
-            let default = |out: &mut _| cublas(device, out, x, w, output);
+            let default = |out: &mut _| cublas(device, out, x, w, Output::Overwrite);
             // The backend's wait: bounded by the collective deadline in a tensor-parallel group.
             let wait = || backend.synchronize();
-            // Every timed run writes (or adds) its product into the buffer tuning is given: a
-            // zeroed scratch buffer where `out` holds a sum that must be added to only once.
+            // Tuning times the calls overwriting the buffer it is given: a scratch buffer where
+            // `out` holds a sum that must be added to only once. An accumulating GEMM then runs
+            // the choice made for overwriting; on an H100 a prefill step's GEMMs took the same
+            // 149.3 ms with the add as without (docs/benchmarks.md, session 13).
             let mut scratch;
             let target = match output {
                 Output::Overwrite => &mut *out,
                 Output::Accumulate => {
-                    scratch = device
-                        .stream
-                        .alloc_zeros::<bf16>(m * n)
+                    // SAFETY: allocation only; every timed run writes every element.
+                    scratch = unsafe { device.stream.alloc::<bf16>(m * n) }
                         .map_err(|e| ModelError::Backend(format!("CUDA alloc: {e}")))?;
                     &mut scratch
                 }
             };
-            tuner.tune(&device.stream, target, (&x.data, &w.data), (m, n, k), output, &default, &wait)?
+            tuner.tune(&device.stream, target, (&x.data, &w.data), (m, n, k), &default, &wait)?
         }
         None => None,
     };

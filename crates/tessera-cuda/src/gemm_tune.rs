@@ -284,8 +284,8 @@ impl GemmTuner {
         // SAFETY: the layouts match the buffers (shapes checked by `gemm::linear_with` and
         // `gemm::linear_accumulate`); C and D are the same buffer with the same layout, which
         // cuBLASLt allows, and with beta = 1 it reads C, which the caller has initialised (the
-        // residual, or tuning's zeroed scratch); the workspace outlives the tuner; `algo` came
-        // from the heuristic for this plan.
+        // residual); the workspace outlives the tuner; `algo` came from the heuristic for this
+        // plan.
         unsafe {
             lt::matmul(
                 self.handle,
@@ -309,19 +309,15 @@ impl GemmTuner {
         .map_err(lt_err("matmul"))
     }
 
-    /// Times the default call (`default`, which writes its product the way `output` says) and
-    /// every cuBLASLt candidate on these buffers, each writing as `output` says (so an
-    /// accumulating GEMM is chosen by how fast it accumulates), remembers the winner for
-    /// (m, n, k) with the measurements, and returns it. Waits for the device through `wait` (the
-    /// backend's, bounded by the collective deadline in a group).
-    #[allow(clippy::too_many_arguments)]
+    /// Times the default call (`default`) and every cuBLASLt candidate on these buffers,
+    /// remembers the winner for (m, n, k) with the measurements, and returns it. Waits for the
+    /// device through `wait` (the backend's, bounded by the collective deadline in a group).
     pub fn tune(
         &self,
         stream: &Arc<CudaStream>,
         out: &mut CudaSlice<bf16>,
         (x, w): (&CudaSlice<bf16>, &CudaSlice<bf16>),
         (m, n, k): Shape,
-        output: Output,
         default: &dyn Fn(&mut CudaSlice<bf16>) -> Result<()>,
         wait: &dyn Fn() -> Result<()>,
     ) -> Result<Decision> {
@@ -337,7 +333,7 @@ impl GemmTuner {
         // to launch (the heuristic can offer one the shape's alignment rules out) is dropped.
         let run = |i: usize, out: &mut CudaSlice<bf16>| match i {
             0 => default(out),
-            i => self.run(stream, &plan, &algos[i - 1], out, (x, w), output),
+            i => self.run(stream, &plan, &algos[i - 1], out, (x, w), Output::Overwrite),
         };
         let mut live: Vec<usize> = Vec::new();
         for i in 0..=algos.len() {
