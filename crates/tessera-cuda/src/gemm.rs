@@ -45,10 +45,9 @@ pub fn linear_with(
     assert_eq!(x.cols, w.cols, "linear: x has {} features, the weight {}", x.cols, w.cols);
     let (m, n, k) = (x.rows, w.rows, x.cols);
     let device = &backend.device;
-    let gemv_ok = launch::gemv_supports(device, &x.data, &w.data, m, n, k);
     let use_gemv = match kernel {
-        LinearKernel::Auto => gemv_ok && m <= GEMV_MAX_M,
-        LinearKernel::Gemv if gemv_ok => true,
+        LinearKernel::Auto => auto_takes_gemv(device, x, w),
+        LinearKernel::Gemv if launch::gemv_supports(device, &x.data, &w.data, m, n, k) => true,
         LinearKernel::Gemv => {
             return Err(ModelError::Backend(format!(
                 "the GEMV kernels do not take {m}x{k} @ {n}x{k}^T: they need 1 to {} rows, k a \
@@ -70,6 +69,12 @@ pub fn linear_with(
         tuned(backend, &mut out, x, w, kernel == LinearKernel::Tuned, Output::Overwrite)?;
     }
     Ok(CudaTensor { rows: m, cols: n, data: out })
+}
+
+/// Whether `LinearKernel::Auto` computes `x @ w^T` by a GEMV: at most `GEMV_MAX_M` rows of a
+/// shape the GEMV kernels take.
+fn auto_takes_gemv(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
+    x.rows <= GEMV_MAX_M && launch::gemv_supports(device, &x.data, &w.data, x.rows, w.rows, x.cols)
 }
 
 /// Whether a GEMM writes its product over the output or adds it to what the output holds
@@ -104,12 +109,10 @@ pub fn linear_accumulate(
     let on = *ON.get_or_init(|| std::env::var("TESSERA_RESIDUAL_GEMM").map_or(true, |v| v != "0"));
     assert_eq!(x.cols, w.cols, "linear: x has {} features, the weight {}", x.cols, w.cols);
     assert_eq!((out.rows, out.cols), (x.rows, w.rows), "linear_accumulate output shape");
-    let (m, n, k) = (x.rows, w.rows, x.cols);
-    let gemv = launch::gemv_supports(&backend.device, &x.data, &w.data, m, n, k) && m <= GEMV_MAX_M;
-    if !on || gemv {
+    if !on || auto_takes_gemv(&backend.device, x, w) {
         return Ok(false);
     }
-    if m > 0 {
+    if x.rows > 0 {
         tuned(backend, &mut out.data, x, w, false, Output::Accumulate)?;
     }
     Ok(true)
@@ -122,10 +125,7 @@ pub fn linear_accumulate(
 pub fn glu_applies(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
     static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let fused = *FUSED.get_or_init(|| std::env::var("TESSERA_GLU").map_or(true, |v| v != "0"));
-    fused
-        && x.rows <= GEMV_MAX_M
-        && w.rows.is_multiple_of(2)
-        && launch::gemv_supports(device, &x.data, &w.data, x.rows, w.rows, x.cols)
+    fused && w.rows.is_multiple_of(2) && auto_takes_gemv(device, x, w)
 }
 
 /// The choice tuning made for this shape; tunes it first when tuning is on (or `force`d) and it
