@@ -8,7 +8,7 @@
 #
 # BATCHES (default 1,8), CONTEXT (1088) and MAX_MODEL_LEN (2048; with context 1088 the shape of
 # `bench latency`'s mean decode step at 1024 in / 128 out). Prints one AB line per run and
-# variant, then each variant's runs side by side. CHECK="TEST [FILTER...]" (e.g. "kernels-test
+# variant, then each variant's runs side by side. CHECK="TEST [FILTER...]" (e.g. "gemm-test
 # gemv_against linear_silu_mul") first runs that test binary of .gpu/tests under each variant,
 # with the GPU tests on, and prints CHECK PASS or FAIL per variant: a faster variant counts only
 # if it is correct. LATENCY="1" (or "1,64") also runs `tessera bench latency` at those batch sizes
