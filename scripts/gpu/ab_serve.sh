@@ -11,6 +11,9 @@
 #
 # MODEL (default lib.sh's MODEL_8B), INPUT_LEN and
 # OUTPUT_LEN (1024, 128) change the workload, e.g. MODEL="--dummy tiny" for a dry run on a CPU.
+# SERVE_LOGS=DIR keeps each run's server log as DIR/serve-ROUND-VARIANTINDEX.log, with one line a
+# step (RUST_LOG=info,tessera::step=debug; scripts/gpu/step_trace.py reads them) and, where
+# nvidia-smi is, the GPU's clocks and power every 100 ms as DIR/smi-ROUND-VARIANTINDEX.csv.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
 ROUNDS=${1:?usage: ab_serve.sh ROUNDS VARIANT...}
@@ -26,13 +29,16 @@ OUTPUT_LEN=${OUTPUT_LEN:-128}
 gpu_env
 read -r -a model <<<"${MODEL:-$MODEL_8B}"
 work=$(mktemp -d)
+[ -n "${SERVE_LOGS:-}" ] && mkdir -p "$SERVE_LOGS"
 trap 'rm -rf "$work"' EXIT
 
 # One run: serve with the variant, one bench serve, stop. Prints its SERVE line.
 run() {
-    local round=$1 variant=$2 pid settings
+    local round=$1 variant=$2 index=$3 pid settings smi=""
     read -r -a settings <<<"$(env_of "$variant")"
-    env "${settings[@]}" TESSERA_KERNEL_DEFINES="$(defines_of "$variant")" "$BIN" serve "${model[@]}" \
+    local log_env=()
+    [ -n "${SERVE_LOGS:-}" ] && log_env=("RUST_LOG=info,tessera::step=debug")
+    env "${settings[@]}" "${log_env[@]}" TESSERA_KERNEL_DEFINES="$(defines_of "$variant")" "$BIN" serve "${model[@]}" \
         --max-num-seqs 256 --host 127.0.0.1 --port "$PORT" >"$work/serve.log" 2>&1 &
     pid=$!
     if ! wait_ready "$PORT" "$pid" "$work/serve.log"; then
@@ -41,17 +47,26 @@ run() {
         return
     fi
     rm -f "$work/r.json"
+    if [ -n "${SERVE_LOGS:-}" ] && command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu \
+            --format=csv,noheader,nounits -lms 100 >"$SERVE_LOGS/smi-$round-$index.csv" 2>/dev/null &
+        smi=$!
+    fi
     "$BIN" bench serve --url "http://127.0.0.1:$PORT" --num-prompts "$NUM" --input-len "$INPUT_LEN" \
         --output-len "$OUTPUT_LEN" --max-concurrency "$CONC" --seed 0 --json "$work/r.json" >"$work/bench.log" 2>&1 \
         || tail -n 5 "$work/bench.log"
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
+    [ -n "$smi" ] && kill "$smi" 2>/dev/null
+    [ -n "${SERVE_LOGS:-}" ] && cp "$work/serve.log" "$SERVE_LOGS/serve-$round-$index.log"
     serve_summary "$work/r.json" "SERVE round=$round variant=\"$variant\" concurrency=$CONC"
 }
 
 for round in $(seq 1 "$ROUNDS"); do
+    index=0
     for variant in "$@"; do
-        run "$round" "$variant" | tee -a "$work/results"
+        index=$((index + 1))
+        run "$round" "$variant" "$index" | tee -a "$work/results"
     done
 done
 echo "== output tok/s per variant at concurrency $CONC (rounds in order)"

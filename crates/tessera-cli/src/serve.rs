@@ -59,7 +59,10 @@ impl ServeArgs {
 pub fn init_logging(config: &EngineConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.logging.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: logs redirected to a file stay plain text for grep and scripts.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.logging.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tessera_core::config::{EngineSection, OnWorkerFailure};
-use tessera_core::step::StepResult;
+use tessera_core::step::{StepPlan, StepResult};
 use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
 
@@ -140,7 +140,9 @@ impl CoordinatorState {
             }
         }
         let result = result.ok_or("rank 0 returned no step result")?;
-        crate::metrics::step_phase("execute", executing.elapsed());
+        let executed = executing.elapsed();
+        crate::metrics::step_phase("execute", executed);
+        trace_step(&plan, executed);
         self.args
             .scheduler
             .cast(SchedulerMsg::Update(plan, result))
@@ -183,6 +185,25 @@ impl CoordinatorState {
             worker.stop(None);
         }
     }
+}
+
+/// One line per step at debug level under the `tessera::step` target (`RUST_LOG=info,tessera::step=debug`):
+/// what the step computed and how long it took, to see where a run's time goes step by step.
+fn trace_step(plan: &StepPlan, executed: Duration) {
+    if !tracing::enabled!(target: "tessera::step", tracing::Level::DEBUG) {
+        return;
+    }
+    let tokens = plan.num_scheduled_tokens();
+    let seqs = plan.num_scheduled_seqs();
+    let decode_rows = plan.cached_sequences.iter().filter(|s| s.num_scheduled_tokens == 1).count();
+    tracing::debug!(
+        target: "tessera::step",
+        step = plan.step_id,
+        tokens,
+        seqs,
+        decode_rows,
+        execute_us = executed.as_micros() as u64,
+    );
 }
 
 pub struct CoordinatorActor;
