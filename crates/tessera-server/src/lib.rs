@@ -24,6 +24,7 @@ pub use state::AppState;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::{Listener, ListenerExt};
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
@@ -77,6 +78,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Sets TCP_NODELAY on every accepted connection. Streaming writes small chunks; with Nagle's
+/// algorithm on, a chunk written while the previous segment is unacknowledged waits for the ACK,
+/// which a client delays by up to 40 ms on a kept-alive connection. That held every stream's first
+/// token back by ~40 ms (the headers go out first), so TTFT looked 40 ms worse than the engine.
+fn no_delay(listener: TcpListener) -> impl Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(%err, "could not set TCP_NODELAY on a connection");
+        }
+    })
+}
+
 /// Serves until `shutdown` resolves, then drains: `/ready` turns 503, new generation requests are
 /// refused, and in-flight ones get `shutdown_timeout_ms` to finish. Returns once drained (or the
 /// timeout passed) and the engine is stopped.
@@ -88,7 +101,7 @@ pub async fn serve(
     let drain_started = Arc::new(tokio::sync::Notify::new());
     let (notify, draining_state) = (drain_started.clone(), state.clone());
     let app = router(state.clone());
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = axum::serve(no_delay(listener), app).with_graceful_shutdown(async move {
         shutdown.await;
         draining_state.draining.store(true, Ordering::Release);
         tracing::info!("draining: no new requests; waiting for in-flight ones");
@@ -105,4 +118,21 @@ pub async fn serve(
     }
     state.engine.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_do_not_wait_on_nagle() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = no_delay(listener);
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        // Without the tap a fresh socket has Nagle on (nodelay false): the client side shows it.
+        assert!(!client.nodelay().unwrap());
+        assert!(accepted.nodelay().unwrap());
+    }
 }
