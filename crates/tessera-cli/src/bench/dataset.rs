@@ -22,9 +22,32 @@ pub fn random_prompts(num_prompts: usize, input_len: usize, vocab_size: u32, see
         .collect()
 }
 
+/// The workload's `num_prompts` prompts (the same as `random_prompts` gives) and one more for the
+/// request sent before the run: as prompt number `num_prompts` it starts with a token of its own
+/// while `num_prompts < vocab_size` (else its other random tokens set it apart), so the cache
+/// blocks it leaves are no prefix of any measured prompt.
+pub fn prompts_and_probe(
+    num_prompts: usize,
+    input_len: usize,
+    vocab_size: u32,
+    seed: u64,
+) -> (Vec<Vec<u32>>, Vec<u32>) {
+    let mut prompts = random_prompts(num_prompts + 1, input_len, vocab_size, seed);
+    let probe = prompts.pop().expect("num_prompts + 1 prompts");
+    (prompts, probe)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_is_not_a_workload_prompt() {
+        let (prompts, probe) = prompts_and_probe(8, 32, 256, 1);
+        assert_eq!(prompts, random_prompts(8, 32, 256, 1));
+        assert_eq!(probe.len(), 32);
+        assert!(prompts.iter().all(|p| p[0] != probe[0]));
+    }
 
     #[test]
     fn exact_lengths_ids_in_range_and_seeded() {

@@ -55,6 +55,9 @@ pub struct ServeBenchArgs {
     /// Requests in flight at most.
     #[arg(long)]
     max_concurrency: Option<usize>,
+    /// Seed of the prompts and arrival times. The same seed sends the same prompts: a second run
+    /// against the same server then finds them in its prefix cache, so give each run on one
+    /// server its own seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Prompt ids are drawn below this; 256 is inside every model's vocabulary.
@@ -163,12 +166,13 @@ async fn bench_serve(args: ServeBenchArgs) -> anyhow::Result<()> {
             list.data.first().map(|m| m.id.clone()).ok_or_else(|| anyhow!("{} serves no model", args.url))?
         }
     };
-    let prompts = dataset::random_prompts(args.num_prompts, args.input_len, args.vocab_size, args.seed);
+    let (prompts, probe_prompt) =
+        dataset::prompts_and_probe(args.num_prompts, args.input_len, args.vocab_size, args.seed);
     // One request before the clock starts: it fails fast on a wrong URL, model or length, and
-    // warms the server's connection pool, as vLLM's initial test run does.
+    // warms the server's connection pool, as vLLM's initial test run does. Its prompt is none of
+    // the workload's, so it leaves no prefix-cache hit behind for the measured run.
     let probe =
-        serve::send_one(&client, serve::request(&model, prompts[0].clone(), args.output_len), args.input_len)
-            .await;
+        serve::send_one(&client, serve::request(&model, probe_prompt, args.output_len), args.input_len).await;
     if let Some(err) = probe.error {
         bail!("the initial test request failed: {err}");
     }
