@@ -39,12 +39,14 @@ tessera() {
     local pid=$!
     trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' RETURN
     wait_ready "$PORT" "$pid" "$LOGS/serve.log" || return 1
+    # Each concurrency has its own seed, so no run finds an earlier run's prompts in the prefix
+    # cache (until session 14 all used seed 0: the runs after the first were ~98% cache hits).
     for c in 256 64 16 1; do
         local n=256
         [ "$c" = 1 ] && n=$CONC1_PROMPTS
         curl -sf "http://127.0.0.1:$PORT/metrics" >"$LOGS/metrics-before-c$c.txt" || true
         "$BIN" bench serve --url "http://127.0.0.1:$PORT" --num-prompts "$n" --input-len 1024 \
-            --output-len 128 --max-concurrency "$c" --seed 0 --json "$LOGS/serve-c$c.json" \
+            --output-len 128 --max-concurrency "$c" --seed "$c" --json "$LOGS/serve-c$c.json" \
             >"$LOGS/serve-c$c.log" 2>&1 || { echo "bench serve concurrency $c failed"; status=1; }
         tail -n 25 "$LOGS/serve-c$c.log"
         curl -sf "http://127.0.0.1:$PORT/metrics" >"$LOGS/metrics-after-c$c.txt" || true
@@ -52,7 +54,8 @@ tessera() {
     done
 }
 
-# Mean time per step of each phase (tessera_step_phase_seconds) between two /metrics scrapes.
+# Mean time per step of each phase (tessera_step_phase_seconds) between two /metrics scrapes, and
+# the prefix cache's hits among the prompt tokens looked up meanwhile.
 step_phases() {
     python3 - "$1" "$2" <<'PY'
 import re, sys
@@ -72,6 +75,15 @@ for p in phases:
     if n > 0:
         parts.append(f"{p} {1e3 * t / n:.2f} ms x {n:.0f}")
 print("step phases (mean): " + "; ".join(parts))
+
+def counter(path, name):
+    for line in open(path):
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+hit, asked = (counter(sys.argv[2], f"tessera_prefix_cache_{k}_total") - counter(sys.argv[1], f"tessera_prefix_cache_{k}_total")
+              for k in ("hits", "queries"))
+print(f"prefix cache: {hit:.0f} of {asked:.0f} prompt tokens were hits")
 PY
 }
 

@@ -5,8 +5,12 @@
 # run's output tok/s, TPOT and TTFT, and for the concurrency-1 runs what /metrics counted
 # meanwhile (decode lookahead used / discarded, time and count of each step phase).
 #
-# Why: bench_8b.sh's concurrency-1 row (run last, after 256, 64 and 16 on the same server) gives
-# 172 - 173 tok/s, a server started for concurrency 1 alone 167 (session 12, H100).
+# Why: bench_8b.sh's concurrency-1 row (run last, after 256, 64 and 16 on the same server) gave
+# 172 - 173 tok/s, a server started for concurrency 1 alone 167 (session 12, H100). Session 14
+# found that every run here and in bench_8b.sh sent the same prompts (--seed 0), so each run after
+# the first found its prompts in the prefix cache. Each run now has its own seed (its place in
+# RUNS) unless SAME_SEED=1, which repeats the old runs; the counted lines include the prefix
+# cache's hits.
 #
 # BIN, MODEL (lib.sh's MODEL_8B), INPUT_LEN and
 # OUTPUT_LEN (1024, 128) as in ab_serve.sh; MODEL="--dummy tiny" for a dry run on a CPU.
@@ -26,10 +30,10 @@ pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 wait_ready "$PORT" "$pid" "$work/serve.log" || exit 1
 
-scrape() { curl -sf "http://127.0.0.1:$PORT/metrics" | grep -E '^tessera_(decode_lookahead|step_phase_seconds_(sum|count))' >"$work/m$1"; }
-bench() { # concurrency, prompts
+scrape() { curl -sf "http://127.0.0.1:$PORT/metrics" | grep -E '^tessera_(decode_lookahead|step_phase_seconds_(sum|count)|prefix_cache)' >"$work/m$1"; }
+bench() { # concurrency, prompts, seed
     "$BIN" bench serve --url "http://127.0.0.1:$PORT" --num-prompts "$2" --input-len "${INPUT_LEN:-1024}" \
-        --output-len "${OUTPUT_LEN:-128}" --max-concurrency "$1" --seed 0 --json "$work/r.json" >"$work/bench.log" 2>&1 \
+        --output-len "${OUTPUT_LEN:-128}" --max-concurrency "$1" --seed "$3" --json "$work/r.json" >"$work/bench.log" 2>&1 \
         || tail -n 5 "$work/bench.log"
     serve_summary "$work/r.json" "RUN concurrency=$1 prompts=$2"
 }
@@ -51,9 +55,11 @@ i=0
 scrape 0
 for conc in ${RUNS:-1 16 1 1}; do
     i=$((i + 1))
+    seed=$i
+    [ "${SAME_SEED:-0}" = 1 ] && seed=0
     if [ "$conc" = 1 ]; then
-        bench 1 "$NUM1"; scrape "$i"; counted $((i - 1)) "$i"
+        bench 1 "$NUM1" "$seed"; scrape "$i"; counted $((i - 1)) "$i"
     else
-        bench "$conc" 64; scrape "$i"
+        bench "$conc" 64 "$seed"; scrape "$i"
     fi
 done
