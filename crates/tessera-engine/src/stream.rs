@@ -30,6 +30,8 @@ pub struct TokenOutput {
 pub struct Completion {
     pub reason: FinishReason,
     pub num_prompt_tokens: usize,
+    /// Prompt tokens the prefix cache held when the request was first scheduled (0 if it never was).
+    pub num_cached_tokens: usize,
     pub num_output_tokens: usize,
 }
 
@@ -54,6 +56,7 @@ pub struct RequestStream {
     detokenizer: IncrementalDetokenizer,
     stop: StopStringMatcher,
     num_prompt_tokens: usize,
+    num_cached_tokens: usize,
     num_output_tokens: usize,
     ready: VecDeque<TokenEvent>,
     /// The terminal event has been queued; nothing more will be read.
@@ -77,6 +80,7 @@ impl RequestStream {
             detokenizer: IncrementalDetokenizer::new(prompt_token_ids),
             stop: StopStringMatcher::new(stop),
             num_prompt_tokens: prompt_token_ids.len(),
+            num_cached_tokens: 0,
             num_output_tokens: 0,
             ready: VecDeque::new(),
             ended: false,
@@ -96,6 +100,7 @@ impl RequestStream {
         TokenEvent::Finished(Completion {
             reason,
             num_prompt_tokens: self.num_prompt_tokens,
+            num_cached_tokens: self.num_cached_tokens,
             num_output_tokens: self.num_output_tokens,
         })
     }
@@ -150,6 +155,9 @@ impl RequestStream {
             }
             match self.rx.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(RawEvent::Admitted { num_cached_tokens })) => {
+                    self.num_cached_tokens = num_cached_tokens
+                }
                 Poll::Ready(Some(RawEvent::Token { token_id, logprobs, finish })) => {
                     self.on_token(token_id, logprobs, finish)
                 }

@@ -2,7 +2,9 @@
 //! completions path with chat-shaped responses.
 
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{chunk_stream, collect_all, sse, submit, token_text, ChoiceEvent, ResponseMeta};
+use crate::generation::{
+    chunk_stream, collect_all, sse, submit, token_text, ChoiceEvent, PromptUsage, ResponseMeta,
+};
 use crate::models::check_model;
 use crate::params::{num_choices, sampling_params, RequestParams};
 use crate::request_id::RequestId;
@@ -78,16 +80,16 @@ pub async fn chat_completions(
     let prompt = prompt_ids(&state, &req)?;
     let (max_len, vocab) = (state.engine.max_model_len(), state.engine.spec().vocab_size);
     let sampling = sampling_params(&params, "messages", prompt.len(), max_len, vocab, None)?;
-    let num_prompt_tokens = prompt.len();
+    let prompt_usage = PromptUsage { num_prompt_tokens: prompt.len(), choices_per_prompt: n };
     let streams = submit(&state, &[prompt], &sampling, n, req.priority.unwrap_or(0)).await?;
     let meta = ResponseMeta::new("chatcmpl", &request_id.0, &state.model_name);
     let with_logprobs = req.logprobs == Some(true);
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-        return Ok(stream_response(state, streams, meta, num_prompt_tokens, include_usage, with_logprobs));
+        return Ok(stream_response(state, streams, meta, prompt_usage, include_usage, with_logprobs));
     }
     let outputs = collect_all(streams).await?;
-    let completion_tokens = outputs.iter().map(|o| o.tokens.len() as u32).sum();
+    let usage = prompt_usage.usage_of(&outputs);
     let choices = outputs
         .into_iter()
         .enumerate()
@@ -104,7 +106,7 @@ pub async fn chat_completions(
         created: meta.created,
         model: meta.model,
         choices,
-        usage: Some(Usage::new(num_prompt_tokens as u32, completion_tokens)),
+        usage: Some(usage),
     })
     .into_response())
 }
@@ -113,7 +115,7 @@ fn stream_response(
     state: Arc<AppState>,
     streams: Vec<tessera_engine::RequestStream>,
     meta: ResponseMeta,
-    num_prompt_tokens: usize,
+    prompt_usage: PromptUsage,
     include_usage: bool,
     with_logprobs: bool,
 ) -> Response {
@@ -140,6 +142,6 @@ fn stream_response(
         chunk(&chunk_meta, vec![choice], None)
     };
     let usage = include_usage.then_some(move |usage| chunk(&meta, Vec::new(), Some(usage)));
-    let chunks = chunk_stream(streams, num_prompt_tokens, render, usage);
+    let chunks = chunk_stream(streams, prompt_usage, render, usage);
     sse(futures_util::stream::iter(opening).chain(chunks)).into_response()
 }

@@ -2,7 +2,7 @@
 
 use crate::error::{ApiError, ApiJson};
 use crate::generation::{
-    chunk_stream, collect_all, sse, submit, token_text, ChoiceEvent, ChoiceOutput, ResponseMeta,
+    chunk_stream, collect_all, sse, submit, token_text, ChoiceEvent, ChoiceOutput, PromptUsage, ResponseMeta,
 };
 use crate::models::check_model;
 use crate::params::{check_token_ids, num_choices, sampling_params, RequestParams};
@@ -70,17 +70,18 @@ pub async fn completions(
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let (max_len, vocab) = (state.engine.max_model_len(), state.engine.spec().vocab_size);
     let sampling = sampling_params(&params, "prompt", longest, max_len, vocab, Some(DEFAULT_MAX_TOKENS))?;
-    let num_prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    let prompt_usage =
+        PromptUsage { num_prompt_tokens: prompts.iter().map(Vec::len).sum(), choices_per_prompt: n };
     let echo = req.echo.unwrap_or(false).then(|| prompt_texts(&state, &prompts));
     let streams = submit(&state, &prompts, &sampling, n, req.priority.unwrap_or(0)).await?;
     let meta = ResponseMeta::new("cmpl", &request_id.0, &state.model_name);
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
         let with_logprobs = req.logprobs.is_some();
-        return Ok(stream_response(state, streams, meta, num_prompt_tokens, include_usage, with_logprobs));
+        return Ok(stream_response(state, streams, meta, prompt_usage, include_usage, with_logprobs));
     }
     let outputs = collect_all(streams).await?;
-    let completion_tokens = outputs.iter().map(|o| o.tokens.len() as u32).sum();
+    let usage = Some(prompt_usage.usage_of(&outputs));
     let choices = outputs
         .into_iter()
         .enumerate()
@@ -94,7 +95,6 @@ pub async fn completions(
             }
         })
         .collect();
-    let usage = Some(Usage::new(num_prompt_tokens as u32, completion_tokens));
     let ResponseMeta { id, created, model } = meta;
     Ok(Json(CompletionResponse { id, object: OBJECT_TEXT_COMPLETION.into(), created, model, choices, usage })
         .into_response())
@@ -120,7 +120,7 @@ fn stream_response(
     state: Arc<AppState>,
     streams: Vec<tessera_engine::RequestStream>,
     meta: ResponseMeta,
-    num_prompt_tokens: usize,
+    prompt_usage: PromptUsage,
     include_usage: bool,
     with_logprobs: bool,
 ) -> Response {
@@ -143,5 +143,5 @@ fn stream_response(
         chunk(&chunk_meta, vec![choice], None)
     };
     let usage = include_usage.then_some(move |usage| chunk(&meta, Vec::new(), Some(usage)));
-    sse(chunk_stream(streams, num_prompt_tokens, render, usage)).into_response()
+    sse(chunk_stream(streams, prompt_usage, render, usage)).into_response()
 }

@@ -7,8 +7,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use tessera_core::openai::Usage;
 use tessera_core::{FinishReason, SamplingParams};
 use tessera_engine::{GenerateRequest, Prompt, RequestStream, TokenEvent, TokenOutput};
 
@@ -62,6 +63,35 @@ pub struct ChoiceOutput {
     pub tokens: Vec<TokenOutput>,
     pub text: String,
     pub reason: FinishReason,
+    pub num_cached_tokens: usize,
+}
+
+/// The prompt side of a response's `usage`: its prompts' tokens and how many choices each prompt
+/// has. Choices are prompt-major (choice `i` is of prompt `i / choices_per_prompt`); only a
+/// prompt's first choice reports that prompt's prefix-cache hits, since its siblings would count
+/// the same prompt tokens again (`prompt_tokens` counts each prompt once).
+#[derive(Clone, Copy, Debug)]
+pub struct PromptUsage {
+    pub num_prompt_tokens: usize,
+    pub choices_per_prompt: u32,
+}
+
+impl PromptUsage {
+    pub fn counts_cache_of(&self, choice: u32) -> bool {
+        choice % self.choices_per_prompt.max(1) == 0
+    }
+
+    pub fn usage(&self, completion_tokens: u32, cached_tokens: usize) -> Usage {
+        Usage::new(self.num_prompt_tokens as u32, completion_tokens).with_cached_tokens(cached_tokens as u32)
+    }
+
+    /// `usage` of a response whose choices all ended.
+    pub fn usage_of(&self, outputs: &[ChoiceOutput]) -> Usage {
+        let completion_tokens = outputs.iter().map(|o| o.tokens.len() as u32).sum();
+        let cached =
+            (0u32..).zip(outputs).filter(|(i, _)| self.counts_cache_of(*i)).map(|(_, o)| o.num_cached_tokens);
+        self.usage(completion_tokens, cached.sum())
+    }
 }
 
 pub async fn collect(mut stream: RequestStream) -> Result<ChoiceOutput, ApiError> {
@@ -73,7 +103,10 @@ pub async fn collect(mut stream: RequestStream) -> Result<ChoiceOutput, ApiError
                 text.push_str(&token.text);
                 tokens.push(token);
             }
-            TokenEvent::Finished(done) => return Ok(ChoiceOutput { tokens, text, reason: done.reason }),
+            TokenEvent::Finished(done) => {
+                let num_cached_tokens = done.num_cached_tokens;
+                return Ok(ChoiceOutput { tokens, text, reason: done.reason, num_cached_tokens });
+            }
             TokenEvent::Error(err) => return Err(err.into()),
         }
     }
@@ -121,16 +154,17 @@ pub enum ChoiceEvent {
 /// counts. `[DONE]` is added by `sse`.
 pub fn chunk_stream<C, U>(
     streams: Vec<RequestStream>,
-    num_prompt_tokens: usize,
+    prompt: PromptUsage,
     mut chunk: C,
     usage: Option<U>,
 ) -> impl Stream<Item = serde_json::Value> + Send
 where
     C: FnMut(u32, ChoiceEvent) -> serde_json::Value + Send + 'static,
-    U: FnOnce(tessera_core::openai::Usage) -> serde_json::Value + Send + 'static,
+    U: FnOnce(Usage) -> serde_json::Value + Send + 'static,
 {
     let completion_tokens = Arc::new(AtomicU32::new(0));
-    let counter = completion_tokens.clone();
+    let cached_tokens = Arc::new(AtomicUsize::new(0));
+    let (counter, cached) = (completion_tokens.clone(), cached_tokens.clone());
     let mut failed = false;
     let events = merged(streams).filter_map(move |(index, event)| {
         let value = match event {
@@ -138,7 +172,12 @@ where
                 counter.fetch_add(1, Ordering::Relaxed);
                 Some(chunk(index, ChoiceEvent::Token(token)))
             }
-            TokenEvent::Finished(done) => Some(chunk(index, ChoiceEvent::Finished(done.reason))),
+            TokenEvent::Finished(done) => {
+                if prompt.counts_cache_of(index) {
+                    cached.fetch_add(done.num_cached_tokens, Ordering::Relaxed);
+                }
+                Some(chunk(index, ChoiceEvent::Finished(done.reason)))
+            }
             // One error object, then the stream ends with [DONE] once every choice has ended.
             TokenEvent::Error(err) if !failed => {
                 failed = true;
@@ -149,10 +188,8 @@ where
         futures_util::future::ready(value)
     });
     let last = futures_util::stream::once(async move {
-        let counts = tessera_core::openai::Usage::new(
-            num_prompt_tokens as u32,
-            completion_tokens.load(Ordering::Relaxed),
-        );
+        let counts =
+            prompt.usage(completion_tokens.load(Ordering::Relaxed), cached_tokens.load(Ordering::Relaxed));
         usage.map(|render| render(counts))
     })
     .filter_map(futures_util::future::ready);

@@ -56,6 +56,38 @@ async fn streamed_chat_and_completions_with_usage_and_n() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reports_prefix_cache_hits_once_per_prompt() {
+    let config = tiny_config();
+    let block = config.cache.block_size;
+    let server = start(config).await;
+    let http = client();
+    let prompt: Vec<u32> = (1..=40).collect();
+    assert_ne!(prompt.len() % block, 0, "the test wants a partial last block");
+    let hits = prompt.len() / block * block;
+    let cached = |usage: &Value| usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() as usize;
+    let post = |body: Value| {
+        let (http, url) = (http.clone(), server.url("/v1/completions"));
+        async move { http.post(url).json(&body).send().await.unwrap().text().await.unwrap() }
+    };
+
+    let first = json!({"model": "tiny", "prompt": prompt, "max_tokens": 2, "ignore_eos": true});
+    let body: Value = serde_json::from_str(&post(first.clone()).await).unwrap();
+    assert_eq!(cached(&body["usage"]), 0, "{body}");
+    let body: Value = serde_json::from_str(&post(first).await).unwrap();
+    assert_eq!(cached(&body["usage"]), hits, "{body}");
+
+    // Streamed with n = 2: both choices find the prompt cached, but the prompt counts once, as
+    // prompt_tokens does.
+    let streamed = json!({"model": "tiny", "prompt": prompt, "max_tokens": 2, "ignore_eos": true, "n": 2,
+                          "stream": true, "stream_options": {"include_usage": true}});
+    let (events, done) = sse_events(&post(streamed).await);
+    assert!(done);
+    let usage = &events.last().unwrap()["usage"];
+    assert_eq!(usage["prompt_tokens"], prompt.len());
+    assert_eq!(cached(usage), hits, "{usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_is_returned_and_propagated() {
     let server = start(tiny_config()).await;
     let response =

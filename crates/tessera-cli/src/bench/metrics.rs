@@ -21,6 +21,9 @@ pub struct RequestRecord {
     pub chunk_times_s: Vec<f64>,
     /// `usage.completion_tokens` of the final chunk, when the server sent it.
     pub usage_output_tokens: Option<usize>,
+    /// Prompt tokens the server found in its prefix cache (`usage.prompt_tokens_details`), when
+    /// it said.
+    pub usage_cached_tokens: Option<usize>,
     /// Set when the request failed (refused, broken stream); failed requests count nowhere.
     pub error: Option<String>,
 }
@@ -120,6 +123,9 @@ pub struct Metrics {
     pub failed: usize,
     pub total_input_tokens: usize,
     pub total_output_tokens: usize,
+    /// Prompt tokens of the successful requests that were prefix-cache hits; `None` when no
+    /// request's usage said (a server that does not report them).
+    pub cached_input_tokens: Option<usize>,
     pub duration_s: f64,
     pub request_throughput: f64,
     pub output_throughput: f64,
@@ -139,6 +145,8 @@ pub fn compute(records: &[RequestRecord], duration_s: f64, slos: &Slos) -> Metri
     let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.succeeded()).collect();
     let total_input_tokens: usize = ok.iter().map(|r| r.prompt_len).sum();
     let total_output_tokens: usize = ok.iter().map(|r| r.output_tokens()).sum();
+    let cached: Vec<usize> = ok.iter().filter_map(|r| r.usage_cached_tokens).collect();
+    let cached_input_tokens = (!cached.is_empty()).then(|| cached.iter().sum());
     let ttfts: Vec<f64> = ok.iter().filter_map(|r| r.ttft_s()).collect();
     let e2els: Vec<f64> = ok.iter().filter_map(|r| r.e2el_s()).collect();
     let tpots: Vec<f64> = ok.iter().filter_map(|r| r.tpot_s()).collect();
@@ -149,6 +157,7 @@ pub fn compute(records: &[RequestRecord], duration_s: f64, slos: &Slos) -> Metri
         failed: records.len() - ok.len(),
         total_input_tokens,
         total_output_tokens,
+        cached_input_tokens,
         duration_s,
         request_throughput: ok.len() as f64 / duration_s,
         output_throughput: total_output_tokens as f64 / duration_s,
@@ -166,7 +175,12 @@ mod tests {
     use super::*;
 
     fn record(prompt_len: usize, times: &[f64], usage: Option<usize>) -> RequestRecord {
-        RequestRecord { prompt_len, chunk_times_s: times.to_vec(), usage_output_tokens: usage, error: None }
+        RequestRecord {
+            prompt_len,
+            chunk_times_s: times.to_vec(),
+            usage_output_tokens: usage,
+            ..Default::default()
+        }
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -236,6 +250,24 @@ mod tests {
         assert!(close(m.itl.mean_ms, 200.0) && close(m.itl.median_ms, 100.0));
         // p99 of [100, 100, 400]: rank 1.98 -> 100 + 0.98 * 300.
         assert!(close(m.itl.p99_ms, 394.0));
+        // No usage said how much was cached: unknown, not zero.
+        assert_eq!(m.cached_input_tokens, None);
+    }
+
+    #[test]
+    fn cached_input_tokens_sum_what_the_server_reported() {
+        let hit = |prompt_len, cached| RequestRecord {
+            usage_cached_tokens: Some(cached),
+            ..record(prompt_len, &[0.1, 0.2], Some(2))
+        };
+        let failed = RequestRecord {
+            usage_cached_tokens: Some(64),
+            error: Some("reset".into()),
+            ..Default::default()
+        };
+        let m =
+            compute(&[hit(64, 48), hit(64, 0), record(64, &[0.1], Some(1)), failed], 1.0, &Slos::default());
+        assert_eq!(m.cached_input_tokens, Some(48));
     }
 
     #[test]

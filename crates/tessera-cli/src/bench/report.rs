@@ -30,6 +30,8 @@ struct Json<'a> {
     failed: usize,
     total_input_tokens: usize,
     total_output_tokens: usize,
+    /// Prefix-cache hits among the input tokens, as the server reported them (null: not reported).
+    cached_input_tokens: Option<usize>,
     request_throughput: f64,
     request_goodput: Option<f64>,
     output_throughput: f64,
@@ -67,6 +69,7 @@ pub fn json(info: &RunInfo, m: &Metrics) -> serde_json::Value {
         failed: m.failed,
         total_input_tokens: m.total_input_tokens,
         total_output_tokens: m.total_output_tokens,
+        cached_input_tokens: m.cached_input_tokens,
         request_throughput: m.request_throughput,
         request_goodput: m.request_goodput,
         output_throughput: m.output_throughput,
@@ -93,6 +96,11 @@ pub fn table(info: &RunInfo, m: &Metrics) -> String {
     row("Maximum concurrency:", info.max_concurrency.map_or("none".into(), |c| c.to_string()));
     row("Benchmark duration (s):", format!("{:.2}", m.duration_s));
     row("Total input tokens:", m.total_input_tokens.to_string());
+    if let Some(cached) = m.cached_input_tokens {
+        // Hits make prefill cheaper than the workload says: a run that should have none shows it.
+        let share = 100.0 * cached as f64 / m.total_input_tokens.max(1) as f64;
+        row("Prefix-cache hit input tokens:", format!("{cached} ({share:.1}%)"));
+    }
     row("Total generated tokens:", m.total_output_tokens.to_string());
     row("Request throughput (req/s):", format!("{:.2}", m.request_throughput));
     if let Some(goodput) = m.request_goodput {

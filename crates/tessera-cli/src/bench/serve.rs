@@ -59,6 +59,7 @@ async fn stream_into(
         }
         if let Some(usage) = chunk.usage {
             record.usage_output_tokens = Some(usage.completion_tokens as usize);
+            record.usage_cached_tokens = usage.cached_tokens().map(|n| n as usize);
         }
     }
     Ok(())

@@ -10,11 +10,35 @@ pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    /// Tessera always sends it; other servers may not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details`, as OpenAI's API has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens found in the prefix cache, not computed again.
+    pub cached_tokens: u32,
 }
 
 impl Usage {
     pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
-        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: None,
+        }
+    }
+
+    pub fn with_cached_tokens(self, cached_tokens: u32) -> Self {
+        Usage { prompt_tokens_details: Some(PromptTokensDetails { cached_tokens }), ..self }
+    }
+
+    /// Prompt tokens the server reported as prefix-cache hits; `None` when it did not say.
+    pub fn cached_tokens(&self) -> Option<u32> {
+        self.prompt_tokens_details.map(|d| d.cached_tokens)
     }
 }
 
@@ -234,6 +258,14 @@ mod tests {
     #[test]
     fn usage_sums_and_finish_reasons_are_openai_strings() {
         assert_eq!(Usage::new(3, 4).total_tokens, 7);
+        // prompt_tokens_details appears only when known, and reads back from OpenAI's shape.
+        let plain = serde_json::to_value(Usage::new(3, 4)).unwrap();
+        assert!(plain.get("prompt_tokens_details").is_none());
+        let cached = serde_json::to_value(Usage::new(32, 4).with_cached_tokens(16)).unwrap();
+        assert_eq!(cached["prompt_tokens_details"]["cached_tokens"], 16);
+        let back: Usage = serde_json::from_value(cached).unwrap();
+        assert_eq!(back.cached_tokens(), Some(16));
+        assert_eq!(Usage::new(3, 4).cached_tokens(), None);
         assert_eq!(finish_reason_str(FinishReason::Length), "length");
         assert_eq!(finish_reason_str(FinishReason::Stop), "stop");
         assert_eq!(finish_reason_str(FinishReason::Abort), "abort");

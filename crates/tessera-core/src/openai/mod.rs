@@ -20,7 +20,7 @@ pub use chat::{
 };
 pub use common::{
     finish_reason_str, ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, ErrorBody, ErrorResponse,
-    StopSpec, StreamOptions, TopLogprob, Usage,
+    PromptTokensDetails, StopSpec, StreamOptions, TopLogprob, Usage,
 };
 pub use completions::{CompletionChoice, CompletionChunk, CompletionRequest, CompletionResponse, Prompt};
 pub use models::{ModelCard, ModelList};

@@ -19,7 +19,16 @@ use tokio::sync::mpsc::UnboundedSender;
 /// `Failed` ends it.
 #[derive(Debug)]
 pub enum RawEvent {
-    Token { token_id: u32, logprobs: Option<TokenLogprobs>, finish: Option<FinishReason> },
+    /// First scheduled: this many prompt tokens were found in the prefix cache. Sent once, before
+    /// any token (a preempted request scheduled again does not send it again).
+    Admitted {
+        num_cached_tokens: usize,
+    },
+    Token {
+        token_id: u32,
+        logprobs: Option<TokenLogprobs>,
+        finish: Option<FinishReason>,
+    },
     Aborted,
     Failed(EngineError),
 }
@@ -65,6 +74,8 @@ struct Live {
     tx: UnboundedSender<RawEvent>,
     arrival: Instant,
     last_token: Option<Instant>,
+    /// `RawEvent::Admitted` was sent.
+    admitted: bool,
 }
 
 pub struct SchedulerState {
@@ -87,8 +98,21 @@ impl SchedulerState {
         let num_prompt = req.prompt_token_ids.len();
         self.scheduler.add_request(req)?;
         metrics::prompt_tokens(num_prompt);
-        self.live.insert(id, Live { tx, arrival: Instant::now(), last_token: None });
+        self.live.insert(id, Live { tx, arrival: Instant::now(), last_token: None, admitted: false });
         Ok(())
+    }
+
+    /// The next plan, after telling each request scheduled for the first time how much of its
+    /// prompt the prefix cache held (a new sequence's computed tokens are its cache hits).
+    fn schedule(&mut self) -> Option<StepPlan> {
+        let plan = self.scheduler.has_unfinished().then(|| self.scheduler.schedule())?;
+        for seq in &plan.new_sequences {
+            if let Some(live) = self.live.get_mut(&seq.request_id).filter(|l| !l.admitted) {
+                live.admitted = true;
+                let _ = live.tx.send(RawEvent::Admitted { num_cached_tokens: seq.num_computed_tokens });
+            }
+        }
+        Some(plan)
     }
 
     fn update(&mut self, plan: &StepPlan, result: &StepResult) {
@@ -200,8 +224,7 @@ impl Actor for SchedulerActor {
             SchedulerMsg::Abort(id) => state.end(id, FinishReason::Abort, Some(RawEvent::Aborted)),
             SchedulerMsg::Finish(id, reason) => state.end(id, reason, None),
             SchedulerMsg::Schedule(reply) => {
-                let plan = state.scheduler.has_unfinished().then(|| state.scheduler.schedule());
-                let _ = reply.send(plan);
+                let _ = reply.send(state.schedule());
             }
             SchedulerMsg::Update(plan, result) => state.update(&plan, &result),
             SchedulerMsg::FailAll(reason) => state.fail_all(&reason),
