@@ -78,7 +78,7 @@ pub struct PromptUsage {
 
 impl PromptUsage {
     pub fn counts_cache_of(&self, choice: u32) -> bool {
-        choice % self.choices_per_prompt.max(1) == 0
+        choice.is_multiple_of(self.choices_per_prompt.max(1))
     }
 
     pub fn usage(&self, completion_tokens: u32, cached_tokens: usize) -> Usage {
