@@ -80,7 +80,11 @@ def summary(burst):
 
 def smi_lines(path, start, end):
     clocks, powers = [], []
-    for line in open(path):
+    try:
+        lines = open(path).read().splitlines()
+    except OSError as e:
+        return [f"  nvidia-smi: {e}"]
+    for line in lines:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) < 5:
             continue
