@@ -13,7 +13,8 @@
 # OUTPUT_LEN (1024, 128) change the workload, e.g. MODEL="--dummy tiny" for a dry run on a CPU.
 # SERVE_LOGS=DIR keeps each run's server log as DIR/serve-ROUND-VARIANTINDEX.log, with one line a
 # step (RUST_LOG=info,tessera::step=debug; scripts/gpu/step_trace.py reads them) and, where
-# nvidia-smi is, the GPU's clocks and power every 100 ms as DIR/smi-ROUND-VARIANTINDEX.csv.
+# nvidia-smi is, the GPU's clocks and power every 100 ms as DIR/smi-ROUND-VARIANTINDEX.csv. A
+# relative DIR is taken from the repository root.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
 ROUNDS=${1:?usage: ab_serve.sh ROUNDS VARIANT...}
@@ -43,12 +44,14 @@ run() {
     pid=$!
     if ! wait_ready "$PORT" "$pid" "$work/serve.log"; then
         kill "$pid" 2>/dev/null
+        [ -n "${SERVE_LOGS:-}" ] && cp "$work/serve.log" "$SERVE_LOGS/serve-$round-$index.log"
         echo "SERVE round=$round variant=\"$variant\" concurrency=$CONC output_tok_s=FAILED (the server did not get ready)"
         return
     fi
     rm -f "$work/r.json"
     if [ -n "${SERVE_LOGS:-}" ] && command -v nvidia-smi >/dev/null; then
-        nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu \
+        # Bounded, so that a run cut short does not leave it sampling.
+        timeout 900 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu \
             --format=csv,noheader,nounits -lms 100 >"$SERVE_LOGS/smi-$round-$index.csv" 2>/dev/null &
         smi=$!
     fi

@@ -55,7 +55,8 @@ tessera() {
 }
 
 # Mean time per step of each phase (tessera_step_phase_seconds) between two /metrics scrapes, and
-# the prefix cache's hits among the prompt tokens looked up meanwhile.
+# the prefix cache's hits among the tokens looked up meanwhile (prompts at admission; a preempted
+# sequence admitted again looks up its output tokens too, and may hit its own blocks).
 step_phases() {
     python3 - "$1" "$2" <<'PY'
 import re, sys

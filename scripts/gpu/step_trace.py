@@ -14,7 +14,7 @@ clock, power, temperature every 100 ms) it adds the SM clock and power over the 
 """
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import datetime
 
 STEP = re.compile(
     r"^(\S+Z)\s.*tessera::step: step=(\d+) tokens=(\d+) seqs=(\d+) decode_rows=(\d+) execute_us=(\d+)"
@@ -89,7 +89,8 @@ def smi_lines(path, start, end):
         if len(parts) < 5:
             continue
         try:
-            t = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+            # nvidia-smi writes local time; the server's log is UTC ("...Z").
+            t = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
             sm, power = float(parts[1]), float(parts[3])
         except ValueError:
             continue

@@ -85,6 +85,15 @@ async fn usage_reports_prefix_cache_hits_once_per_prompt() {
     let usage = &events.last().unwrap()["usage"];
     assert_eq!(usage["prompt_tokens"], prompt.len());
     assert_eq!(cached(usage), hits, "{usage}");
+
+    // Two prompts, n = 2: choices 0 and 1 are of the new prompt, 2 and 3 of the cached one, so
+    // the hits come from choice 2 (the cached prompt's first choice).
+    let fresh: Vec<u32> = (101..=140).collect();
+    let both =
+        json!({"model": "tiny", "prompt": [fresh, prompt], "max_tokens": 2, "ignore_eos": true, "n": 2});
+    let body: Value = serde_json::from_str(&post(both).await).unwrap();
+    assert_eq!(body["usage"]["prompt_tokens"], 2 * prompt.len());
+    assert_eq!(cached(&body["usage"]), hits, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

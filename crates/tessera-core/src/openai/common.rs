@@ -18,8 +18,10 @@ pub struct Usage {
 /// `usage.prompt_tokens_details`, as OpenAI's API has it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromptTokensDetails {
-    /// Prompt tokens found in the prefix cache, not computed again.
-    pub cached_tokens: u32,
+    /// Prompt tokens found in the prefix cache, not computed again. Optional when read: some
+    /// OpenAI-compatible servers send `{}` or `null` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u32>,
 }
 
 impl Usage {
@@ -33,12 +35,15 @@ impl Usage {
     }
 
     pub fn with_cached_tokens(self, cached_tokens: u32) -> Self {
-        Usage { prompt_tokens_details: Some(PromptTokensDetails { cached_tokens }), ..self }
+        Usage {
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: Some(cached_tokens) }),
+            ..self
+        }
     }
 
     /// Prompt tokens the server reported as prefix-cache hits; `None` when it did not say.
     pub fn cached_tokens(&self) -> Option<u32> {
-        self.prompt_tokens_details.map(|d| d.cached_tokens)
+        self.prompt_tokens_details.and_then(|d| d.cached_tokens)
     }
 }
 
@@ -266,6 +271,14 @@ mod tests {
         let back: Usage = serde_json::from_value(cached).unwrap();
         assert_eq!(back.cached_tokens(), Some(16));
         assert_eq!(Usage::new(3, 4).cached_tokens(), None);
+        // Other servers' shapes of the details read as "not said", not as an error.
+        for details in [json!({}), json!({"cached_tokens": null}), json!(null)] {
+            let usage: Usage = serde_json::from_value(
+                json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "prompt_tokens_details": details}),
+            )
+            .unwrap();
+            assert_eq!(usage.cached_tokens(), None);
+        }
         assert_eq!(finish_reason_str(FinishReason::Length), "length");
         assert_eq!(finish_reason_str(FinishReason::Stop), "stop");
         assert_eq!(finish_reason_str(FinishReason::Abort), "abort");

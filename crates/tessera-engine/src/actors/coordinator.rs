@@ -189,6 +189,8 @@ impl CoordinatorState {
 
 /// One line per step at debug level under the `tessera::step` target (`RUST_LOG=info,tessera::step=debug`):
 /// what the step computed and how long it took, to see where a run's time goes step by step.
+/// `decode_rows` counts the cached sequences computing one token: decodes, and the rare prompt
+/// chunk of a single token.
 fn trace_step(plan: &StepPlan, executed: Duration) {
     if !tracing::enabled!(target: "tessera::step", tracing::Level::DEBUG) {
         return;
