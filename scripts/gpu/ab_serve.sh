@@ -14,7 +14,8 @@
 # SERVE_LOGS=DIR keeps each run's server log as DIR/serve-ROUND-VARIANTINDEX.log, with one line a
 # step (RUST_LOG=info,tessera::step=debug; scripts/gpu/step_trace.py reads them) and, where
 # nvidia-smi is, the GPU's clocks and power every 100 ms as DIR/smi-ROUND-VARIANTINDEX.csv. A
-# relative DIR is taken from the repository root.
+# relative DIR is taken from the repository root. SERVE_RUST_LOG replaces that RUST_LOG (e.g.
+# "info,tessera::step=debug,tessera::gemm=debug" adds GEMM tuning's per-shape lines).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
 ROUNDS=${1:?usage: ab_serve.sh ROUNDS VARIANT...}
@@ -38,7 +39,7 @@ run() {
     local round=$1 variant=$2 index=$3 pid settings smi=""
     read -r -a settings <<<"$(env_of "$variant")"
     local log_env=()
-    [ -n "${SERVE_LOGS:-}" ] && log_env=("RUST_LOG=info,tessera::step=debug")
+    [ -n "${SERVE_LOGS:-}" ] && log_env=("RUST_LOG=${SERVE_RUST_LOG:-info,tessera::step=debug}")
     env "${settings[@]}" "${log_env[@]}" TESSERA_KERNEL_DEFINES="$(defines_of "$variant")" "$BIN" serve "${model[@]}" \
         --max-num-seqs 256 --host 127.0.0.1 --port "$PORT" >"$work/serve.log" 2>&1 &
     pid=$!

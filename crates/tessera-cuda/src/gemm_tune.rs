@@ -10,6 +10,13 @@
 //! size is tuned, and the profiling pass's budget-filling prefill (`profile.rs`). Nothing is timed
 //! while serving. A shape never tuned keeps the default cuBLAS call.
 //! TESSERA_GEMM_TUNE=0 turns tuning off (for A/B measurements).
+//!
+//! Sustained timing (TESSERA_GEMM_TUNE_SUSTAIN_MS=N, an experiment): a compute-bound shape (at
+//! least `SUSTAIN_MIN_ROWS` rows) is timed again in bursts of about N ms of back-to-back runs per
+//! candidate, after the GPU has run the default call for 4 N ms. Why: under a serving load an
+//! H100 sits at its power limit with its SM clock ~25% below the clock of a short cool burst
+//! (docs/benchmarks.md, session 14), and which kernel is fastest there depends on the energy it
+//! spends per FLOP, which single cool runs do not show.
 
 use crate::device::backend_err;
 use crate::gemm::Output;
@@ -32,6 +39,11 @@ const FLUSH_BYTES: usize = 64 << 20;
 /// A cuBLASLt algorithm replaces the default call only when faster by this fraction, so that
 /// timing noise does not swap a kernel for an equal one.
 const MIN_GAIN: f64 = 0.02;
+/// Rows from which a shape is compute-bound enough for sustained timing to apply (prefill
+/// steps); below, back-to-back runs would read a small weight from L2 and mislead.
+const SUSTAIN_MIN_ROWS: usize = 1024;
+/// Sustained rounds per candidate; the median counts.
+const SUSTAIN_ROUNDS: usize = 3;
 
 fn lt_err(what: &'static str) -> impl FnOnce(cudarc::cublaslt::result::CublasError) -> ModelError {
     move |e| ModelError::Backend(format!("cuBLASLt {what}: {e}"))
@@ -182,6 +194,11 @@ pub struct GemmTuning {
     pub candidates: usize,
     /// Whether the cuBLASLt algorithm replaced the default call.
     pub chosen: bool,
+    /// Every timed run's median in microseconds, fastest first: index 0 the default call, i + 1
+    /// the i-th cuBLASLt algorithm.
+    pub medians: Vec<(usize, f64)>,
+    /// Whether the times are sustained ones (see the module's doc).
+    pub sustained: bool,
 }
 
 /// (m, n, k) of `out[m, n] = x[m, k] @ w[n, k]^T`.
@@ -194,6 +211,8 @@ pub(crate) struct GemmTuner {
     /// cuBLAS's workspace (device.rs), shared: both libraries run on the one stream in order.
     workspace: (u64, usize),
     enabled: bool,
+    /// Burst length of sustained timing in milliseconds; 0 is off.
+    sustain_ms: f64,
     tuning: AtomicBool,
     plans: Mutex<HashMap<Shape, Decision>>,
     tunings: Mutex<Vec<GemmTuning>>,
@@ -213,6 +232,11 @@ impl GemmTuner {
             handle,
             workspace,
             enabled: std::env::var("TESSERA_GEMM_TUNE").map_or(true, |v| v != "0"),
+            sustain_ms: std::env::var("TESSERA_GEMM_TUNE_SUSTAIN_MS")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|ms| ms.is_finite() && *ms > 0.0)
+                .unwrap_or(0.0),
             tuning: AtomicBool::new(false),
             plans: Mutex::new(HashMap::new()),
             tunings: Mutex::new(Vec::new()),
@@ -360,16 +384,62 @@ impl GemmTuner {
             let ms = start.elapsed_ms(end).map_err(backend_err("event timing"))? as f64;
             times.entry(*i).or_default().push(ms * 1e3);
         }
-        let (default_us, best_lt, chosen) = pick(times);
+        let sustained = self.sustain_ms > 0.0 && m >= SUSTAIN_MIN_ROWS;
+        if sustained {
+            times = self.time_sustained(stream, &live, &times, &run, out, wait)?;
+        }
+        let (default_us, best_lt, chosen, medians) = pick(times);
         let candidates = live.len() - 1;
         let decision = match best_lt {
             Some((i, _)) if chosen => Some(Arc::new(Chosen { plan, algo: algos[i] })),
             _ => None,
         };
         self.plans.lock().expect("plans").insert((m, n, k), decision.clone());
-        let tuning = GemmTuning { m, n, k, default_us, best_lt, candidates, chosen };
+        let tuning = GemmTuning { m, n, k, default_us, best_lt, candidates, chosen, medians, sustained };
         self.tunings.lock().expect("tunings").push(tuning);
         Ok(decision)
+    }
+
+    /// Per-run times of each live candidate in bursts of about `sustain_ms` of back-to-back
+    /// runs, `SUSTAIN_ROUNDS` times round robin, after heating the GPU with the default call for
+    /// four bursts. `single` (the cool single-run times) sizes the bursts.
+    fn time_sustained(
+        &self,
+        stream: &Arc<CudaStream>,
+        live: &[usize],
+        single: &HashMap<usize, Vec<f64>>,
+        run: &dyn Fn(usize, &mut CudaSlice<bf16>) -> Result<()>,
+        out: &mut CudaSlice<bf16>,
+        wait: &dyn Fn() -> Result<()>,
+    ) -> Result<HashMap<usize, Vec<f64>>> {
+        let min_us = |i: usize| single.get(&i).and_then(|v| v.iter().copied().reduce(f64::min));
+        let reps = |i: usize| {
+            let us = min_us(i).unwrap_or(1.0).max(1.0);
+            ((self.sustain_ms * 1e3 / us).ceil() as usize).max(1)
+        };
+        for _ in 0..4 * reps(0) {
+            run(0, out)?;
+        }
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let mut events = Vec::with_capacity(SUSTAIN_ROUNDS * live.len());
+        for _ in 0..SUSTAIN_ROUNDS {
+            for &i in live {
+                let n = reps(i);
+                let start = stream.record_event(flags).map_err(backend_err("event"))?;
+                for _ in 0..n {
+                    run(i, out)?;
+                }
+                let end = stream.record_event(flags).map_err(backend_err("event"))?;
+                events.push((i, n, start, end));
+            }
+        }
+        wait()?;
+        let mut times: HashMap<usize, Vec<f64>> = HashMap::new();
+        for (i, n, start, end) in &events {
+            let ms = start.elapsed_ms(end).map_err(backend_err("event timing"))? as f64;
+            times.entry(*i).or_default().push(ms * 1e3 / *n as f64);
+        }
+        Ok(times)
     }
 
     /// The output of every cuBLASLt algorithm `tune` would time for one shape, for tests that
@@ -400,9 +470,10 @@ impl GemmTuner {
 
 /// From each run's timings in microseconds (index 0: the default call, i + 1: the i-th cuBLASLt
 /// algorithm; the default must be present): the default's median, the fastest algorithm by
-/// median (index into the algorithms, median), and whether it beats the default by `MIN_GAIN`.
-/// Equal medians go to the lower index, so the outcome does not depend on map order.
-fn pick(mut times: HashMap<usize, Vec<f64>>) -> (f64, Option<(usize, f64)>, bool) {
+/// median (index into the algorithms, median), whether it beats the default by `MIN_GAIN`, and
+/// every run's median, fastest first. Equal medians go to the lower index, so the outcome does
+/// not depend on map order.
+fn pick(mut times: HashMap<usize, Vec<f64>>) -> (f64, Option<(usize, f64)>, bool, Vec<(usize, f64)>) {
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -413,7 +484,7 @@ fn pick(mut times: HashMap<usize, Vec<f64>>) -> (f64, Option<(usize, f64)>, bool
     let default_us = medians.iter().find(|(i, _)| *i == 0).expect("the default ran").1;
     let best_lt = medians.iter().find(|(i, _)| *i > 0).map(|&(i, us)| (i - 1, us));
     let chosen = best_lt.is_some_and(|(_, us)| us < default_us * (1.0 - MIN_GAIN));
-    (default_us, best_lt, chosen)
+    (default_us, best_lt, chosen, medians)
 }
 
 impl Drop for GemmTuner {
@@ -432,30 +503,43 @@ mod tests {
         runs.iter().map(|(i, v)| (*i, v.to_vec())).collect()
     }
 
+    /// `pick`'s decision without the list of medians.
+    fn decide(t: HashMap<usize, Vec<f64>>) -> (f64, Option<(usize, f64)>, bool) {
+        let (default_us, best, chosen, _) = pick(t);
+        (default_us, best, chosen)
+    }
+
     #[test]
     fn the_fastest_median_wins_when_it_beats_the_default_by_the_margin() {
         // Algorithm 1 (index 2) has the lowest median; one slow outlier does not count.
         let t = times(&[(0, &[10.0, 10.2, 9.9]), (1, &[9.5, 9.6, 9.4]), (2, &[9.0, 30.0, 9.1])]);
-        assert_eq!(pick(t), (10.0, Some((1, 9.1)), true));
+        assert_eq!(decide(t), (10.0, Some((1, 9.1)), true));
     }
 
     #[test]
     fn a_gain_below_the_margin_keeps_the_default() {
         let t = times(&[(0, &[10.0, 10.0, 10.0]), (1, &[9.9, 9.9, 9.9])]);
-        let (default_us, best, chosen) = pick(t);
+        let (default_us, best, chosen) = decide(t);
         assert_eq!((default_us, best), (10.0, Some((0, 9.9))));
         assert!(!chosen, "1% is within the 2% margin");
     }
 
     #[test]
     fn a_slower_algorithm_or_none_keeps_the_default() {
-        assert_eq!(pick(times(&[(0, &[5.0]), (1, &[6.0])])), (5.0, Some((0, 6.0)), false));
-        assert_eq!(pick(times(&[(0, &[5.0])])), (5.0, None, false));
+        assert_eq!(decide(times(&[(0, &[5.0]), (1, &[6.0])])), (5.0, Some((0, 6.0)), false));
+        assert_eq!(decide(times(&[(0, &[5.0])])), (5.0, None, false));
     }
 
     #[test]
     fn equal_medians_go_to_the_lower_index() {
         let t = times(&[(0, &[10.0]), (3, &[8.0]), (2, &[8.0]), (5, &[8.0])]);
-        assert_eq!(pick(t), (10.0, Some((1, 8.0)), true));
+        assert_eq!(decide(t), (10.0, Some((1, 8.0)), true));
+    }
+
+    #[test]
+    fn medians_are_listed_fastest_first() {
+        let t = times(&[(0, &[10.0, 12.0, 11.0]), (1, &[9.0, 8.0, 30.0]), (2, &[20.0])]);
+        let (_, _, _, medians) = pick(t);
+        assert_eq!(medians, vec![(1, 9.0), (0, 11.0), (2, 20.0)]);
     }
 }

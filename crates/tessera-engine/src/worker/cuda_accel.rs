@@ -49,6 +49,21 @@ fn log_gemm_tunings(backend: &CudaBackend) {
     if tunings.is_empty() {
         return;
     }
+    // Per shape (RUST_LOG=tessera::gemm=debug): every candidate's median, fastest first, as
+    // `index:us` with 0 the default cuBLAS call and i the i-th cuBLASLt algorithm.
+    for t in &tunings {
+        let medians: Vec<String> = t.medians.iter().map(|(i, us)| format!("{i}:{us:.1}")).collect();
+        tracing::debug!(
+            target: "tessera::gemm",
+            m = t.m,
+            n = t.n,
+            k = t.k,
+            chosen = t.chosen,
+            sustained = t.sustained,
+            medians = %medians.join(" "),
+            "tuned GEMM"
+        );
+    }
     let default_us: f64 = tunings.iter().map(|t| t.default_us).sum();
     let chosen_us: f64 = tunings
         .iter()
