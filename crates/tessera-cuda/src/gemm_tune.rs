@@ -11,12 +11,9 @@
 //! while serving. A shape never tuned keeps the default cuBLAS call.
 //! TESSERA_GEMM_TUNE=0 turns tuning off (for A/B measurements).
 //!
-//! Sustained timing (TESSERA_GEMM_TUNE_SUSTAIN_MS=N, an experiment): a compute-bound shape (at
-//! least `SUSTAIN_MIN_ROWS` rows) is timed again in bursts of about N ms of back-to-back runs per
-//! candidate, after the GPU has run the default call for 4 N ms. Why: under a serving load an
-//! H100 sits at its power limit with its SM clock ~25% below the clock of a short cool burst
-//! (docs/benchmarks.md, session 14), and which kernel is fastest there depends on the energy it
-//! spends per FLOP, which single cool runs do not show.
+//! Timing each candidate in sustained bursts on a GPU held at its power limit, as it is while
+//! serving, was tried (72d4b45) and picked no faster kernels at concurrency 256 (H100,
+//! docs/benchmarks.md, session 15), so single runs on a cool GPU remain the measure.
 
 use crate::device::backend_err;
 use crate::gemm::Output;
@@ -39,11 +36,6 @@ const FLUSH_BYTES: usize = 64 << 20;
 /// A cuBLASLt algorithm replaces the default call only when faster by this fraction, so that
 /// timing noise does not swap a kernel for an equal one.
 const MIN_GAIN: f64 = 0.02;
-/// Rows from which a shape is compute-bound enough for sustained timing to apply (prefill
-/// steps); below, back-to-back runs would read a small weight from L2 and mislead.
-const SUSTAIN_MIN_ROWS: usize = 1024;
-/// Sustained rounds per candidate; the median counts.
-const SUSTAIN_ROUNDS: usize = 3;
 
 fn lt_err(what: &'static str) -> impl FnOnce(cudarc::cublaslt::result::CublasError) -> ModelError {
     move |e| ModelError::Backend(format!("cuBLASLt {what}: {e}"))
@@ -196,10 +188,11 @@ pub struct GemmTuning {
     pub chosen: bool,
     /// Every timed run's median in microseconds, fastest first: index 0 the default call, i + 1
     /// the i-th cuBLASLt algorithm.
-    pub medians: Vec<(usize, f64)>,
-    /// Whether the times are sustained ones (see the module's doc).
-    pub sustained: bool,
+    pub medians: Medians,
 }
+
+/// (run index, median microseconds) of each timed run, fastest first.
+pub type Medians = Vec<(usize, f64)>;
 
 /// (m, n, k) of `out[m, n] = x[m, k] @ w[n, k]^T`.
 type Shape = (usize, usize, usize);
@@ -211,8 +204,6 @@ pub(crate) struct GemmTuner {
     /// cuBLAS's workspace (device.rs), shared: both libraries run on the one stream in order.
     workspace: (u64, usize),
     enabled: bool,
-    /// Burst length of sustained timing in milliseconds; 0 is off.
-    sustain_ms: f64,
     tuning: AtomicBool,
     plans: Mutex<HashMap<Shape, Decision>>,
     tunings: Mutex<Vec<GemmTuning>>,
@@ -232,11 +223,6 @@ impl GemmTuner {
             handle,
             workspace,
             enabled: std::env::var("TESSERA_GEMM_TUNE").map_or(true, |v| v != "0"),
-            sustain_ms: std::env::var("TESSERA_GEMM_TUNE_SUSTAIN_MS")
-                .ok()
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|ms| ms.is_finite() && *ms > 0.0)
-                .unwrap_or(0.0),
             tuning: AtomicBool::new(false),
             plans: Mutex::new(HashMap::new()),
             tunings: Mutex::new(Vec::new()),
@@ -384,10 +370,6 @@ impl GemmTuner {
             let ms = start.elapsed_ms(end).map_err(backend_err("event timing"))? as f64;
             times.entry(*i).or_default().push(ms * 1e3);
         }
-        let sustained = self.sustain_ms > 0.0 && m >= SUSTAIN_MIN_ROWS;
-        if sustained {
-            times = self.time_sustained(stream, &live, &times, &run, out, wait)?;
-        }
         let (default_us, best_lt, chosen, medians) = pick(times);
         let candidates = live.len() - 1;
         let decision = match best_lt {
@@ -395,51 +377,9 @@ impl GemmTuner {
             _ => None,
         };
         self.plans.lock().expect("plans").insert((m, n, k), decision.clone());
-        let tuning = GemmTuning { m, n, k, default_us, best_lt, candidates, chosen, medians, sustained };
+        let tuning = GemmTuning { m, n, k, default_us, best_lt, candidates, chosen, medians };
         self.tunings.lock().expect("tunings").push(tuning);
         Ok(decision)
-    }
-
-    /// Per-run times of each live candidate in bursts of about `sustain_ms` of back-to-back
-    /// runs, `SUSTAIN_ROUNDS` times round robin, after heating the GPU with the default call for
-    /// four bursts. `single` (the cool single-run times) sizes the bursts.
-    fn time_sustained(
-        &self,
-        stream: &Arc<CudaStream>,
-        live: &[usize],
-        single: &HashMap<usize, Vec<f64>>,
-        run: &dyn Fn(usize, &mut CudaSlice<bf16>) -> Result<()>,
-        out: &mut CudaSlice<bf16>,
-        wait: &dyn Fn() -> Result<()>,
-    ) -> Result<HashMap<usize, Vec<f64>>> {
-        let min_us = |i: usize| single.get(&i).and_then(|v| v.iter().copied().reduce(f64::min));
-        let reps = |i: usize| {
-            let us = min_us(i).unwrap_or(1.0).max(1.0);
-            ((self.sustain_ms * 1e3 / us).ceil() as usize).max(1)
-        };
-        for _ in 0..4 * reps(0) {
-            run(0, out)?;
-        }
-        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-        let mut events = Vec::with_capacity(SUSTAIN_ROUNDS * live.len());
-        for _ in 0..SUSTAIN_ROUNDS {
-            for &i in live {
-                let n = reps(i);
-                let start = stream.record_event(flags).map_err(backend_err("event"))?;
-                for _ in 0..n {
-                    run(i, out)?;
-                }
-                let end = stream.record_event(flags).map_err(backend_err("event"))?;
-                events.push((i, n, start, end));
-            }
-        }
-        wait()?;
-        let mut times: HashMap<usize, Vec<f64>> = HashMap::new();
-        for (i, n, start, end) in &events {
-            let ms = start.elapsed_ms(end).map_err(backend_err("event timing"))? as f64;
-            times.entry(*i).or_default().push(ms * 1e3 / *n as f64);
-        }
-        Ok(times)
     }
 
     /// The output of every cuBLASLt algorithm `tune` would time for one shape, for tests that
@@ -473,12 +413,12 @@ impl GemmTuner {
 /// median (index into the algorithms, median), whether it beats the default by `MIN_GAIN`, and
 /// every run's median, fastest first. Equal medians go to the lower index, so the outcome does
 /// not depend on map order.
-fn pick(mut times: HashMap<usize, Vec<f64>>) -> (f64, Option<(usize, f64)>, bool, Vec<(usize, f64)>) {
+fn pick(mut times: HashMap<usize, Vec<f64>>) -> (f64, Option<(usize, f64)>, bool, Medians) {
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let mut medians: Vec<(usize, f64)> =
+    let mut medians: Medians =
         times.iter_mut().filter(|(_, v)| !v.is_empty()).map(|(i, v)| (*i, median(v))).collect();
     medians.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
     let default_us = medians.iter().find(|(i, _)| *i == 0).expect("the default ran").1;

@@ -59,7 +59,6 @@ fn log_gemm_tunings(backend: &CudaBackend) {
             n = t.n,
             k = t.k,
             chosen = t.chosen,
-            sustained = t.sustained,
             medians = %medians.join(" "),
             "tuned GEMM"
         );
