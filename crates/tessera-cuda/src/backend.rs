@@ -390,22 +390,14 @@ impl Backend for CudaBackend {
                 false => (batch.all_tiles(), 0),
             };
             let meta = batch.attention_meta(1);
-            if decode_rows == 0 {
-                launch::prefill_attention(&self.device, &mut out.data, &qkv.data, k, v, &meta, &tiles, h)?;
-                return Ok(out);
+            launch::prefill_attention(&self.device, &mut out.data, &qkv.data, k, v, &meta, &tiles, h)?;
+            if decode_rows > 0 {
+                let max_splits = self.max_splits(decode_rows, layout.num_kv_heads, batch.bounds.max_kv_len);
+                let (mut part_o, mut part_ml) = self.attention_partials(rows, layout, max_splits)?;
+                let meta = batch.decode_rows_meta(max_splits);
+                let (o, pm) = (&mut part_o, &mut part_ml);
+                launch::decode_attention(&self.device, &mut out.data, o, pm, &qkv.data, k, v, &meta, h)?;
             }
-            let max_splits = self.max_splits(decode_rows, layout.num_kv_heads, batch.bounds.max_kv_len);
-            let (mut part_o, mut part_ml) = self.attention_partials(rows, layout, max_splits)?;
-            let decode_meta = batch.decode_rows_meta(max_splits);
-            // The two kernels write disjoint rows of `out`. The decode rows read K/V at memory
-            // speed while the prompt tiles are bound by their math, so they run side by side
-            // (`Device::overlapped`); the partials are allocated above and freed after the join.
-            let (o, pm) = (&mut part_o, &mut part_ml);
-            self.device.overlapped(
-                &mut out.data,
-                |out| launch::decode_attention(&self.device, out, o, pm, &qkv.data, k, v, &decode_meta, h),
-                |out| launch::prefill_attention(&self.device, out, &qkv.data, k, v, &meta, &tiles, h),
-            )?;
             return Ok(out);
         }
         let max_splits = self.max_splits(rows, layout.num_kv_heads, batch.bounds.max_kv_len);

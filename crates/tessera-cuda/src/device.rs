@@ -1,14 +1,12 @@
-//! One GPU as the backend sees it: its context and the stream every operation runs on (plus a
-//! side stream for one overlap, see `Device::overlapped`), the cuBLAS handle, the loaded kernels,
-//! and memory figures for profiling.
+//! One GPU as the backend sees it: its context and the one stream every operation runs on, the
+//! cuBLAS handle, the loaded kernels, and memory figures for profiling.
 
 use crate::compile::{compile, FAMILIES};
 use crate::gemm_tune::GemmTuner;
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUgraphMem_attribute, CUmemPool_attribute};
+use cudarc::driver::sys::{CUdevice_attribute, CUgraphMem_attribute, CUmemPool_attribute};
 use cudarc::driver::{result, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tessera_model::{ModelError, Result};
 
@@ -75,11 +73,6 @@ pub(crate) struct Device {
     /// Kernels launch with programmatic dependent launch (launch/builder.rs): sm_90 and later,
     /// unless TESSERA_PDL=0 (for A/B measurements).
     pub pdl: bool,
-    /// A stream of the highest priority for work that runs beside the main stream's
-    /// (`overlapped`); None with TESSERA_OVERLAP=0 (for A/B measurements).
-    side: Option<Arc<CudaStream>>,
-    /// Set while `overlapped` queues its side work: kernels then launch on `side`.
-    on_side: AtomicBool,
     functions: HashMap<&'static str, CudaFunction>,
 }
 
@@ -141,21 +134,11 @@ impl Device {
     pub fn new(ordinal: usize) -> Result<Self> {
         check_libraries()?;
         let ctx = CudaContext::new(ordinal).map_err(backend_err("context"))?;
-        // One stream per device for everything but `overlapped`, which orders its side stream
-        // with events of its own: nothing needs cudarc's cross-stream event tracking, which
-        // would cost two events per allocation.
-        // SAFETY: called before any allocation; memory is allocated and freed on the main stream
-        // only, and `overlapped` joins the side stream before anything after it runs.
+        // One stream per device: nothing needs cudarc's cross-stream event tracking, which would
+        // cost two events per allocation.
+        // SAFETY: called before any allocation, and the backend uses a single stream.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(backend_err("stream"))?;
-        let side = match std::env::var("TESSERA_OVERLAP").map_or(true, |v| v != "0") {
-            true => {
-                // Numerically lowest is the highest priority.
-                let (_, highest) = result::stream::get_priority_range().map_err(backend_err("priorities"))?;
-                Some(ctx.new_stream_with_priority(highest).map_err(backend_err("side stream"))?)
-            }
-            false => None,
-        };
         let blas =
             CudaBlas::new(stream.clone()).map_err(|e| ModelError::Backend(format!("cuBLAS handle: {e}")))?;
         let blas_workspace = set_blas_workspace(&blas, &stream)?;
@@ -183,61 +166,10 @@ impl Device {
             _blas_workspace: blas_workspace,
             num_sms,
             pdl,
-            side,
-            on_side: AtomicBool::new(false),
             functions,
         };
         device.keep_pool_memory()?;
         Ok(device)
-    }
-
-    /// The stream a kernel launched now goes to, and whether it may use programmatic dependent
-    /// launch (not on the side stream, whose kernels follow an event wait, not a kernel).
-    pub fn launch_stream(&self) -> (&Arc<CudaStream>, bool) {
-        match &self.side {
-            Some(side) if self.on_side.load(Ordering::Relaxed) => (side, false),
-            _ => (&self.stream, self.pdl),
-        }
-    }
-
-    /// Queues `side`'s kernels on the side stream, then `main`'s on the main stream (each given
-    /// `state` in turn, e.g. an output both write parts of), so that the
-    /// GPU may run them at the same time; what is queued after returns waits for both. The side
-    /// stream's priority lets its blocks take the multiprocessors as soon as the main kernel's
-    /// blocks free them, instead of after all of them. Both closures only launch kernels (no
-    /// allocation, copy or synchronisation) over memory allocated before the call and freed
-    /// after it, so the main stream's order covers every allocation. Without a side stream
-    /// (TESSERA_OVERLAP=0), both run on the main stream, `side` first.
-    pub fn overlapped<S: ?Sized>(
-        &self,
-        state: &mut S,
-        side: impl FnOnce(&mut S) -> Result<()>,
-        main: impl FnOnce(&mut S) -> Result<()>,
-    ) -> Result<()> {
-        let Some(side_stream) = &self.side else {
-            side(state)?;
-            return main(state);
-        };
-        struct Reset<'a>(&'a AtomicBool);
-        impl Drop for Reset<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Relaxed);
-            }
-        }
-        let untimed = Some(CUevent_flags::CU_EVENT_DISABLE_TIMING);
-        let fork = self.stream.record_event(untimed).map_err(backend_err("event"))?;
-        side_stream.wait(&fork).map_err(backend_err("stream wait"))?;
-        let side_result = {
-            self.on_side.store(true, Ordering::Relaxed);
-            let _reset = Reset(&self.on_side);
-            side(state)
-        };
-        // Joined even when a launch failed, so that nothing later on the main stream (frees
-        // included) can overtake what the side stream did queue.
-        let join = side_stream.record_event(untimed).map_err(backend_err("event"))?;
-        let main_result = main(state);
-        self.stream.wait(&join).map_err(backend_err("stream wait"))?;
-        side_result.and(main_result)
     }
 
     pub fn function(&self, name: &str) -> &CudaFunction {

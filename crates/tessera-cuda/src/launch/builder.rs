@@ -94,14 +94,13 @@ impl<'a> KernelLaunch<'a> {
         self
     }
 
-    /// Queues the kernel on the device's stream (its side stream inside `Device::overlapped`).
+    /// Queues the kernel on the device's stream.
     ///
     /// # Safety
     /// The arguments must match the kernel's parameters in number, order and width, and the
     /// kernel must stay within the memory they describe; each launcher states why it does.
     pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
         let device = self.device;
-        let (stream, pdl) = device.launch_stream();
         device.ctx.bind_to_thread().map_err(backend_err(self.name))?;
         // SAFETY: a zeroed attribute value is valid (a union of plain integers and structs).
         let mut value: CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
@@ -119,9 +118,9 @@ impl<'a> KernelLaunch<'a> {
             blockDimY: cfg.block_dim.1,
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: stream.cu_stream(),
+            hStream: device.stream.cu_stream(),
             attrs: &mut attribute,
-            numAttrs: u32::from(pdl),
+            numAttrs: u32::from(device.pdl),
         };
         // The slots stay put from here on: `params` points into them.
         let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
