@@ -8,9 +8,11 @@ The steps are split into bursts at idle gaps (no step for more than 50 ms) and w
 decode row after one that had some (every running sequence had finished), so a benchmark's
 warm-up request and its run come out separately. For each burst: its wall time, the time inside
 steps and between them, and the steps that computed prompt tokens against the decode-only ones
-(count, time, tokens, decode rows). With SMI_CSV (nvidia-smi's timestamp, SM clock, memory
-clock, power, temperature every 100 ms) it adds the SM clock and power over the largest burst.
---steps prints every step of the largest burst.
+(count, time, tokens, decode rows), and what a decode row adds to a full prompt step (a
+least-squares line through the steps with the burst's largest token count: time = base + cost x
+decode rows). With SMI_CSV (nvidia-smi's timestamp, SM clock, memory clock, power, temperature
+every 100 ms) it adds the SM clock and power over the largest burst, and apart over its prompt
+steps and its decode-only steps. --steps prints every step of the largest burst.
 """
 import re
 import sys
@@ -75,15 +77,39 @@ def summary(burst):
             f"{tokens} tokens of which {rows} decode rows ({rows / len(group):.1f} a step), "
             f"{1e6 * t / tokens:.2f} us a token"
         )
+    fit = decode_row_fit(prefill)
+    if fit:
+        lines.append(fit)
     return lines
 
 
-def smi_lines(path, start, end):
-    clocks, powers = [], []
+def decode_row_fit(prefill):
+    """The line time = base + cost x decode rows through the full prompt steps (those with the
+    largest token count), or None when their decode rows do not vary."""
+    if not prefill:
+        return None
+    full = max(s["tokens"] for s in prefill)
+    steps = [s for s in prefill if s["tokens"] == full]
+    xs = [s["decode"] for s in steps]
+    ys = [1e3 * s["execute"] for s in steps]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if len(steps) < 3 or var == 0:
+        return None
+    cost = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+    return (
+        f"  full prompt steps ({len(steps)} of {full} tokens): {my - cost * mx:.2f} ms "
+        f"+ {cost:.4f} ms a decode row (least squares)"
+    )
+
+
+def smi_samples(path):
+    """(time, SM clock, power) of each nvidia-smi line, or an error message."""
     try:
         lines = open(path).read().splitlines()
     except OSError as e:
-        return [f"  nvidia-smi: {e}"]
+        return f"nvidia-smi: {e}"
+    samples = []
     for line in lines:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) < 5:
@@ -91,21 +117,37 @@ def smi_lines(path, start, end):
         try:
             # nvidia-smi writes local time; the server's log is UTC ("...Z").
             t = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
-            sm, power = float(parts[1]), float(parts[3])
+            samples.append((t, float(parts[1]), float(parts[3])))
         except ValueError:
             continue
-        if start <= t <= end:
-            clocks.append(sm)
-            powers.append(power)
-    if not clocks:
-        return [f"  nvidia-smi: no sample inside the burst ({path})"]
-    clocks.sort()
-    powers.sort()
+    return samples
+
+
+def smi_line(samples, what, spans):
+    """SM clock and power over the samples inside any of the (start, end) spans."""
+    inside = [(sm, p) for t, sm, p in samples if any(a <= t <= b for a, b in spans)]
+    if not inside:
+        return f"  nvidia-smi: no sample {what}"
+    clocks = sorted(sm for sm, _ in inside)
+    powers = sorted(p for _, p in inside)
     mid = len(clocks) // 2
-    return [
-        f"  nvidia-smi over the burst ({len(clocks)} samples): SM clock min {clocks[0]:.0f} / median "
+    return (
+        f"  nvidia-smi {what} ({len(clocks)} samples): SM clock min {clocks[0]:.0f} / median "
         f"{clocks[mid]:.0f} / max {clocks[-1]:.0f} MHz, power min {powers[0]:.0f} / median {powers[mid]:.0f} "
         f"/ max {powers[-1]:.0f} W"
+    )
+
+
+def smi_lines(path, burst):
+    samples = smi_samples(path)
+    if isinstance(samples, str):
+        return [f"  {samples}"]
+    prompt = [(s["start"], s["end"]) for s in burst if s["tokens"] > s["decode"]]
+    decode = [(s["start"], s["end"]) for s in burst if s["tokens"] == s["decode"]]
+    return [
+        smi_line(samples, "over the burst", [(burst[0]["start"], burst[-1]["end"])]),
+        smi_line(samples, "during prompt steps", prompt),
+        smi_line(samples, "during decode-only steps", decode),
     ]
 
 
@@ -121,7 +163,7 @@ def main(argv):
         print("\n".join(summary(burst)))
     largest = max(groups, key=len)
     if len(args) > 1:
-        print("\n".join(smi_lines(args[1], largest[0]["start"], largest[-1]["end"])))
+        print("\n".join(smi_lines(args[1], largest)))
     if "--steps" in argv:
         t0 = largest[0]["start"]
         for s in largest:
