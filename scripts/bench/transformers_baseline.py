@@ -7,7 +7,7 @@ the same workloads `tessera bench latency` and `tessera bench serve` run:
 - decode latency at batch 1 and batch 64 (prefill time, then the mean decode step);
 - `bench serve` at max concurrency C (default 1, 16, 64): a library without a server has at most C
   requests in flight when it runs static batches of C through `generate`, so each C runs its
-  prompts in batches of C, on a subset of the prompts (see `serve`);
+  prompts in batches of C: all 256 at 16 and 64, 16 at 1 (see `serve`);
 - the throughput workload: N prompts of 1024 random token ids, 128 new tokens each with EOS
   ignored, through continuous batching (`generate_batch`) when this transformers has it, else
   one batched `generate`.
@@ -190,8 +190,9 @@ def serve(model, concurrency, num_prompts, input_len, output_len, seed):
     """`bench serve` at max concurrency C for a library: static batches of C prompts, one
     `generate` each, measured on `num_prompts` prompts like the workload's (a multiple of C, so
     every batch has C requests in flight). All prompts have the same length and EOS is off, so
-    every batch of the full workload costs the same: a few batches give its throughput at a
-    fraction of the device time (at ~70 ms a decode step, 256 prompts at C = 1 would take ~40 min).
+    every batch of the full workload costs the same: where the whole workload would take too long
+    (at ~55 ms a decode step, 256 prompts at C = 1 take ~11 min), a few batches give its
+    throughput at a fraction of the device time.
 
     Per batch, a 1-token `generate` first: in a static batch every request gets its first token
     when the batch's prefill ends, so that time is each request's TTFT (its clock starts when its
@@ -287,11 +288,11 @@ def main():
     parser.add_argument("--input-len", type=int, default=1024)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--batched-generate-batch", type=int, default=64)
-    # CONCURRENCY:PROMPTS pairs. Device time on an H100 (~70 ms a decode step at any batch up to
-    # 64, prefill ~0.08 s at batch 1 and ~1.9 s at 64): C=1, 2 prompts: 2 x (TTFT + 128 steps)
-    # ~19 s; C=16, 1 batch: warm-up + TTFT + 128 steps ~11 s; C=64, 1 batch: ~2 + 2 + 11 s ~15 s;
-    # about 45 s in all.
-    parser.add_argument("--serve", default="1:2,16:16,64:64", help="CONCURRENCY:PROMPTS,...")
+    # CONCURRENCY:PROMPTS pairs. Device time on an H100 (~55 ms a decode step at any batch up to
+    # 64, prefill ~0.06 s at batch 1 and ~1.9 s at 64; each batch also runs a 1-token generate for
+    # its TTFT): C=1, 16 prompts: 16 x (2 TTFTs + 128 steps) ~40 s; C=16, 256 prompts: 16 batches
+    # of ~7.5 s ~120 s; C=64, 256 prompts: 4 batches of ~6.5 s ~26 s; about 3 min in all.
+    parser.add_argument("--serve", default="1:16,16:256,64:256", help="CONCURRENCY:PROMPTS,...")
     parser.add_argument("--mode", default="auto", choices=["auto", "continuous", "batched"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-latency", action="store_true")

@@ -3,8 +3,9 @@
 #   tessera   - `bench latency` at batch 1 and 64 (1024 in / 128 out), then `tessera serve` and
 #               `bench serve` at max concurrency 256, 64, 16 (256 prompts each) and 1;
 #   baseline  - scripts/bench/transformers_baseline.py on the same shape and workloads: latency at
-#               batch 1 and 64, serve at concurrency 1/16/64 as static batches of C on a few prompts
-#               (2, 16, 64; ~45 s), and the 256 prompts (concurrency 256's row).
+#               batch 1 and 64, serve at concurrency 1/16/64 as static batches of C (16 prompts at
+#               1, where 256 would take ~11 min; all 256 at 16 and 64; ~3 min), and the 256
+#               prompts (concurrency 256's row).
 # Run both modes back to back on one machine so that they are measured in one session. JSON and
 # logs go to $OUT/bench (or ./gpu-logs/bench); a table is printed by scripts/gpu/bench_table.py.
 #

@@ -11,8 +11,8 @@ the duration, whichever is largest:
   - at concurrency 1 nothing overlaps: N times (one prefill + output_len - 1 steps of one).
 
 The transformers figures of the serve rows come from transformers_baseline.py: at concurrency 1,
-16 and 64 its `serve` entries (static batches of C through `generate`, measured on fewer prompts,
-said in the cell), at 256 its `throughput` workload. A baseline that made fewer tokens than asked
+16 and 64 its `serve` entries (static batches of C through `generate`; the cell says on how many
+prompts), at 256 its `throughput` workload. A baseline that made fewer tokens than asked
 is shown with the shortfall and left out of the ratio.
 """
 
