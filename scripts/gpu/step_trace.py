@@ -85,7 +85,7 @@ def summary(burst):
 
 def decode_row_fit(prefill):
     """The line time = base + cost x decode rows through the full prompt steps (those with the
-    largest token count), or None when their decode rows do not vary."""
+    largest token count), or None with fewer than three of them or no spread in their decode rows."""
     if not prefill:
         return None
     full = max(s["tokens"] for s in prefill)
