@@ -2,22 +2,28 @@
 // KV cache, for steps that compute many tokens of a sequence at once (prompts, prefill chunks).
 //
 // `paged_attention` handles one query row per block, so a prompt of n tokens reads its K/V n
-// times and computes every score on CUDA cores. Here a block takes a tile of up to 16 consecutive
-// query rows of ONE sequence and one KV head; warp w computes query head `kvh * group + w` for all
-// 16 rows, so every K/V tile staged in shared memory serves 16 x group query rows (64 for the
-// Llama 8B layout). Keys are processed PF_BK at a time with an online softmax (FlashAttention-2
-// style): scores S = Q K^T and the output O += P V both run on tensor cores, and P never leaves
-// registers (the accumulator layout of S is the operand layout of P).
+// times and computes every score on CUDA cores. Here a block takes a tile of up to PF_TQ (32)
+// consecutive query rows of ONE sequence and one KV head; warp w computes query head
+// `kvh * group + w` for all 32 rows, as two 16-row mma blocks, so every K/V tile staged in shared
+// memory serves 32 x group query rows (128 for the Llama 8B layout) and every K or V fragment a
+// warp reads from shared memory feeds both row blocks (FlashAttention-2's 128 x 64 tiles). Keys
+// are processed PF_BK at a time with an online softmax: scores S = Q K^T and the output
+// O += P V both run on tensor cores, and P never leaves registers (the accumulator layout of S
+// is the operand layout of P).
 //
-// Memory pipeline (`prefill_attention_d*`): K and V tiles of PF_BK keys are copied from the paged
-// cache into shared memory with cp.async (16 bytes per copy, no register staging) and read back
-// as mma fragments with ldmatrix (V with .trans, since P V needs V's keys along k). One buffer
-// each for K and V, loads overlapping math the FlashAttention-2 way:
+// Memory pipeline: the tile's queries (each warp's 32 rows of its head) are copied into shared
+// memory once and read as A fragments with ldmatrix at every key tile (in registers they would
+// not fit beside the two row blocks' outputs and scores). K and V tiles of PF_BK keys are copied
+// from the paged cache into shared memory with cp.async (16 bytes per copy, no register staging)
+// and read back as mma fragments with ldmatrix (V with .trans, since P V needs V's keys along k).
+// One buffer each for K and V, loads overlapping math the FlashAttention-2 way:
 //     wait K(i); sync; issue V(i); S = Q K(i)^T; softmax;
 //     wait V(i); sync; issue K(i+1); O += P V(i)
-// so V's copy runs under the QK^T mma and the next K's under the PV mma, within 48 KB of static
-// shared memory (no opt-in attribute). Blocks run the host's tile list backwards: a sequence's
-// last tiles see the most keys, so the heaviest blocks start first and the grid's tail is light.
+// so V's copy runs under the QK^T mma and the next K's under the PV mma. Shared memory is
+// dynamic (69.6 KB a block for the 8B layout, above the 48 KB a static array may take; the
+// host's `prefill_attention_smem` gives the size and the device raises the kernel's limit at
+// load). Blocks run the host's tile list backwards: a sequence's last tiles see the most keys,
+// so the heaviest blocks start first and the grid's tail is light.
 //
 // Fragment layouts: see mma_bf16_16816 in common.cuh; ldmatrix's below.
 //
@@ -25,12 +31,12 @@
 // The host builds the tiles (`tile_row_start`, `tile_num_rows`), never crossing a sequence.
 // Limits (checked by the host): head_dim 64 or 128, 1 <= group <= 8 (one warp per query head).
 //
-// `prefill_attention_v1_d*` is the first version (K/V staged through registers, V transposed by
-// scalar stores, no overlap), kept so that a GPU run can compare the two
-// (TESSERA_PREFILL_ATTENTION=v1, read by the launcher).
+// `prefill_attention_v2_d*` is the previous kernel (one 16-row block per warp, 48 KB of static
+// shared memory, Q in registers), kept so that a GPU run can compare the two
+// (TESSERA_PREFILL_ATTENTION=v2, read by the launcher). It takes the same 32-row tiles, each
+// block doing one half of one.
 
-#define PF_TQ 16
-#define PF_TK 32
+#define PF_TQ 32
 
 __device__ __forceinline__ u32 ld_u32(const bf16* p) { return *reinterpret_cast<const u32*>(p); }
 
@@ -145,6 +151,266 @@ __device__ __forceinline__ void qk_tile(float (*s)[4], const u32 (*q_frag)[4], u
     }
 }
 
+
+// ---- prefill_attention_d*: two 16-row blocks a warp ------------------------------------------
+
+// Copies (and commits as one group) each warp's PF_TQ query rows of its head into q_s, warp w's
+// at rows [w * PF_TQ, (w + 1) * PF_TQ). Rows past the tile's end become zeros: they compute on
+// zeros and are never written.
+template <int D>
+__device__ __forceinline__ void load_q(bf16 (*q_s)[D + PF_PAD], const bf16* __restrict__ qkv, u32 row0,
+                                       u32 nrows, u32 first_head, u32 group, u32 row_width) {
+    constexpr u32 CHUNKS = D / 8;
+    for (u32 i = threadIdx.x; i < group * PF_TQ * CHUNKS; i += blockDim.x) {
+        const u32 c = i % CHUNKS, r = (i / CHUNKS) % PF_TQ, w = i / (CHUNKS * PF_TQ);
+        const bool live = r < nrows;
+        const bf16* src = qkv + (size_t)(row0 + (live ? r : 0u)) * row_width + (size_t)(first_head + w) * D + c * 8;
+        cp_async16(smem_addr(&q_s[w * PF_TQ + r][c * 8]), src, live ? 16u : 0u);
+    }
+    cp_async_commit();
+}
+
+// s[b] = Q_b K^T for the warp's two 16-row blocks b (A fragments from the shared queries at the
+// per-lane ldmatrix address q_lane) and the PF_BK keys of the shared K tile: each K fragment
+// feeds both blocks. With PARTIAL, 16-key blocks at or past `keys` are skipped.
+template <int D, bool PARTIAL>
+__device__ __forceinline__ void qk_tile2(float (*s)[PF_BK / 8][4], u32 q_lane, u32 k_lane, u32 keys) {
+    constexpr u32 ROW_BYTES = (D + PF_PAD) * 2;
+#pragma unroll
+    for (int b = 0; b < 2; b++) {
+#pragma unroll
+        for (int j = 0; j < PF_BK / 8; j++) s[b][j][0] = s[b][j][1] = s[b][j][2] = s[b][j][3] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        u32 a0[4], a1[4];
+        ldmatrix_x4(a0, q_lane + kk * 32);
+        ldmatrix_x4(a1, q_lane + 16 * ROW_BYTES + kk * 32);
+#pragma unroll
+        for (int jp = 0; jp < PF_BK / 16; jp++) {
+            if (!PARTIAL || jp * 16 < (int)keys) {
+                u32 k[4];
+                ldmatrix_x4(k, k_lane + jp * 16 * ROW_BYTES + kk * 32);
+                mma_bf16_16816(s[0][2 * jp], a0, k[0], k[1]);
+                mma_bf16_16816(s[0][2 * jp + 1], a0, k[2], k[3]);
+                mma_bf16_16816(s[1][2 * jp], a1, k[0], k[1]);
+                mma_bf16_16816(s[1][2 * jp + 1], a1, k[2], k[3]);
+            }
+        }
+    }
+}
+
+// The online softmax of one 16-row block over a key tile: s becomes P (unnormalised), the
+// running maxima m (log2 units, i.e. times scale * log2 e) and per-lane partial sums l of the
+// lane's rows g and g + 8 move on, and the block's output accumulators o are rescaled.
+template <int D>
+__device__ __forceinline__ void online_softmax(float (*s)[4], float (*o)[4], float* m, float* l, float scale_log2) {
+    float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+    for (int j = 0; j < PF_BK / 8; j++) {
+        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+    }
+    // Key 0 is in every row's range, so after the first tile m is finite and a fully masked
+    // later tile leaves it unchanged (exp2(-inf) = 0).
+    const float new0 = fmaxf(m[0], quad_max(mx0) * scale_log2);
+    const float new1 = fmaxf(m[1], quad_max(mx1) * scale_log2);
+    const float alpha0 = fast_exp2(m[0] - new0), alpha1 = fast_exp2(m[1] - new1);
+    m[0] = new0;
+    m[1] = new1;
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PF_BK / 8; j++) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            s[j][e] = fast_exp2(fmaf(s[j][e], scale_log2, -new0));
+            s[j][2 + e] = fast_exp2(fmaf(s[j][2 + e], scale_log2, -new1));
+            sum0 += s[j][e];
+            sum1 += s[j][2 + e];
+        }
+    }
+    l[0] = l[0] * alpha0 + sum0;
+    l[1] = l[1] * alpha1 + sum1;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        o[n][0] *= alpha0;
+        o[n][1] *= alpha0;
+        o[n][2] *= alpha1;
+        o[n][3] *= alpha1;
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void prefill_attention_tile2(
+    bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
+    const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
+    const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,
+    const u32* __restrict__ tile_row_start, const u32* __restrict__ tile_num_rows, float scale,
+    u32 num_heads, u32 num_kv_heads, u32 row_width, u32 block_size) {
+    // K tile, V tile, then the queries: rows of D + 8 bf16 (272 or 144 bytes), so consecutive
+    // rows start 4 banks apart and the 8 rows of 16 bytes that one ldmatrix phase reads fall on
+    // 32 distinct banks.
+    extern __shared__ __align__(128) unsigned char pf_smem[];
+    typedef bf16 Row[D + PF_PAD];
+    Row* k_s = reinterpret_cast<Row*>(pf_smem);
+    Row* v_s = k_s + PF_BK;
+    Row* q_s = v_s + PF_BK;
+    // Slots of the current and the next tile (computed one tile ahead, see the loop).
+    __shared__ u32 slot_s[2][PF_BK];
+
+    const u32 kvh = blockIdx.x, tile = gridDim.y - 1 - blockIdx.y;  // heaviest tiles first
+    const u32 group = num_heads / num_kv_heads;
+    const u32 tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const u32 g = lane >> 2, t = lane & 3;
+    const u32 row0 = tile_row_start[tile], nrows = tile_num_rows[tile];
+    const u32* table = block_tables + row_table_start[row0];
+
+    // Keys past min_len need masking; keys past max_len are never loaded.
+    u32 max_len = 0, min_len = 0xffffffffu;
+    for (u32 r = 0; r < nrows; r++) {
+        const u32 n = row_kv_len[row0 + r];
+        max_len = umax(max_len, n);
+        min_len = umin(min_len, n);
+    }
+
+    // The queries' and the first K tile's copies go out before anything else.
+    tile_slots(slot_s[0], table, 0, max_len, block_size);
+    __syncthreads();
+    load_q<D>(q_s, qkv, row0, nrows, kvh * group, group, row_width);
+    load_tile<D>(k_s, k_cache, slot_s[0], kvh, num_kv_heads);
+
+    float o[2][D / 8][4];
+#pragma unroll
+    for (int b = 0; b < 2; b++) {
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) o[b][n][0] = o[b][n][1] = o[b][n][2] = o[b][n][3] = 0.0f;
+    }
+    float m[2][2] = {{NEG_INF, NEG_INF}, {NEG_INF, NEG_INF}}, l[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+    const float scale_log2 = scale * 1.4426950408889634f;
+
+    // Per-lane ldmatrix row addresses (bytes), at row 0 / key 0 / dim 0.
+    // Q (A operand, stored [row][dim]): matrix m = lane / 8 covers rows 8 * (m % 2) + 0..7 and
+    // dims 8 * (m / 2) + 0..7 of a 16 x 16 block, giving {a0a1, a2a3, a4a5, a6a7}.
+    const u32 q_lane = smem_addr(&q_s[warp * PF_TQ + (lane & 7) + ((lane >> 3) & 1) * 8][((lane >> 4) & 1) * 8]);
+    // K and V as in prefill_attention_tile (v2) below.
+    const u32 k_lane = smem_addr(&k_s[(lane & 7) + ((lane >> 4) & 1) * 8][((lane >> 3) & 1) * 8]);
+    const u32 v_lane = smem_addr(&v_s[(lane & 7) + ((lane >> 3) & 1) * 8][((lane >> 4) & 1) * 8]);
+    constexpr u32 ROW_BYTES = (D + PF_PAD) * 2;
+
+    u32 it = 0;
+    for (u32 k0 = 0; k0 < max_len; k0 += PF_BK, it++) {
+        const u32 next = k0 + PF_BK;
+        cp_async_wait_all();
+        // The queries and K(k0) have landed for every thread's copies, and every warp is done
+        // with the previous tile's P V, so v_s may be overwritten.
+        __syncthreads();
+        load_tile<D>(v_s, v_cache, slot_s[it & 1], kvh, num_kv_heads);
+        // The next tile's slots; slot_s[(it + 1) & 1] was last read by the previous V copy.
+        if (next < max_len) tile_slots(slot_s[(it + 1) & 1], table, next, max_len, block_size);
+
+        float s[2][PF_BK / 8][4];
+        if (next <= max_len) {
+            qk_tile2<D, false>(s, q_lane, k_lane, 0);
+        } else {
+            qk_tile2<D, true>(s, q_lane, k_lane, max_len - k0);
+        }
+        // Mask keys beyond each row's length (only tiles reaching past the shortest row).
+        // Lane (g, t) holds keys 8j + 2t + {0, 1} of rows g (s[b][j][0..1]) and g + 8 (s[b][j][2..3]).
+        // The lane's rows are g and g + 8 of each block b; their lengths are read here, in the
+        // last tiles only, rather than held in registers through the loop. Padding rows take
+        // row 0's length (they compute on zero queries and are never written).
+        if (next > min_len) {
+#pragma unroll
+            for (int b = 0; b < 2; b++) {
+                const u32 r0 = 16 * b + g, r1 = r0 + 8;
+                const u32 len0 = row_kv_len[row0 + (r0 < nrows ? r0 : 0u)];
+                const u32 len1 = row_kv_len[row0 + (r1 < nrows ? r1 : 0u)];
+#pragma unroll
+                for (int j = 0; j < PF_BK / 8; j++) {
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const u32 key = k0 + j * 8 + 2 * t + e;
+                        if (key >= len0) s[b][j][e] = NEG_INF;
+                        if (key >= len1) s[b][j][2 + e] = NEG_INF;
+                    }
+                }
+            }
+        }
+        online_softmax<D>(s[0], o[0], m[0], l[0], scale_log2);
+        online_softmax<D>(s[1], o[1], m[1], l[1], scale_log2);
+
+        cp_async_wait_all();
+        // V(k0) has landed, and every warp is done reading k_s: start the next K tile's copy,
+        // which runs under the P V mma below.
+        __syncthreads();
+        if (next < max_len) load_tile<D>(k_s, k_cache, slot_s[(it + 1) & 1], kvh, num_kv_heads);
+
+        // O_b += P_b V: each V fragment feeds both blocks. (Key blocks past max_len hold P = 0
+        // and V = 0.)
+#pragma unroll
+        for (int ks = 0; ks < PF_BK / 16; ks++) {
+            u32 p[2][4];
+#pragma unroll
+            for (int b = 0; b < 2; b++) {
+                p[b][0] = pack_bf16x2(s[b][2 * ks][0], s[b][2 * ks][1]);
+                p[b][1] = pack_bf16x2(s[b][2 * ks][2], s[b][2 * ks][3]);
+                p[b][2] = pack_bf16x2(s[b][2 * ks + 1][0], s[b][2 * ks + 1][1]);
+                p[b][3] = pack_bf16x2(s[b][2 * ks + 1][2], s[b][2 * ks + 1][3]);
+            }
+#pragma unroll
+            for (int np = 0; np < D / 16; np++) {
+                u32 v[4];
+                ldmatrix_x4_trans(v, v_lane + ks * 16 * ROW_BYTES + np * 32);
+                mma_bf16_16816(o[0][2 * np], p[0], v[0], v[1]);
+                mma_bf16_16816(o[0][2 * np + 1], p[0], v[2], v[3]);
+                mma_bf16_16816(o[1][2 * np], p[1], v[0], v[1]);
+                mma_bf16_16816(o[1][2 * np + 1], p[1], v[2], v[3]);
+            }
+        }
+    }
+
+    const size_t out_width = (size_t)num_heads * D;
+    const u32 head = kvh * group + warp;
+#pragma unroll
+    for (int b = 0; b < 2; b++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            // Every lane takes part in the quad's shuffles before any leaves.
+            const float inv = 1.0f / quad_sum(l[b][h]);
+            const u32 r = 16 * b + 8 * h + g;
+            if (r >= nrows) continue;
+            bf16* dst = out + (row0 + r) * out_width + (size_t)head * D + 2 * t;
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) {
+                *reinterpret_cast<u32*>(dst + n * 8) = pack_bf16x2(o[b][n][2 * h] * inv, o[b][n][2 * h + 1] * inv);
+            }
+        }
+    }
+}
+
+// Grid: (num_kv_heads, num_tiles); block: 32 * group threads (one warp per query head); dynamic
+// shared memory (2 * PF_BK + group * PF_TQ) * (D + PF_PAD) * 2 bytes.
+#define PREFILL_ATTENTION(D)                                                                          \
+    extern "C" __global__ void prefill_attention_d##D(                                                 \
+        bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,     \
+        const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,                     \
+        const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,                \
+        const u32* __restrict__ tile_row_start, const u32* __restrict__ tile_num_rows, float scale, \
+        u32 num_heads, u32 num_kv_heads, u32 row_width, u32 block_size) {                           \
+        pdl_start();                                                                                \
+        prefill_attention_tile2<D>(out, qkv, k_cache, v_cache, block_tables, row_table_start,       \
+                                   row_kv_len, tile_row_start, tile_num_rows, scale, num_heads,     \
+                                   num_kv_heads, row_width, block_size);                            \
+    }
+
+PREFILL_ATTENTION(64)
+PREFILL_ATTENTION(128)
+
+// ---- prefill_attention_v2_d*: the previous kernel (TESSERA_PREFILL_ATTENTION=v2) --------------
+// One 16-row block a warp, Q in registers, 48 KB of static shared memory. Block x = 2 kvh + half
+// takes rows [16 half, 16 half + 16) of a 32-row tile (half 1 of a tile of at most 16 rows
+// returns at once); x runs fastest, so the heaviest tiles still start first.
+
 template <int D>
 __device__ __forceinline__ void prefill_attention_tile(
     bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
@@ -160,11 +426,13 @@ __device__ __forceinline__ void prefill_attention_tile(
     // Slots of the current and the next tile (computed one tile ahead, see the loop).
     __shared__ u32 slot_s[2][PF_BK];
 
-    const u32 kvh = blockIdx.x, tile = gridDim.y - 1 - blockIdx.y;  // heaviest tiles first
+    const u32 kvh = blockIdx.x >> 1, half = blockIdx.x & 1;
+    const u32 tile = gridDim.y - 1 - blockIdx.y;  // heaviest tiles first
+    if (16 * half >= tile_num_rows[tile]) return;
     const u32 group = num_heads / num_kv_heads;
     const u32 tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const u32 g = lane >> 2, t = lane & 3;
-    const u32 row0 = tile_row_start[tile], nrows = tile_num_rows[tile];
+    const u32 row0 = tile_row_start[tile] + 16 * half, nrows = umin(16, tile_num_rows[tile] - 16 * half);
     const u32 head = kvh * group + warp;
     const u32* table = block_tables + row_table_start[row0];
 
@@ -325,11 +593,11 @@ __device__ __forceinline__ void prefill_attention_tile(
     }
 }
 
-// Grid: (num_kv_heads, num_tiles); block: 32 * group threads (one warp per query head).
+// Grid: (2 * num_kv_heads, num_tiles); block: 32 * group threads (one warp per query head).
 // At most 168 registers a thread: 3 blocks of 4 warps (the 8B layout) fit an SM's 64K registers
 // (169 would allow only 2), so one block's syncs and copies hide behind the others' mma.
-#define PREFILL_ATTENTION(D)                                                                          \
-    extern "C" __global__ void __maxnreg__(168) prefill_attention_d##D(                                              \
+#define PREFILL_ATTENTION_V2(D)                                                                          \
+    extern "C" __global__ void __maxnreg__(168) prefill_attention_v2_d##D(                                        \
         bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,     \
         const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,                     \
         const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,                \
@@ -341,178 +609,6 @@ __device__ __forceinline__ void prefill_attention_tile(
                                   num_kv_heads, row_width, block_size);                             \
     }
 
-PREFILL_ATTENTION(64)
-PREFILL_ATTENTION(128)
+PREFILL_ATTENTION_V2(64)
+PREFILL_ATTENTION_V2(128)
 
-// ---- First version, kept for comparison (TESSERA_PREFILL_ATTENTION=v1) ----------------------
-// Same grid, block and arguments; keys PF_TK at a time, K/V copied through registers and V
-// transposed by 2-byte shared stores, with no overlap of loads and math.
-
-template <int D>
-__device__ __forceinline__ void prefill_attention_tile_v1(
-    bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
-    const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
-    const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,
-    const u32* __restrict__ tile_row_start, const u32* __restrict__ tile_num_rows, float scale,
-    u32 num_heads, u32 num_kv_heads, u32 row_width, u32 block_size) {
-    // Padding keeps the fragment loads below free of bank conflicts (row strides of 68 and 20
-    // words put the 8 row groups of a warp on distinct banks).
-    __shared__ __align__(16) bf16 k_s[PF_TK][D + 8];
-    __shared__ __align__(16) bf16 vt_s[D][PF_TK + 8];
-    __shared__ u32 slot_s[PF_TK];
-
-    const u32 kvh = blockIdx.x, tile = blockIdx.y;
-    const u32 group = num_heads / num_kv_heads;
-    const u32 tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nthreads = blockDim.x;
-    const u32 g = lane >> 2, t = lane & 3;
-    const u32 row0 = tile_row_start[tile], nrows = tile_num_rows[tile];
-    const u32 head = kvh * group + warp;
-    const u32* table = block_tables + row_table_start[row0];
-
-    // This lane's two rows; padding rows compute on row 0's data and are never written.
-    const bool valid_a = g < nrows, valid_b = g + 8 < nrows;
-    const u32 len_a = row_kv_len[row0 + (valid_a ? g : 0)];
-    const u32 len_b = row_kv_len[row0 + (valid_b ? g + 8 : 0)];
-    u32 max_len = 0;
-    for (u32 r = 0; r < nrows; r++) max_len = umax(max_len, row_kv_len[row0 + r]);
-
-    u32 q_frag[D / 16][4];
-    {
-        const bf16* qa = qkv + (size_t)(row0 + (valid_a ? g : 0)) * row_width + (size_t)head * D;
-        const bf16* qb = qkv + (size_t)(row0 + (valid_b ? g + 8 : 0)) * row_width + (size_t)head * D;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            q_frag[kk][0] = ld_u32(qa + kk * 16 + 2 * t);
-            q_frag[kk][1] = ld_u32(qb + kk * 16 + 2 * t);
-            q_frag[kk][2] = ld_u32(qa + kk * 16 + 8 + 2 * t);
-            q_frag[kk][3] = ld_u32(qb + kk * 16 + 8 + 2 * t);
-        }
-    }
-    float o[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.0f, l_b = 0.0f;
-
-    for (u32 k0 = 0; k0 < max_len; k0 += PF_TK) {
-        __syncthreads();  // the previous tile's K/V are no longer read
-        for (u32 i = tid; i < PF_TK; i += nthreads) {
-            const u32 key = k0 + i;
-            slot_s[i] = key < max_len ? table[key / block_size] * block_size + key % block_size : 0xffffffffu;
-        }
-        __syncthreads();
-        for (u32 c = tid; c < PF_TK * (D / 8); c += nthreads) {
-            const u32 key = c / (D / 8), d0 = (c % (D / 8)) * 8;
-            const u32 slot = slot_s[key];
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (slot != 0xffffffffu) {
-                const size_t src = ((size_t)slot * num_kv_heads + kvh) * D + d0;
-                kv = *reinterpret_cast<const uint4*>(k_cache + src);
-                vv = *reinterpret_cast<const uint4*>(v_cache + src);
-            }
-            *reinterpret_cast<uint4*>(&k_s[key][d0]) = kv;
-            const bf16* v8 = reinterpret_cast<const bf16*>(&vv);
-#pragma unroll
-            for (int j = 0; j < 8; j++) vt_s[d0 + j][key] = v8[j];
-        }
-        __syncthreads();
-
-        // S = Q K^T for 16 rows x PF_TK keys.
-        float s[PF_TK / 8][4];
-#pragma unroll
-        for (int j = 0; j < PF_TK / 8; j++) {
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                const bf16* kr = &k_s[j * 8 + g][kk * 16 + 2 * t];
-                mma_bf16_16816(s[j], q_frag[kk], ld_u32(kr), ld_u32(kr + 8));
-            }
-        }
-        // Scale, mask beyond each row's length, and the online softmax update.
-        float mx_a = NEG_INF, mx_b = NEG_INF;
-#pragma unroll
-        for (int j = 0; j < PF_TK / 8; j++) {
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const u32 key = k0 + j * 8 + 2 * t + e;
-                s[j][e] = key < len_a ? s[j][e] * scale : NEG_INF;
-                s[j][2 + e] = key < len_b ? s[j][2 + e] * scale : NEG_INF;
-                mx_a = fmaxf(mx_a, s[j][e]);
-                mx_b = fmaxf(mx_b, s[j][2 + e]);
-            }
-        }
-        // Key 0 is in every row's range, so after the first tile m is finite and a fully
-        // masked later tile leaves it unchanged (exp(-inf - m) = 0).
-        const float new_a = fmaxf(m_a, quad_max(mx_a)), new_b = fmaxf(m_b, quad_max(mx_b));
-        const float alpha_a = __expf(m_a - new_a), alpha_b = __expf(m_b - new_b);
-        m_a = new_a;
-        m_b = new_b;
-        float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-        for (int j = 0; j < PF_TK / 8; j++) {
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                s[j][e] = __expf(s[j][e] - m_a);
-                s[j][2 + e] = __expf(s[j][2 + e] - m_b);
-                sum_a += s[j][e];
-                sum_b += s[j][2 + e];
-            }
-        }
-        // Per-lane partial sums; the quad's are added once at the end.
-        l_a = l_a * alpha_a + sum_a;
-        l_b = l_b * alpha_b + sum_b;
-#pragma unroll
-        for (int n = 0; n < D / 8; n++) {
-            o[n][0] *= alpha_a;
-            o[n][1] *= alpha_a;
-            o[n][2] *= alpha_b;
-            o[n][3] *= alpha_b;
-        }
-        // O += P V: P's accumulator layout is the A operand layout, 16 keys per k-step.
-#pragma unroll
-        for (int ks = 0; ks < PF_TK / 16; ks++) {
-            const u32 p[4] = {
-                pack_bf16x2(s[2 * ks][0], s[2 * ks][1]),
-                pack_bf16x2(s[2 * ks][2], s[2 * ks][3]),
-                pack_bf16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]),
-                pack_bf16x2(s[2 * ks + 1][2], s[2 * ks + 1][3]),
-            };
-#pragma unroll
-            for (int n = 0; n < D / 8; n++) {
-                const bf16* vr = &vt_s[n * 8 + g][ks * 16 + 2 * t];
-                mma_bf16_16816(o[n], p, ld_u32(vr), ld_u32(vr + 8));
-            }
-        }
-    }
-
-    const float inv_a = 1.0f / quad_sum(l_a), inv_b = 1.0f / quad_sum(l_b);
-    const size_t out_width = (size_t)num_heads * D;
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        const size_t col = (size_t)head * D + n * 8 + 2 * t;
-        if (valid_a) {
-            *reinterpret_cast<u32*>(out + (row0 + g) * out_width + col) =
-                pack_bf16x2(o[n][0] * inv_a, o[n][1] * inv_a);
-        }
-        if (valid_b) {
-            *reinterpret_cast<u32*>(out + (row0 + g + 8) * out_width + col) =
-                pack_bf16x2(o[n][2] * inv_b, o[n][3] * inv_b);
-        }
-    }
-}
-
-// Grid: (num_kv_heads, num_tiles); block: 32 * group threads (one warp per query head).
-#define PREFILL_ATTENTION_V1(D)                                                                       \
-    extern "C" __global__ void prefill_attention_v1_d##D(                                              \
-        bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,     \
-        const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,                     \
-        const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,                \
-        const u32* __restrict__ tile_row_start, const u32* __restrict__ tile_num_rows, float scale, \
-        u32 num_heads, u32 num_kv_heads, u32 row_width, u32 block_size) {                           \
-        pdl_start();                                                                                \
-        prefill_attention_tile_v1<D>(out, qkv, k_cache, v_cache, block_tables, row_table_start,        \
-                                  row_kv_len, tile_row_start, tile_num_rows, scale, num_heads,      \
-                                  num_kv_heads, row_width, block_size);                             \
-    }
-
-PREFILL_ATTENTION_V1(64)
-PREFILL_ATTENTION_V1(128)

@@ -7,7 +7,7 @@
 //! (`Backend::attention` on decode rows: whichever kernel the backend picks for them, with
 //! `TESSERA_DECODE_ATTENTION` honoured as in the engine); prefill attention of the 8B layout for
 //! 8 prompts of 1023 tokens in TFLOP/s (causal FLOPs), by the current prefill_attention kernel
-//! and its first version (or only the one `TESSERA_PREFILL_ATTENTION` names).
+//! and the previous one, `v2` (or only the one `TESSERA_PREFILL_ATTENTION` names).
 //!
 //! Figures: the median over `--reps` timings of `CALLS` back-to-back calls, each timing enqueued
 //! behind a long cuBLAS GEMM so that the GPU never waits for the host between calls (what a
@@ -477,12 +477,13 @@ fn main() -> Result<(), Error> {
         Some(k) => std::env::set_var("TESSERA_ROPE", k),
         None => std::env::remove_var("TESSERA_ROPE"),
     }
-    // Prefill attention, the current kernel and the first version (the launcher reads
-    // TESSERA_PREFILL_ATTENTION at every call), unless the caller chose one.
+    // Prefill attention, the current kernel and the previous one (the launcher reads
+    // TESSERA_PREFILL_ATTENTION at every call), twice each, alternating, unless the caller
+    // chose one.
     let chosen = std::env::var("TESSERA_PREFILL_ATTENTION").ok();
     let kernels = match &chosen {
         Some(k) => vec![k.clone()],
-        None => vec!["pipelined".to_string(), "v1".to_string()],
+        None => ["tile32", "v2", "tile32", "v2"].map(String::from).to_vec(),
     };
     println!();
     println!("| op | shape | us | TFLOP/s |");

@@ -315,7 +315,8 @@ mod tests {
 
     #[test]
     fn decode_rows_of_a_mixed_step_follow_the_prompt_tiles() {
-        let prompt: Vec<u32> = (0..20).collect();
+        let prompt: Vec<u32> = (0..40).collect();
+        let prompt_table: Vec<u32> = (1..=10).collect();
         let input = ModelInput::build(
             4,
             &[
@@ -323,21 +324,22 @@ mod tests {
                 SeqChunk {
                     new_tokens: &prompt,
                     num_computed_tokens: 0,
-                    block_table: &[1, 2, 3, 4, 5],
+                    block_table: &prompt_table,
                     wants_logits: true,
                 },
                 SeqChunk {
                     new_tokens: &[6],
                     num_computed_tokens: 7,
-                    block_table: &[6, 7],
+                    block_table: &[11, 12],
                     wants_logits: true,
                 },
             ],
         );
         let e = encode(&input, input.num_tokens());
-        // The prompt's rows 1..21 in tiles of 16 and 4, then the decode rows 0 and 21.
-        assert_eq!(e.meta[e.layout.tile_row_start.clone()], [1, 17, 0, 21]);
-        assert_eq!(e.meta[e.layout.tile_num_rows.clone()], [16, 4, 1, 1]);
-        assert_eq!(e.meta[e.layout.decode_rows.clone()], [0, 21]);
+        // The prompt's rows 1..41 in tiles of 32 and 8, then the decode rows 0 and 41.
+        assert_eq!(PREFILL_TILE_ROWS, 32);
+        assert_eq!(e.meta[e.layout.tile_row_start.clone()], [1, 33, 0, 41]);
+        assert_eq!(e.meta[e.layout.tile_num_rows.clone()], [32, 8, 1, 1]);
+        assert_eq!(e.meta[e.layout.decode_rows.clone()], [0, 41]);
     }
 }

@@ -96,6 +96,27 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
 }
 
 /// Kernel entry points of each family (their `extern "C"` names).
+/// Kernels that take more dynamic shared memory than the 48 KB a launch gets without asking,
+/// with the most any launch of theirs takes: `prefill_attention` at group 8, its largest.
+fn shared_memory_needs() -> [(&'static str, usize); 2] {
+    use crate::launch::prefill_attention_smem;
+    [
+        ("prefill_attention_d64", prefill_attention_smem(64, 8)),
+        ("prefill_attention_d128", prefill_attention_smem(128, 8)),
+    ]
+}
+
+/// Lets each kernel of `shared_memory_needs` launch with its largest shared memory.
+fn raise_shared_memory_limits(functions: &HashMap<&str, CudaFunction>) -> Result<()> {
+    use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYNAMIC;
+    for (name, bytes) in shared_memory_needs() {
+        functions[name]
+            .set_attribute(MAX_DYNAMIC, bytes as i32)
+            .map_err(backend_err("shared memory limit"))?;
+    }
+    Ok(())
+}
+
 const ENTRIES: [(&str, &[&str]); 10] = [
     ("embedding", &["embedding", "fill_dummy"]),
     ("norm", &["rms_norm", "add_rms_norm", "rms_norm_v8", "add_rms_norm_v8", "qk_norm"]),
@@ -122,8 +143,8 @@ const ENTRIES: [(&str, &[&str]); 10] = [
         &[
             "prefill_attention_d64",
             "prefill_attention_d128",
-            "prefill_attention_v1_d64",
-            "prefill_attention_v1_d128",
+            "prefill_attention_v2_d64",
+            "prefill_attention_v2_d128",
         ],
     ),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
@@ -157,6 +178,7 @@ impl Device {
                 functions.insert(*name, module.load_function(name).map_err(backend_err("function"))?);
             }
         }
+        raise_shared_memory_limits(&functions)?;
         let pdl = arch.0 >= 9 && std::env::var("TESSERA_PDL").map_or(true, |v| v != "0");
         let device = Device {
             ctx,

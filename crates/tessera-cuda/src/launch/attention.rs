@@ -202,8 +202,8 @@ fn attention_reduce(
     unsafe { b.launch(cfg(grid, row_threads(heads.head_dim as usize).min(128), shared as u32)) }
 }
 
-/// Query rows per tile of `prefill_attention` (one mma row block).
-pub const PREFILL_TILE_ROWS: usize = 16;
+/// Query rows per tile of `prefill_attention` (two mma row blocks a warp).
+pub const PREFILL_TILE_ROWS: usize = 32;
 
 /// Whether `prefill_attention` handles this head layout: head_dim 64 or 128 and one warp per
 /// query head of a KV group (at most 8).
@@ -212,16 +212,26 @@ pub fn prefill_attention_supports(heads: Heads) -> bool {
     matches!(heads.head_dim, 64 | 128) && (1..=8).contains(&group)
 }
 
-/// The kernel of prefill_attention.cu for `heads`: the pipelined one, or with
-/// `TESSERA_PREFILL_ATTENTION=v1` the first version (same grid and arguments), so that one GPU run
-/// can compare them or tell a fault of the new kernel from one elsewhere.
-fn prefill_attention_kernel(heads: Heads) -> &'static str {
-    let v1 = std::env::var("TESSERA_PREFILL_ATTENTION").is_ok_and(|v| v == "v1");
-    match (heads.head_dim, v1) {
+/// Dynamic shared memory of a `prefill_attention_d*` block: the K and V tiles of 64 keys and
+/// every warp's `PREFILL_TILE_ROWS` query rows, rows of head_dim + 8 bf16 (prefill_attention.cu).
+pub fn prefill_attention_smem(head_dim: usize, group: usize) -> usize {
+    (2 * 64 + group * PREFILL_TILE_ROWS) * (head_dim + 8) * 2
+}
+
+/// Whether `TESSERA_PREFILL_ATTENTION=v2` asks for the previous kernel (one 16-row block a warp,
+/// same tiles and arguments), so that one GPU run can compare the two or tell a fault of the new
+/// kernel from one elsewhere.
+fn prefill_attention_v2() -> bool {
+    std::env::var("TESSERA_PREFILL_ATTENTION").is_ok_and(|v| v == "v2")
+}
+
+/// The kernel of prefill_attention.cu for `heads` (see `prefill_attention_v2`).
+pub fn prefill_attention_kernel(heads: Heads) -> &'static str {
+    match (heads.head_dim, prefill_attention_v2()) {
         (64, false) => "prefill_attention_d64",
-        (64, true) => "prefill_attention_v1_d64",
+        (64, true) => "prefill_attention_v2_d64",
         (_, false) => "prefill_attention_d128",
-        (_, true) => "prefill_attention_v1_d128",
+        (_, true) => "prefill_attention_v2_d128",
     }
 }
 
@@ -260,8 +270,16 @@ pub fn prefill_attention(
     b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
     b.arg(&tiles.row_start).arg(&tiles.num_rows).arg(&scale);
     b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width).arg(&meta.block_size);
-    // SAFETY: tiles cover rows of the batch within one sequence each (built by `prepare`), and
-    // block tables, lengths and slots were validated on the host.
-    unsafe { b.launch(cfg((heads.num_kv_heads, num_tiles as u32, 1), 32 * group, 0)) }?;
+    // v2 runs each 32-row tile as two blocks of 16 rows (x = 2 kv head + half).
+    let (grid, smem) = if prefill_attention_v2() {
+        ((2 * heads.num_kv_heads, num_tiles as u32, 1), 0)
+    } else {
+        let smem = prefill_attention_smem(heads.head_dim as usize, group as usize);
+        ((heads.num_kv_heads, num_tiles as u32, 1), smem as u32)
+    };
+    // SAFETY: tiles cover at most PREFILL_TILE_ROWS rows of the batch within one sequence each
+    // (built by `prepare`); block tables, lengths and slots were validated on the host; the
+    // shared memory is what the kernel lays out, within the limit the device set at load.
+    unsafe { b.launch(cfg(grid, 32 * group, smem)) }?;
     Ok(())
 }
