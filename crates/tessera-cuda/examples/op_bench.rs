@@ -20,7 +20,7 @@
 //! Prints a markdown table, one `OPBENCH key=value ...` line per measurement, and
 //! `OPBENCH_GEMV_MAX_M`: the largest batch at which the GEMV beat cuBLAS on every shape, the
 //! value for `tessera_cuda::GEMV_MAX_M`.
-//! Usage: op_bench [--reps 5]
+//! Usage: op_bench [--reps 5] [--prefill-only]
 
 use half::bf16;
 use std::time::Instant;
@@ -323,6 +323,47 @@ fn bench_prefill_attention(
     Ok((us, flops))
 }
 
+/// The prefill attention rows (table and OPBENCH lines): the current kernel and the previous one
+/// (the launcher reads TESSERA_PREFILL_ATTENTION at every call), twice each, alternating, unless
+/// the caller chose one.
+fn prefill_attention_rows(
+    b: &CudaBackend,
+    busy: &Busy,
+    values: &[bf16],
+    layout: QkvLayout,
+    reps: usize,
+) -> Result<Vec<String>, Error> {
+    let mut lines = Vec::new();
+    let chosen = std::env::var("TESSERA_PREFILL_ATTENTION").ok();
+    let kernels = match &chosen {
+        Some(k) => vec![k.clone()],
+        None => ["tile32", "v2", "tile32", "v2"].map(String::from).to_vec(),
+    };
+    println!();
+    println!("| op | shape | us | TFLOP/s |");
+    println!("|---|---|---|---|");
+    for kernel in kernels {
+        std::env::set_var("TESSERA_PREFILL_ATTENTION", &kernel);
+        let (us, flops) = bench_prefill_attention(b, busy, values, layout, reps)?;
+        let tflops = flops / (us * 1e-6) / 1e12;
+        let (h, kv, d) = (layout.num_heads, layout.num_kv_heads, layout.head_dim);
+        println!(
+            "| prefill attention {h}/{kv} x {d} ({kernel}) | {PREFILL_SEQS} x {PREFILL_LEN} tokens, causal | \
+             {us:.1} | {tflops:.0} |"
+        );
+        lines.push(format!(
+            "OPBENCH op=prefill_attention kernel={kernel} heads={h} kv_heads={kv} head_dim={d} \
+             block={BLOCK_SIZE} seqs={PREFILL_SEQS} prompt={PREFILL_LEN} us={us:.1} tflops={tflops:.1}"
+        ));
+    }
+    match chosen {
+        Some(k) => std::env::set_var("TESSERA_PREFILL_ATTENTION", k),
+        None => std::env::remove_var("TESSERA_PREFILL_ATTENTION"),
+    }
+
+    Ok(lines)
+}
+
 fn arg(args: &[String], flag: &str, default: &str) -> String {
     args.iter()
         .position(|a| a == flag)
@@ -348,6 +389,15 @@ fn main() -> Result<(), Error> {
     let copy = b.copy_bandwidth(1 << 30, 20)?;
     let busy = Busy::new(&b, &values)?;
     println!("op_bench on {}: device-to-device copy {:.0} GB/s (read + write)", b.device_name(), copy / 1e9);
+    if args.iter().any(|a| a == "--prefill-only") {
+        let layout = QkvLayout {
+            num_heads: spec8.num_heads,
+            num_kv_heads: spec8.num_kv_heads,
+            head_dim: spec8.head_dim,
+        };
+        prefill_attention_rows(&b, &busy, &values, layout, reps)?.iter().for_each(|l| println!("{l}"));
+        return Ok(());
+    }
     let gbps = |bytes: usize, us: f64| bytes as f64 / (us * 1e-6) / 1e9;
     let frac = |bytes: usize, us: f64| bytes as f64 / (us * 1e-6) / copy;
 
@@ -477,36 +527,7 @@ fn main() -> Result<(), Error> {
         Some(k) => std::env::set_var("TESSERA_ROPE", k),
         None => std::env::remove_var("TESSERA_ROPE"),
     }
-    // Prefill attention, the current kernel and the previous one (the launcher reads
-    // TESSERA_PREFILL_ATTENTION at every call), twice each, alternating, unless the caller
-    // chose one.
-    let chosen = std::env::var("TESSERA_PREFILL_ATTENTION").ok();
-    let kernels = match &chosen {
-        Some(k) => vec![k.clone()],
-        None => ["tile32", "v2", "tile32", "v2"].map(String::from).to_vec(),
-    };
-    println!();
-    println!("| op | shape | us | TFLOP/s |");
-    println!("|---|---|---|---|");
-    for kernel in kernels {
-        std::env::set_var("TESSERA_PREFILL_ATTENTION", &kernel);
-        let (us, flops) = bench_prefill_attention(&b, &busy, &values, layout, reps)?;
-        let tflops = flops / (us * 1e-6) / 1e12;
-        let (h, kv, d) = (layout.num_heads, layout.num_kv_heads, layout.head_dim);
-        println!(
-            "| prefill attention {h}/{kv} x {d} ({kernel}) | {PREFILL_SEQS} x {PREFILL_LEN} tokens, causal | \
-             {us:.1} | {tflops:.0} |"
-        );
-        lines.push(format!(
-            "OPBENCH op=prefill_attention kernel={kernel} heads={h} kv_heads={kv} head_dim={d} \
-             block={BLOCK_SIZE} seqs={PREFILL_SEQS} prompt={PREFILL_LEN} us={us:.1} tflops={tflops:.1}"
-        ));
-    }
-    match chosen {
-        Some(k) => std::env::set_var("TESSERA_PREFILL_ATTENTION", k),
-        None => std::env::remove_var("TESSERA_PREFILL_ATTENTION"),
-    }
-
+    lines.extend(prefill_attention_rows(&b, &busy, &values, layout, reps)?);
     println!();
     lines.iter().for_each(|line| println!("{line}"));
     // The dispatch threshold: every batch up to it must have the GEMV faster on every layer.
