@@ -212,10 +212,12 @@ pub fn prefill_attention_supports(heads: Heads) -> bool {
     matches!(heads.head_dim, 64 | 128) && (1..=8).contains(&group)
 }
 
-/// Dynamic shared memory of a `prefill_attention_d*` block: the K and V tiles of 64 keys and
-/// every warp's `PREFILL_TILE_ROWS` query rows, rows of head_dim + 8 bf16 (prefill_attention.cu).
+/// Dynamic shared memory of a `prefill_attention_d*` block: two buffers each of K and V tiles of
+/// 64 keys (the kernel's `PF_STAGES` uses one or both) and every warp's `PREFILL_TILE_ROWS` query
+/// rows, rows of head_dim + 8 bf16 (prefill_attention.cu). 104 KB for the 8B layout: two blocks
+/// still fit an SM, as many as its registers allow.
 pub fn prefill_attention_smem(head_dim: usize, group: usize) -> usize {
-    (2 * 64 + group * PREFILL_TILE_ROWS) * (head_dim + 8) * 2
+    (2 * 2 * 64 + group * PREFILL_TILE_ROWS) * (head_dim + 8) * 2
 }
 
 /// Whether `TESSERA_PREFILL_ATTENTION=v2` asks for the previous kernel (one 16-row block a warp,
