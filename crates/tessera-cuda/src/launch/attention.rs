@@ -285,3 +285,25 @@ pub fn prefill_attention(
     unsafe { b.launch(cfg(grid, 32 * group, smem)) }?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shared memory of an H100 or H200 SM: 228 KB, of which one block may take 227 KB; each
+    /// resident block also costs 1 KB, and `prefill_attention` adds 512 bytes of static slots.
+    const SM_SHARED: usize = 228 * 1024;
+    const BLOCK_SHARED: usize = 227 * 1024;
+    const PER_BLOCK: usize = 1024 + 512;
+
+    #[test]
+    fn prefill_attention_blocks_fit_an_sm() {
+        // The 8B layout (group 4, head_dim 128): two blocks an SM, as many as 254 registers allow.
+        assert_eq!(prefill_attention_smem(128, 4), 104_448);
+        assert!(2 * (prefill_attention_smem(128, 4) + PER_BLOCK) <= SM_SHARED);
+        // The largest launch (group 8) still fits a block; the device raises every kernel's
+        // limit to it at load.
+        assert!(prefill_attention_smem(128, 8) + 512 <= BLOCK_SHARED);
+        assert!(prefill_attention_smem(64, 8) < prefill_attention_smem(128, 8));
+    }
+}
