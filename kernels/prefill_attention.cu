@@ -42,9 +42,6 @@
 #ifndef PF_STAGES
 #define PF_STAGES 1
 #endif
-#ifndef PF_SKIP_PV_TAIL
-#define PF_SKIP_PV_TAIL 0
-#endif
 
 __device__ __forceinline__ u32 ld_u32(const bf16* p) { return *reinterpret_cast<const u32*>(p); }
 
@@ -376,15 +373,9 @@ __device__ __forceinline__ void prefill_attention_tile2(
 #endif
 
         // O_b += P_b V: each V fragment feeds both blocks. (Key blocks past max_len hold P = 0
-        // and V = 0; with PF_SKIP_PV_TAIL the last tile skips them.)
-#if PF_SKIP_PV_TAIL
-        const u32 live_keys = umin(PF_BK, max_len - k0);
-#endif
+        // and V = 0; skipping them in the last tile measured no faster, 2026-12-07.)
 #pragma unroll
         for (int ks = 0; ks < PF_BK / 16; ks++) {
-#if PF_SKIP_PV_TAIL
-            if (ks * 16 >= (int)live_keys) break;
-#endif
             u32 p[2][4];
 #pragma unroll
             for (int b = 0; b < 2; b++) {
