@@ -37,11 +37,6 @@
 // block doing one half of one.
 
 #define PF_TQ 32
-// K/V buffers: 1 (K's copy under the P V mma, V's under Q K^T) or 2 (both copies of the next
-// tile under the whole of this one). The host sizes the shared memory for 2.
-#ifndef PF_STAGES
-#define PF_STAGES 1
-#endif
 
 __device__ __forceinline__ u32 ld_u32(const bf16* p) { return *reinterpret_cast<const u32*>(p); }
 
@@ -258,8 +253,8 @@ __device__ __forceinline__ void prefill_attention_tile2(
     extern __shared__ __align__(128) unsigned char pf_smem[];
     typedef bf16 Row[D + PF_PAD];
     Row* k_s = reinterpret_cast<Row*>(pf_smem);
-    Row* v_s = k_s + PF_STAGES * PF_BK;
-    Row* q_s = v_s + PF_STAGES * PF_BK;
+    Row* v_s = k_s + PF_BK;
+    Row* q_s = v_s + PF_BK;
     // Slots of the current and the next tile (computed one tile ahead, see the loop).
     __shared__ u32 slot_s[2][PF_BK];
 
@@ -283,10 +278,6 @@ __device__ __forceinline__ void prefill_attention_tile2(
     __syncthreads();
     load_q<D>(q_s, qkv, row0, nrows, kvh * group, group, row_width);
     load_tile<D>(k_s, k_cache, slot_s[0], kvh, num_kv_heads);
-#if PF_STAGES == 2
-    load_tile<D>(v_s, v_cache, slot_s[0], kvh, num_kv_heads);
-    if (PF_BK < max_len) tile_slots(slot_s[1], table, PF_BK, max_len, block_size);
-#endif
 
     float o[2][D / 8][4];
 #pragma unroll
@@ -305,39 +296,23 @@ __device__ __forceinline__ void prefill_attention_tile2(
     const u32 k_lane = smem_addr(&k_s[(lane & 7) + ((lane >> 4) & 1) * 8][((lane >> 3) & 1) * 8]);
     const u32 v_lane = smem_addr(&v_s[(lane & 7) + ((lane >> 3) & 1) * 8][((lane >> 4) & 1) * 8]);
     constexpr u32 ROW_BYTES = (D + PF_PAD) * 2;
-    constexpr u32 STAGE_BYTES = PF_BK * ROW_BYTES;
 
     u32 it = 0;
     for (u32 k0 = 0; k0 < max_len; k0 += PF_BK, it++) {
         const u32 next = k0 + PF_BK;
         cp_async_wait_all();
-#if PF_STAGES == 2
-        // K(k0) and V(k0) have landed for every thread's copies, and every warp is done with the
-        // previous tile, whose buffers now take the next tile's copies: they run under this
-        // tile's math. slot_s[cur] was last read by those copies' issue a tile ago.
-        __syncthreads();
-        const u32 cur = it & 1;
-        if (next < max_len) {
-            load_tile<D>(k_s + (cur ^ 1) * PF_BK, k_cache, slot_s[cur ^ 1], kvh, num_kv_heads);
-            load_tile<D>(v_s + (cur ^ 1) * PF_BK, v_cache, slot_s[cur ^ 1], kvh, num_kv_heads);
-            if (next + PF_BK < max_len) tile_slots(slot_s[cur], table, next + PF_BK, max_len, block_size);
-        }
-        const u32 k_tile = k_lane + cur * STAGE_BYTES, v_tile = v_lane + cur * STAGE_BYTES;
-#else
         // The queries and K(k0) have landed for every thread's copies, and every warp is done
         // with the previous tile's P V, so v_s may be overwritten.
         __syncthreads();
         load_tile<D>(v_s, v_cache, slot_s[it & 1], kvh, num_kv_heads);
         // The next tile's slots; slot_s[(it + 1) & 1] was last read by the previous V copy.
         if (next < max_len) tile_slots(slot_s[(it + 1) & 1], table, next, max_len, block_size);
-        const u32 k_tile = k_lane, v_tile = v_lane;
-#endif
 
         float s[2][PF_BK / 8][4];
         if (next <= max_len) {
-            qk_tile2<D, false>(s, q_lane, k_tile, 0);
+            qk_tile2<D, false>(s, q_lane, k_lane, 0);
         } else {
-            qk_tile2<D, true>(s, q_lane, k_tile, max_len - k0);
+            qk_tile2<D, true>(s, q_lane, k_lane, max_len - k0);
         }
         // Mask keys beyond each row's length (only tiles reaching past the shortest row).
         // Lane (g, t) holds keys 8j + 2t + {0, 1} of rows g (s[b][j][0..1]) and g + 8 (s[b][j][2..3]).
@@ -364,13 +339,11 @@ __device__ __forceinline__ void prefill_attention_tile2(
         online_softmax<D>(s[0], o[0], m[0], l[0], scale_log2);
         online_softmax<D>(s[1], o[1], m[1], l[1], scale_log2);
 
-#if PF_STAGES == 1
         cp_async_wait_all();
         // V(k0) has landed, and every warp is done reading k_s: start the next K tile's copy,
         // which runs under the P V mma below.
         __syncthreads();
         if (next < max_len) load_tile<D>(k_s, k_cache, slot_s[(it + 1) & 1], kvh, num_kv_heads);
-#endif
 
         // O_b += P_b V: each V fragment feeds both blocks. (Key blocks past max_len hold P = 0
         // and V = 0; skipping them in the last tile measured no faster, 2026-12-07.)
@@ -387,7 +360,7 @@ __device__ __forceinline__ void prefill_attention_tile2(
 #pragma unroll
             for (int np = 0; np < D / 16; np++) {
                 u32 v[4];
-                ldmatrix_x4_trans(v, v_tile + ks * 16 * ROW_BYTES + np * 32);
+                ldmatrix_x4_trans(v, v_lane + ks * 16 * ROW_BYTES + np * 32);
                 mma_bf16_16816(o[0][2 * np], p[0], v[0], v[1]);
                 mma_bf16_16816(o[0][2 * np + 1], p[0], v[2], v[3]);
                 mma_bf16_16816(o[1][2 * np], p[1], v[0], v[1]);
