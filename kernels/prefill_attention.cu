@@ -31,14 +31,10 @@
 // The host builds the tiles (`tile_row_start`, `tile_num_rows`), never crossing a sequence.
 // Limits (checked by the host): head_dim 64 or 128, 1 <= group <= 8 (one warp per query head).
 //
-// `prefill_attention_v2_d*` is the previous kernel (one 16-row block per warp, 48 KB of static
-// shared memory, Q in registers), kept so that a GPU run can compare the two
-// (TESSERA_PREFILL_ATTENTION=v2, read by the launcher). It takes the same 32-row tiles, each
-// block doing one half of one.
+// The previous kernel (one 16-row block a warp, Q in registers, 48 KB of static shared memory;
+// 11% slower on an H100, docs/benchmarks.md, session 16) is the default kernel at 565031b.
 
 #define PF_TQ 32
-
-__device__ __forceinline__ u32 ld_u32(const bf16* p) { return *reinterpret_cast<const u32*>(p); }
 
 // Two f32 as one bf16x2 word (lo in the low half), rounded to nearest even: one cvt from sm_80 on,
 // where common.cuh's software f2bf takes about six integer operations a value, and every P
@@ -141,32 +137,6 @@ __device__ __forceinline__ void load_tile(bf16 (*dst)[D + PF_PAD], const bf16* _
     cp_async_commit();
 }
 
-// s = Q K^T for the 16 rows of q_frag and the PF_BK keys of the shared K tile (per-lane
-// ldmatrix address k_lane, see below). With PARTIAL, 16-key blocks at or past `keys` are skipped
-// (their scores stay 0 and are masked by the caller).
-template <int D, bool PARTIAL>
-__device__ __forceinline__ void qk_tile(float (*s)[4], const u32 (*q_frag)[4], u32 k_lane, u32 keys) {
-    constexpr u32 ROW_BYTES = (D + PF_PAD) * 2;
-#pragma unroll
-    for (int j = 0; j < PF_BK / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-    // Dims outer, keys inner: the 8 accumulators of a dim step are independent mma chains.
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-#pragma unroll
-        for (int jp = 0; jp < PF_BK / 16; jp++) {
-            if (!PARTIAL || jp * 16 < (int)keys) {
-                u32 b[4];
-                ldmatrix_x4(b, k_lane + jp * 16 * ROW_BYTES + kk * 32);
-                mma_bf16_16816(s[2 * jp], q_frag[kk], b[0], b[1]);
-                mma_bf16_16816(s[2 * jp + 1], q_frag[kk], b[2], b[3]);
-            }
-        }
-    }
-}
-
-
-// ---- prefill_attention_d*: two 16-row blocks a warp ------------------------------------------
-
 // Copies (and commits as one group) each warp's PF_TQ query rows of its head into q_s, warp w's
 // at rows [w * PF_TQ, (w + 1) * PF_TQ). Rows past the tile's end become zeros: they compute on
 // zeros and are never written.
@@ -187,7 +157,7 @@ __device__ __forceinline__ void load_q(bf16 (*q_s)[D + PF_PAD], const bf16* __re
 // per-lane ldmatrix address q_lane) and the PF_BK keys of the shared K tile: each K fragment
 // feeds both blocks. With PARTIAL, 16-key blocks at or past `keys` are skipped.
 template <int D, bool PARTIAL>
-__device__ __forceinline__ void qk_tile2(float (*s)[PF_BK / 8][4], u32 q_lane, u32 k_lane, u32 keys) {
+__device__ __forceinline__ void qk_tile(float (*s)[PF_BK / 8][4], u32 q_lane, u32 k_lane, u32 keys) {
     constexpr u32 ROW_BYTES = (D + PF_PAD) * 2;
 #pragma unroll
     for (int b = 0; b < 2; b++) {
@@ -254,7 +224,7 @@ __device__ __forceinline__ void online_softmax(float (*s)[4], float (*o)[4], flo
 }
 
 template <int D>
-__device__ __forceinline__ void prefill_attention_tile2(
+__device__ __forceinline__ void prefill_attention_tile(
     bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
     const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
     const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,
@@ -305,7 +275,12 @@ __device__ __forceinline__ void prefill_attention_tile2(
     // Q (A operand, stored [row][dim]): matrix m = lane / 8 covers rows 8 * (m % 2) + 0..7 and
     // dims 8 * (m / 2) + 0..7 of a 16 x 16 block, giving {a0a1, a2a3, a4a5, a6a7}.
     const u32 q_lane = smem_addr(&q_s[warp * PF_TQ + (lane & 7) + ((lane >> 3) & 1) * 8][((lane >> 4) & 1) * 8]);
-    // K and V as in prefill_attention_tile (v2) below.
+    // K (B operand of S = Q K^T, k = dim, n = key; stored [key][dim], i.e. n-major: no .trans):
+    // matrix m = lane / 8 covers keys 8 * (m / 2) + 0..7 and dims 8 * (m % 2) + 0..7 of a
+    // 16-key x 16-dim block, giving {b0, b1} of key tile 2jp and {b0, b1} of key tile 2jp + 1.
+    // V (B operand of O = P V, k = key, n = dim; stored [key][dim], i.e. k-major: .trans):
+    // matrix m covers keys 8 * (m % 2) + 0..7 and dims 8 * (m / 2) + 0..7 of a 16 x 16 block,
+    // giving {b0, b1} of dim tile 2np and {b0, b1} of dim tile 2np + 1.
     const u32 k_lane = smem_addr(&k_s[(lane & 7) + ((lane >> 4) & 1) * 8][((lane >> 3) & 1) * 8]);
     const u32 v_lane = smem_addr(&v_s[(lane & 7) + ((lane >> 3) & 1) * 8][((lane >> 4) & 1) * 8]);
     constexpr u32 ROW_BYTES = (D + PF_PAD) * 2;
@@ -323,9 +298,9 @@ __device__ __forceinline__ void prefill_attention_tile2(
 
         float s[2][PF_BK / 8][4];
         if (next <= max_len) {
-            qk_tile2<D, false>(s, q_lane, k_lane, 0);
+            qk_tile<D, false>(s, q_lane, k_lane, 0);
         } else {
-            qk_tile2<D, true>(s, q_lane, k_lane, max_len - k0);
+            qk_tile<D, true>(s, q_lane, k_lane, max_len - k0);
         }
         // Mask keys beyond each row's length (only tiles reaching past the shortest row).
         // Lane (g, t) holds keys 8j + 2t + {0, 1} of rows g (s[b][j][0..1]) and g + 8 (s[b][j][2..3]).
@@ -411,217 +386,10 @@ __device__ __forceinline__ void prefill_attention_tile2(
         const u32* __restrict__ tile_row_start, const u32* __restrict__ tile_num_rows, float scale, \
         u32 num_heads, u32 num_kv_heads, u32 row_width, u32 block_size) {                           \
         pdl_start();                                                                                \
-        prefill_attention_tile2<D>(out, qkv, k_cache, v_cache, block_tables, row_table_start,       \
+        prefill_attention_tile<D>(out, qkv, k_cache, v_cache, block_tables, row_table_start,       \
                                    row_kv_len, tile_row_start, tile_num_rows, scale, num_heads,     \
                                    num_kv_heads, row_width, block_size);                            \
     }
 
 PREFILL_ATTENTION(64)
 PREFILL_ATTENTION(128)
-
-// ---- prefill_attention_v2_d*: the previous kernel (TESSERA_PREFILL_ATTENTION=v2) --------------
-// One 16-row block a warp, Q in registers, 48 KB of static shared memory. Block x = 2 kvh + half
-// takes rows [16 half, 16 half + 16) of a 32-row tile (half 1 of a tile of at most 16 rows
-// returns at once); x runs fastest, so the heaviest tiles still start first.
-
-template <int D>
-__device__ __forceinline__ void prefill_attention_tile(
-    bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
-    const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
-    const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,
-    const u32* __restrict__ tile_row_start, const u32* __restrict__ tile_num_rows, float scale,
-    u32 num_heads, u32 num_kv_heads, u32 row_width, u32 block_size) {
-    // A key's row is D + 8 bf16 (272 or 144 bytes), so consecutive keys start 4 banks apart and
-    // the 8 rows of 16 bytes that one ldmatrix phase reads fall on 32 distinct banks.
-    // 2 x 64 x 136 x 2 bytes = 34 KB for head_dim 128.
-    __shared__ __align__(128) bf16 k_s[PF_BK][D + PF_PAD];
-    __shared__ __align__(128) bf16 v_s[PF_BK][D + PF_PAD];
-    // Slots of the current and the next tile (computed one tile ahead, see the loop).
-    __shared__ u32 slot_s[2][PF_BK];
-
-    const u32 kvh = blockIdx.x >> 1, half = blockIdx.x & 1;
-    const u32 tile = gridDim.y - 1 - blockIdx.y;  // heaviest tiles first
-    if (16 * half >= tile_num_rows[tile]) return;
-    const u32 group = num_heads / num_kv_heads;
-    const u32 tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const u32 g = lane >> 2, t = lane & 3;
-    const u32 row0 = tile_row_start[tile] + 16 * half, nrows = umin(16, tile_num_rows[tile] - 16 * half);
-    const u32 head = kvh * group + warp;
-    const u32* table = block_tables + row_table_start[row0];
-
-    // This lane's two rows; padding rows compute on row 0's data and are never written.
-    const bool valid_a = g < nrows, valid_b = g + 8 < nrows;
-    const u32 len_a = row_kv_len[row0 + (valid_a ? g : 0)];
-    const u32 len_b = row_kv_len[row0 + (valid_b ? g + 8 : 0)];
-    // Keys past min_len need masking; keys past max_len are never loaded.
-    u32 max_len = 0, min_len = 0xffffffffu;
-    for (u32 r = 0; r < nrows; r++) {
-        const u32 len = row_kv_len[row0 + r];
-        max_len = umax(max_len, len);
-        min_len = umin(min_len, len);
-    }
-
-    // Start the first K tile's copy before anything else, so it overlaps the Q loads.
-    tile_slots(slot_s[0], table, 0, max_len, block_size);
-    __syncthreads();
-    load_tile<D>(k_s, k_cache, slot_s[0], kvh, num_kv_heads);
-
-    u32 q_frag[D / 16][4];
-    {
-        const bf16* qa = qkv + (size_t)(row0 + (valid_a ? g : 0)) * row_width + (size_t)head * D;
-        const bf16* qb = qkv + (size_t)(row0 + (valid_b ? g + 8 : 0)) * row_width + (size_t)head * D;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            q_frag[kk][0] = ld_u32(qa + kk * 16 + 2 * t);
-            q_frag[kk][1] = ld_u32(qb + kk * 16 + 2 * t);
-            q_frag[kk][2] = ld_u32(qa + kk * 16 + 8 + 2 * t);
-            q_frag[kk][3] = ld_u32(qb + kk * 16 + 8 + 2 * t);
-        }
-    }
-    float o[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    // Running max (in log2 units, i.e. already times scale * log2 e) and per-lane partial sums.
-    float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.0f, l_b = 0.0f;
-    const float scale_log2 = scale * 1.4426950408889634f;
-
-    // Per-lane ldmatrix row addresses (bytes), at key 0 / dim 0 of each tile.
-    // K (B operand of S = Q K^T, k = dim, n = key; stored [key][dim], i.e. n-major: no .trans):
-    // matrix m = lane / 8 covers keys 8 * (m / 2) + 0..7 and dims 8 * (m % 2) + 0..7 of a
-    // 16-key x 16-dim block, giving {b0, b1} of key tile 2jp and {b0, b1} of key tile 2jp + 1.
-    const u32 k_lane = smem_addr(&k_s[(lane & 7) + ((lane >> 4) & 1) * 8][((lane >> 3) & 1) * 8]);
-    // V (B operand of O = P V, k = key, n = dim; stored [key][dim], i.e. k-major: .trans):
-    // matrix m covers keys 8 * (m % 2) + 0..7 and dims 8 * (m / 2) + 0..7 of a 16 x 16 block,
-    // giving {b0, b1} of dim tile 2np and {b0, b1} of dim tile 2np + 1.
-    const u32 v_lane = smem_addr(&v_s[(lane & 7) + ((lane >> 3) & 1) * 8][((lane >> 4) & 1) * 8]);
-    constexpr u32 ROW_BYTES = (D + PF_PAD) * 2;
-
-    u32 it = 0;
-    for (u32 k0 = 0; k0 < max_len; k0 += PF_BK, it++) {
-        const u32 next = k0 + PF_BK;
-        cp_async_wait_all();
-        // K(k0) has landed for every thread's copies, and every warp is done with the previous
-        // tile's P V, so v_s may be overwritten.
-        __syncthreads();
-        load_tile<D>(v_s, v_cache, slot_s[it & 1], kvh, num_kv_heads);
-        // The next tile's slots; slot_s[(it + 1) & 1] was last read by the previous V copy.
-        if (next < max_len) tile_slots(slot_s[(it + 1) & 1], table, next, max_len, block_size);
-
-        // S = Q K^T for 16 rows x PF_BK keys. Only a tile reaching past max_len (the last)
-        // checks for 16-key blocks to skip, so every other tile runs branch-free.
-        float s[PF_BK / 8][4];
-        if (next <= max_len) {
-            qk_tile<D, false>(s, q_frag, k_lane, 0);
-        } else {
-            qk_tile<D, true>(s, q_frag, k_lane, max_len - k0);
-        }
-        // Mask keys beyond each row's length (only tiles reaching past the shortest row).
-        // Lane (g, t) holds keys 8j + 2t + {0, 1} of rows g (s[j][0..1]) and g + 8 (s[j][2..3]).
-        if (next > min_len) {
-#pragma unroll
-            for (int j = 0; j < PF_BK / 8; j++) {
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const u32 key = k0 + j * 8 + 2 * t + e;
-                    if (key >= len_a) s[j][e] = NEG_INF;
-                    if (key >= len_b) s[j][2 + e] = NEG_INF;
-                }
-            }
-        }
-        // Online softmax. Key 0 is in every row's range, so after the first tile m is finite
-        // and a fully masked later tile leaves it unchanged (exp2(-inf) = 0).
-        float mx_a = NEG_INF, mx_b = NEG_INF;
-#pragma unroll
-        for (int j = 0; j < PF_BK / 8; j++) {
-            mx_a = fmaxf(mx_a, fmaxf(s[j][0], s[j][1]));
-            mx_b = fmaxf(mx_b, fmaxf(s[j][2], s[j][3]));
-        }
-        const float new_a = fmaxf(m_a, quad_max(mx_a) * scale_log2);
-        const float new_b = fmaxf(m_b, quad_max(mx_b) * scale_log2);
-        const float alpha_a = fast_exp2(m_a - new_a), alpha_b = fast_exp2(m_b - new_b);
-        m_a = new_a;
-        m_b = new_b;
-        float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-        for (int j = 0; j < PF_BK / 8; j++) {
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                s[j][e] = fast_exp2(fmaf(s[j][e], scale_log2, -m_a));
-                s[j][2 + e] = fast_exp2(fmaf(s[j][2 + e], scale_log2, -m_b));
-                sum_a += s[j][e];
-                sum_b += s[j][2 + e];
-            }
-        }
-        // Per-lane partial sums; the quad's are added once at the end.
-        l_a = l_a * alpha_a + sum_a;
-        l_b = l_b * alpha_b + sum_b;
-#pragma unroll
-        for (int n = 0; n < D / 8; n++) {
-            o[n][0] *= alpha_a;
-            o[n][1] *= alpha_a;
-            o[n][2] *= alpha_b;
-            o[n][3] *= alpha_b;
-        }
-
-        cp_async_wait_all();
-        // V(k0) has landed, and every warp is done reading k_s: start the next K tile's copy,
-        // which runs under the P V mma below.
-        __syncthreads();
-        if (next < max_len) load_tile<D>(k_s, k_cache, slot_s[(it + 1) & 1], kvh, num_kv_heads);
-
-        // O += P V: P's accumulator layout is the A operand layout, 16 keys per k-step. (Key
-        // blocks past max_len hold P = 0 and V = 0; skipping them as in S = Q K^T above would
-        // cost the registers that keep this kernel at 168 without spills.)
-#pragma unroll
-        for (int ks = 0; ks < PF_BK / 16; ks++) {
-            const u32 p[4] = {
-                pack_bf16x2(s[2 * ks][0], s[2 * ks][1]),
-                pack_bf16x2(s[2 * ks][2], s[2 * ks][3]),
-                pack_bf16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]),
-                pack_bf16x2(s[2 * ks + 1][2], s[2 * ks + 1][3]),
-            };
-#pragma unroll
-            for (int np = 0; np < D / 16; np++) {
-                u32 b[4];
-                ldmatrix_x4_trans(b, v_lane + ks * 16 * ROW_BYTES + np * 32);
-                mma_bf16_16816(o[2 * np], p, b[0], b[1]);
-                mma_bf16_16816(o[2 * np + 1], p, b[2], b[3]);
-            }
-        }
-    }
-
-    const float inv_a = 1.0f / quad_sum(l_a), inv_b = 1.0f / quad_sum(l_b);
-    const size_t out_width = (size_t)num_heads * D;
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        const size_t col = (size_t)head * D + n * 8 + 2 * t;
-        if (valid_a) {
-            *reinterpret_cast<u32*>(out + (row0 + g) * out_width + col) =
-                pack_bf16x2(o[n][0] * inv_a, o[n][1] * inv_a);
-        }
-        if (valid_b) {
-            *reinterpret_cast<u32*>(out + (row0 + g + 8) * out_width + col) =
-                pack_bf16x2(o[n][2] * inv_b, o[n][3] * inv_b);
-        }
-    }
-}
-
-// Grid: (2 * num_kv_heads, num_tiles); block: 32 * group threads (one warp per query head).
-// At most 168 registers a thread: 3 blocks of 4 warps (the 8B layout) fit an SM's 64K registers
-// (169 would allow only 2), so one block's syncs and copies hide behind the others' mma.
-#define PREFILL_ATTENTION_V2(D)                                                                          \
-    extern "C" __global__ void __maxnreg__(168) prefill_attention_v2_d##D(                                        \
-        bf16* __restrict__ out, const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,     \
-        const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,                     \
-        const u32* __restrict__ row_table_start, const u32* __restrict__ row_kv_len,                \
-        const u32* __restrict__ tile_row_start, const u32* __restrict__ tile_num_rows, float scale, \
-        u32 num_heads, u32 num_kv_heads, u32 row_width, u32 block_size) {                           \
-        pdl_start();                                                                                \
-        prefill_attention_tile<D>(out, qkv, k_cache, v_cache, block_tables, row_table_start,        \
-                                  row_kv_len, tile_row_start, tile_num_rows, scale, num_heads,      \
-                                  num_kv_heads, row_width, block_size);                             \
-    }
-
-PREFILL_ATTENTION_V2(64)
-PREFILL_ATTENTION_V2(128)
-

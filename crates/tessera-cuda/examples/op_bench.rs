@@ -6,8 +6,7 @@
 //! kernels, or only the one `TESSERA_ROPE` names); decode attention of the 8B layout at batch 1 and 64
 //! (`Backend::attention` on decode rows: whichever kernel the backend picks for them, with
 //! `TESSERA_DECODE_ATTENTION` honoured as in the engine); prefill attention of the 8B layout for
-//! 8 prompts of 1023 tokens in TFLOP/s (causal FLOPs), by the current prefill_attention kernel
-//! and the previous one, `v2` (or only the one `TESSERA_PREFILL_ATTENTION` names).
+//! 8 prompts of 1023 tokens in TFLOP/s (causal FLOPs); `--prefill-only` runs just that row.
 //!
 //! Figures: the median over `--reps` timings of `CALLS` back-to-back calls, each timing enqueued
 //! behind a long cuBLAS GEMM so that the GPU never waits for the host between calls (what a
@@ -323,45 +322,26 @@ fn bench_prefill_attention(
     Ok((us, flops))
 }
 
-/// The prefill attention rows (table and OPBENCH lines): the current kernel and the previous one
-/// (the launcher reads TESSERA_PREFILL_ATTENTION at every call), twice each, alternating, unless
-/// the caller chose one.
-fn prefill_attention_rows(
+/// The prefill attention row (table and OPBENCH line). Compile-time variants of the kernel are
+/// compared by running this once per `TESSERA_KERNEL_DEFINES` value (`--prefill-only`).
+fn prefill_attention_row(
     b: &CudaBackend,
     busy: &Busy,
     values: &[bf16],
     layout: QkvLayout,
     reps: usize,
 ) -> Result<Vec<String>, Error> {
-    let mut lines = Vec::new();
-    let chosen = std::env::var("TESSERA_PREFILL_ATTENTION").ok();
-    let kernels = match &chosen {
-        Some(k) => vec![k.clone()],
-        None => ["tile32", "v2", "tile32", "v2"].map(String::from).to_vec(),
-    };
     println!();
     println!("| op | shape | us | TFLOP/s |");
     println!("|---|---|---|---|");
-    for kernel in kernels {
-        std::env::set_var("TESSERA_PREFILL_ATTENTION", &kernel);
-        let (us, flops) = bench_prefill_attention(b, busy, values, layout, reps)?;
-        let tflops = flops / (us * 1e-6) / 1e12;
-        let (h, kv, d) = (layout.num_heads, layout.num_kv_heads, layout.head_dim);
-        println!(
-            "| prefill attention {h}/{kv} x {d} ({kernel}) | {PREFILL_SEQS} x {PREFILL_LEN} tokens, causal | \
-             {us:.1} | {tflops:.0} |"
-        );
-        lines.push(format!(
-            "OPBENCH op=prefill_attention kernel={kernel} heads={h} kv_heads={kv} head_dim={d} \
-             block={BLOCK_SIZE} seqs={PREFILL_SEQS} prompt={PREFILL_LEN} us={us:.1} tflops={tflops:.1}"
-        ));
-    }
-    match chosen {
-        Some(k) => std::env::set_var("TESSERA_PREFILL_ATTENTION", k),
-        None => std::env::remove_var("TESSERA_PREFILL_ATTENTION"),
-    }
-
-    Ok(lines)
+    let (us, flops) = bench_prefill_attention(b, busy, values, layout, reps)?;
+    let tflops = flops / (us * 1e-6) / 1e12;
+    let (h, kv, d) = (layout.num_heads, layout.num_kv_heads, layout.head_dim);
+    println!("| prefill attention {h}/{kv} x {d} | {PREFILL_SEQS} x {PREFILL_LEN} tokens, causal | {us:.1} | {tflops:.0} |");
+    Ok(vec![format!(
+        "OPBENCH op=prefill_attention heads={h} kv_heads={kv} head_dim={d} block={BLOCK_SIZE} \
+         seqs={PREFILL_SEQS} prompt={PREFILL_LEN} us={us:.1} tflops={tflops:.1}"
+    )])
 }
 
 fn arg(args: &[String], flag: &str, default: &str) -> String {
@@ -395,7 +375,7 @@ fn main() -> Result<(), Error> {
             num_kv_heads: spec8.num_kv_heads,
             head_dim: spec8.head_dim,
         };
-        prefill_attention_rows(&b, &busy, &values, layout, reps)?.iter().for_each(|l| println!("{l}"));
+        prefill_attention_row(&b, &busy, &values, layout, reps)?.iter().for_each(|l| println!("{l}"));
         return Ok(());
     }
     let gbps = |bytes: usize, us: f64| bytes as f64 / (us * 1e-6) / 1e9;
@@ -527,7 +507,7 @@ fn main() -> Result<(), Error> {
         Some(k) => std::env::set_var("TESSERA_ROPE", k),
         None => std::env::remove_var("TESSERA_ROPE"),
     }
-    lines.extend(prefill_attention_rows(&b, &busy, &values, layout, reps)?);
+    lines.extend(prefill_attention_row(&b, &busy, &values, layout, reps)?);
     println!();
     lines.iter().for_each(|line| println!("{line}"));
     // The dispatch threshold: every batch up to it must have the GEMV faster on every layer.

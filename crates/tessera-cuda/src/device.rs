@@ -138,15 +138,7 @@ const ENTRIES: [(&str, &[&str]); 10] = [
             crate::launch::DECODE_ATTENTION_VARIANT,
         ],
     ),
-    (
-        "prefill_attention",
-        &[
-            "prefill_attention_d64",
-            "prefill_attention_d128",
-            "prefill_attention_v2_d64",
-            "prefill_attention_v2_d128",
-        ],
-    ),
+    ("prefill_attention", &["prefill_attention_d64", "prefill_attention_d128"]),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
     ("gemv", &["gemv_m8", "gemv_m8_r8", "gemv_m16", "gemv_glu_m8"]),
 ];

@@ -434,28 +434,6 @@ fn paged_attention_prefill_chunks_and_decode() {
     }
 }
 
-/// The previous kernel of prefill_attention.cu (one 16-row block a warp, each 32-row tile in two
-/// halves), kept for comparison and chosen through its environment variable, against the CPU
-/// like the default one: tiles of 32, of fewer than 16 and of 16 to 32 rows.
-#[test]
-fn prefill_attention_v2_still_matches() {
-    let Some((cpu, gpu)) = backends("prefill_attention_v2_still_matches") else { return };
-    let layout = QkvLayout { num_heads: 32, num_kv_heads: 8, head_dim: 128 };
-    let seqs = vec![
-        Seq { computed: 40, query: 300 },
-        Seq { computed: 0, query: 77 },
-        Seq { computed: 5, query: 9 },
-        Seq { computed: 0, query: 20 },
-    ];
-    let want = attention(&cpu, layout, &seqs, 16, 91);
-    // Other tests of this binary may run meanwhile and pick v2 up too: it is correct for them
-    // as well, which is what this test checks.
-    std::env::set_var("TESSERA_PREFILL_ATTENTION", "v2");
-    let got = attention(&gpu, layout, &seqs, 16, 91);
-    std::env::remove_var("TESSERA_PREFILL_ATTENTION");
-    assert_close("attention: prefill v2", &got, &want, BF16_TOL);
-}
-
 /// The candidate instance of decode_attention.cu for the Llama 8B layout, chosen through its
 /// environment variable, against the CPU like the default one.
 #[test]

@@ -219,20 +219,11 @@ pub fn prefill_attention_smem(head_dim: usize, group: usize) -> usize {
     (2 * 64 + group * PREFILL_TILE_ROWS) * (head_dim + 8) * 2
 }
 
-/// Whether `TESSERA_PREFILL_ATTENTION=v2` asks for the previous kernel (one 16-row block a warp,
-/// same tiles and arguments), so that one GPU run can compare the two or tell a fault of the new
-/// kernel from one elsewhere.
-fn prefill_attention_v2() -> bool {
-    std::env::var("TESSERA_PREFILL_ATTENTION").is_ok_and(|v| v == "v2")
-}
-
-/// The kernel of prefill_attention.cu for `heads` (see `prefill_attention_v2`).
-pub fn prefill_attention_kernel(heads: Heads) -> &'static str {
-    match (heads.head_dim, prefill_attention_v2()) {
-        (64, false) => "prefill_attention_d64",
-        (64, true) => "prefill_attention_v2_d64",
-        (_, false) => "prefill_attention_d128",
-        (_, true) => "prefill_attention_v2_d128",
+/// The kernel of prefill_attention.cu for `heads`.
+fn prefill_attention_kernel(heads: Heads) -> &'static str {
+    match heads.head_dim {
+        64 => "prefill_attention_d64",
+        _ => "prefill_attention_d128",
     }
 }
 
@@ -271,17 +262,11 @@ pub fn prefill_attention(
     b.arg(&meta.block_tables).arg(&meta.row_table_start).arg(&meta.row_kv_len);
     b.arg(&tiles.row_start).arg(&tiles.num_rows).arg(&scale);
     b.arg(&heads.num_heads).arg(&heads.num_kv_heads).arg(&heads.row_width).arg(&meta.block_size);
-    // v2 runs each 32-row tile as two blocks of 16 rows (x = 2 kv head + half).
-    let (grid, smem) = if prefill_attention_v2() {
-        ((2 * heads.num_kv_heads, num_tiles as u32, 1), 0)
-    } else {
-        let smem = prefill_attention_smem(heads.head_dim as usize, group as usize);
-        ((heads.num_kv_heads, num_tiles as u32, 1), smem as u32)
-    };
+    let smem = prefill_attention_smem(heads.head_dim as usize, group as usize) as u32;
     // SAFETY: tiles cover at most PREFILL_TILE_ROWS rows of the batch within one sequence each
     // (built by `prepare`); block tables, lengths and slots were validated on the host; the
     // shared memory is what the kernel lays out, within the limit the device set at load.
-    unsafe { b.launch(cfg(grid, 32 * group, smem)) }?;
+    unsafe { b.launch(cfg((heads.num_kv_heads, num_tiles as u32, 1), 32 * group, smem)) }?;
     Ok(())
 }
 
