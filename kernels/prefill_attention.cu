@@ -38,13 +38,10 @@
 
 // Two f32 as one bf16x2 word (lo in the low half), rounded to nearest even: one cvt from sm_80 on,
 // where common.cuh's software f2bf takes about six integer operations a value, and every P
-// operand of the P V mma passes through here. PF_SOFT_PACK=1 restores the software rounding (the
-// same bits, NaN payloads aside) for A/B measurements.
-#ifndef PF_SOFT_PACK
-#define PF_SOFT_PACK 0
-#endif
+// operand of the P V mma passes through here (the same bits, NaN payloads aside; the kernel
+// took 287 instead of 325 us in op_bench on an H100, docs/benchmarks.md, session 16).
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
-#if PF_SOFT_PACK || __CUDA_ARCH__ < 800
+#if __CUDA_ARCH__ < 800
     return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
 #else
     u32 r;
