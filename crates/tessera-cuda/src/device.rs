@@ -95,7 +95,6 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
     Ok(workspace)
 }
 
-/// Kernel entry points of each family (their `extern "C"` names).
 /// Kernels that take more dynamic shared memory than the 48 KB a launch gets without asking,
 /// with the most any launch of theirs takes: `prefill_attention` at group 8, its largest.
 fn shared_memory_needs() -> [(&'static str, usize); 2] {
@@ -117,6 +116,7 @@ fn raise_shared_memory_limits(functions: &HashMap<&str, CudaFunction>) -> Result
     Ok(())
 }
 
+/// Kernel entry points of each family (their `extern "C"` names).
 const ENTRIES: [(&str, &[&str]); 10] = [
     ("embedding", &["embedding", "fill_dummy"]),
     ("norm", &["rms_norm", "add_rms_norm", "rms_norm_v8", "add_rms_norm_v8", "qk_norm"]),
