@@ -383,7 +383,9 @@ impl Backend for CudaBackend {
         let h = heads(layout);
         let mut out = self.tensor(rows, layout.q_width())?;
         let decode_fast = launch::decode_attention_supports(h);
-        if batch.bounds.max_query_len >= PREFILL_MIN_QUERY_LEN && launch::prefill_attention_supports(h) {
+        if batch.bounds.max_query_len >= PREFILL_MIN_QUERY_LEN
+            && launch::prefill_attention_supports(h, self.device.shared_optin)
+        {
             // Prompt chunks on tensor cores; the step's decode rows, if any, at memory speed.
             let (tiles, decode_rows) = match decode_fast {
                 true => (batch.multi_row_tiles(), batch.num_decode_rows()),

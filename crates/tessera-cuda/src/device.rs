@@ -70,6 +70,9 @@ pub(crate) struct Device {
     pub gemm_tuner: GemmTuner,
     _blas_workspace: CudaSlice<u8>,
     pub num_sms: u32,
+    /// The most shared memory one block may take on this GPU once a kernel asks for it (227 KB on
+    /// an H100 or H200, 99 KB on an L40S): `prefill_attention` runs only where its blocks fit.
+    pub shared_optin: usize,
     /// Kernels launch with programmatic dependent launch (launch/builder.rs): sm_90 and later,
     /// unless TESSERA_PDL=0 (for A/B measurements).
     pub pdl: bool,
@@ -105,12 +108,14 @@ fn shared_memory_needs() -> [(&'static str, usize); 2] {
     ]
 }
 
-/// Lets each kernel of `shared_memory_needs` launch with its largest shared memory.
-fn raise_shared_memory_limits(functions: &HashMap<&str, CudaFunction>) -> Result<()> {
+/// Lets each kernel of `shared_memory_needs` launch with its largest shared memory, or with as
+/// much as the GPU allows a block (`shared_optin`) where that is less; launchers check their
+/// launch fits (`launch::prefill_attention_supports`).
+fn raise_shared_memory_limits(functions: &HashMap<&str, CudaFunction>, shared_optin: usize) -> Result<()> {
     use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYNAMIC;
     for (name, bytes) in shared_memory_needs() {
         functions[name]
-            .set_attribute(MAX_DYNAMIC, bytes as i32)
+            .set_attribute(MAX_DYNAMIC, bytes.min(shared_optin) as i32)
             .map_err(backend_err("shared memory limit"))?;
     }
     Ok(())
@@ -170,7 +175,10 @@ impl Device {
                 functions.insert(*name, module.load_function(name).map_err(backend_err("function"))?);
             }
         }
-        raise_shared_memory_limits(&functions)?;
+        let shared_optin = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(backend_err("attribute"))? as usize;
+        raise_shared_memory_limits(&functions, shared_optin)?;
         let pdl = arch.0 >= 9 && std::env::var("TESSERA_PDL").map_or(true, |v| v != "0");
         let device = Device {
             ctx,
@@ -179,6 +187,7 @@ impl Device {
             gemm_tuner,
             _blas_workspace: blas_workspace,
             num_sms,
+            shared_optin,
             pdl,
             functions,
         };

@@ -205,11 +205,14 @@ fn attention_reduce(
 /// Query rows per tile of `prefill_attention` (two mma row blocks a warp).
 pub const PREFILL_TILE_ROWS: usize = 32;
 
-/// Whether `prefill_attention` handles this head layout: head_dim 64 or 128 and one warp per
-/// query head of a KV group (at most 8).
-pub fn prefill_attention_supports(heads: Heads) -> bool {
+/// Whether `prefill_attention` handles this head layout on a GPU whose blocks may take
+/// `shared_optin` bytes of shared memory: head_dim 64 or 128, one warp per query head of a KV
+/// group (at most 8), and the block's shared memory within the GPU's limit.
+pub fn prefill_attention_supports(heads: Heads, shared_optin: usize) -> bool {
     let group = heads.num_heads / heads.num_kv_heads;
-    matches!(heads.head_dim, 64 | 128) && (1..=8).contains(&group)
+    matches!(heads.head_dim, 64 | 128)
+        && (1..=8).contains(&group)
+        && prefill_attention_smem(heads.head_dim as usize, group as usize) <= shared_optin
 }
 
 /// Dynamic shared memory of a `prefill_attention_d*` block: the K and V tiles of 64 keys and every
@@ -248,7 +251,7 @@ pub fn prefill_attention(
 ) -> Result<()> {
     let rows = meta.row_kv_len.len();
     heads.check(qkv.len(), rows);
-    assert!(prefill_attention_supports(heads), "prefill_attention: head_dim {}", heads.head_dim);
+    assert!(prefill_attention_supports(heads, device.shared_optin), "prefill_attention: {heads:?}");
     assert_eq!(out.len(), rows * (heads.num_heads * heads.head_dim) as usize);
     let num_tiles = tiles.row_start.len();
     assert!(num_tiles <= 65535, "prefill attention over {num_tiles} tiles exceeds the grid");
@@ -289,5 +292,22 @@ mod tests {
         // limit to it at load.
         assert!(prefill_attention_smem(128, 8) + 512 <= BLOCK_SHARED);
         assert!(prefill_attention_smem(64, 8) < prefill_attention_smem(128, 8));
+    }
+
+    #[test]
+    fn prefill_attention_needs_its_shared_memory() {
+        let heads =
+            |num_heads, num_kv_heads, head_dim| Heads { num_heads, num_kv_heads, head_dim, row_width: 0 };
+        // An H100 (227 KB a block): every supported layout.
+        assert!(prefill_attention_supports(heads(32, 8, 128), BLOCK_SHARED));
+        assert!(prefill_attention_supports(heads(64, 8, 128), BLOCK_SHARED));
+        // A GPU with 99 KB a block (an L40S): the 8B layout (69.6 KB) still runs, group 8 at
+        // head_dim 128 (104 KB) falls back to paged_attention, head_dim 64 (55 KB) does not.
+        assert!(prefill_attention_supports(heads(32, 8, 128), 99 * 1024));
+        assert!(!prefill_attention_supports(heads(64, 8, 128), 99 * 1024));
+        assert!(prefill_attention_supports(heads(64, 8, 64), 99 * 1024));
+        // Layouts the kernel does not handle, whatever the memory.
+        assert!(!prefill_attention_supports(heads(32, 8, 256), BLOCK_SHARED));
+        assert!(!prefill_attention_supports(heads(48, 4, 128), BLOCK_SHARED));
     }
 }
