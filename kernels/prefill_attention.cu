@@ -29,10 +29,12 @@
 //
 // Causality comes from `row_kv_len` as in paged_attention: row r sees keys [0, row_kv_len[r]).
 // The host builds the tiles (`tile_row_start`, `tile_num_rows`), never crossing a sequence.
-// Limits (checked by the host): head_dim 64 or 128, 1 <= group <= 8 (one warp per query head).
+// Limits (checked by the host): head_dim 64 or 128, 1 <= group <= 8 (one warp per query head),
+// the block's shared memory within the GPU's per-block limit.
 //
-// The previous kernel (one 16-row block a warp, Q in registers, 48 KB of static shared memory;
-// 11% slower on an H100, docs/benchmarks.md, session 16) is the default kernel at 565031b.
+// The previous kernel (one 16-row block a warp, Q in registers, 48 KB of static shared memory) is
+// the default kernel at 565031b: 356 - 359 us in op_bench on an H100 where this one took 319 -
+// 322 us with the software P packing (docs/benchmarks.md, session 16).
 
 #define PF_TQ 32
 
