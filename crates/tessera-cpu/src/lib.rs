@@ -164,6 +164,10 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::new(batch.logits_indices.len(), x.cols, data))
     }
 
+    fn every_row_wants_logits(&self, batch: &ModelInput) -> bool {
+        batch.logits_indices.len() == batch.num_tokens()
+    }
+
     fn all_reduce(&self, x: &mut CpuTensor) -> Result<()> {
         if self.comm.world() > 1 {
             self.comm.all_reduce_sum(&mut x.data).map_err(collective_error)?;

@@ -442,6 +442,10 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn every_row_wants_logits(&self, batch: &CudaBatch) -> bool {
+        batch.layout.logits_indices.len() == batch.num_tokens()
+    }
+
     fn all_reduce(&self, x: &mut CudaTensor) -> Result<()> {
         self.all_reduce_sum(x)
     }

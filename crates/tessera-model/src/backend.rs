@@ -171,6 +171,9 @@ pub trait Backend {
     }
     /// The rows at the batch's `logits_indices`.
     fn gather_logit_rows(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
+    /// Whether every row of the batch (padding included) is a logits row, in order, so that
+    /// `gather_logit_rows` would return its input unchanged (a decode batch).
+    fn every_row_wants_logits(&self, batch: &Self::Batch) -> bool;
     /// Sums `x` over the tensor-parallel group, in place.
     fn all_reduce(&self, x: &mut Self::Tensor) -> Result<()>;
     /// Concatenates each rank's columns of `x`, rank order (vocab-parallel logits).

@@ -247,9 +247,21 @@ impl<B: Backend> Model<B> {
         // The update of the residual stream that the next norm still has to add (`add_rms_norm`),
         // or None where the projection added it already (`project_residual`).
         let mut pending: Option<B::Tensor> = None;
+        // Whether the rows are the logits rows yet (see below).
+        let mut gathered = b.every_row_wants_logits(batch);
+        let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             let h = norm_residual(b, &mut residual, pending.take(), &layer.input_norm, eps)?;
-            let attn = self.attention(b, layer, i, &h, batch, cache)?;
+            let mut attn = self.attention(b, layer, i, &h, batch, cache)?;
+            if i == last && !gathered && narrows_last_layer() {
+                // Past the last layer's K/V (written above for every row), only the rows whose
+                // logits are wanted matter: a prompt chunk's other tokens are needed as K/V only.
+                // So o_proj and the MLP of the last layer run on those rows alone, which takes
+                // 1/num_layers of those GEMMs out of a prompt step. Row by row nothing changes.
+                attn = b.gather_logit_rows(&attn, batch)?;
+                residual = b.gather_logit_rows(&residual, batch)?;
+                gathered = true;
+            }
             let delta =
                 self.project_residual(b, &attn, &layer.o_proj, layer.o_bias.as_ref(), &mut residual)?;
             let h = norm_residual(b, &mut residual, delta, &layer.post_norm, eps)?;
@@ -257,7 +269,7 @@ impl<B: Backend> Model<B> {
             pending = self.project_residual(b, &act, &layer.down, None, &mut residual)?;
         }
         let h = norm_residual(b, &mut residual, pending, &self.norm, eps)?;
-        let h = b.gather_logit_rows(&h, batch)?;
+        let h = if gathered { h } else { b.gather_logit_rows(&h, batch)? };
         let logits = b.linear(&h, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
         if self.vocab_parallel && self.tp.world > 1 {
             b.all_gather_cols(&logits)
@@ -303,6 +315,13 @@ impl<B: Backend> Model<B> {
         b.all_reduce(&mut out)?;
         Ok(Some(out))
     }
+}
+
+/// Whether the last layer's o_proj and MLP run on the logits rows only (`Model::forward`).
+/// TESSERA_NARROW_LAST_LAYER=0 keeps every row, for A/B measurements.
+fn narrows_last_layer() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TESSERA_NARROW_LAST_LAYER").map_or(true, |v| v != "0"))
 }
 
 /// The pre-norm of a block: `rms_norm(residual)`, after adding `delta` when the last block's
