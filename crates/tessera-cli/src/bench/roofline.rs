@@ -46,14 +46,22 @@ pub fn step_cost(
     // on each sequence's last prompt token only.
     let lm_head = embed;
     let body = spec.num_params() as f64 - embed - if spec.tie_word_embeddings { 0.0 } else { lm_head } - h;
-    // Causal attention: QK^T and PV, 2 FLOPs per multiply-add, over i (i + 1) / 2 pairs.
-    let attention = 4.0 * (spec.num_layers * spec.q_size()) as f64 * i * (i + 1.0) / 2.0;
+    // Of the last layer, only K and V are needed for every prompt token; its q_proj, attention,
+    // o_proj and MLP matter for the token whose logits are wanted (the engine skips o_proj and
+    // the MLP for the others: `Model::forward`).
+    let (q, inter) = (spec.q_size() as f64, spec.intermediate_size as f64);
+    let last_token_only = if spec.num_layers > 0 { 2.0 * h * q + 3.0 * h * inter } else { 0.0 };
+    // Causal attention: QK^T and PV, 2 FLOPs per multiply-add, over i (i + 1) / 2 pairs in every
+    // layer but the last, where one query row sees i keys.
+    let full_layers = spec.num_layers.saturating_sub(1) as f64;
+    let last_layer = if spec.num_layers > 0 { 4.0 * q * i } else { 0.0 };
+    let attention = 4.0 * full_layers * q * i * (i + 1.0) / 2.0 + last_layer;
     let unread_embedding = if spec.tie_word_embeddings { 0.0 } else { embed };
     StepCost {
         weight_bytes: (spec.num_params() * weight_elem_bytes) as f64,
         decode_weight_bytes: (spec.num_params() as f64 - unread_embedding) * weight_elem_bytes as f64,
         kv_bytes_per_decode_step: b * mean_context * kv_per_token,
-        prefill_flops: b * (2.0 * body * i + 2.0 * lm_head + attention),
+        prefill_flops: b * (2.0 * body * i - 2.0 * last_token_only * (i - 1.0) + 2.0 * lm_head + attention),
     }
 }
 
@@ -113,10 +121,17 @@ mod tests {
     fn prefill_flops_are_two_per_weight_per_token_plus_attention() {
         let spec = dummy_spec("tiny").unwrap();
         let cost = step_cost(&spec, 2, 16, 4, 4, 4);
+        // 2 layers, hidden 64, q 8 x 8, k and v 4 x 8 each, intermediate 128, vocab 512.
         let (h, v) = (64.0, 512.0);
-        let body = spec.num_params() as f64 - 2.0 * v * h - h;
-        let attention = 4.0 * 2.0 * 64.0 * 16.0 * 17.0 / 2.0;
-        assert_eq!(cost.prefill_flops, 2.0 * (2.0 * body * 16.0 + 2.0 * v * h + attention));
+        let (qkv, o, mlp) = (h * (64.0 + 2.0 * 32.0), 64.0 * h, 3.0 * h * 128.0);
+        // The first layer for all 16 tokens; the last layer's k and v projections for all of
+        // them, its q, o_proj and MLP for the last one; the two norms of each layer count as
+        // weights every token goes through.
+        let norms = 16.0 * 2.0 * 2.0 * h;
+        let matrices = 16.0 * (qkv + o + mlp) + 16.0 * h * 64.0 + (h * 64.0 + o + mlp) + norms;
+        // Causal pairs in the first layer; one query over 16 keys in the last.
+        let attention = 4.0 * 64.0 * (16.0 * 17.0 / 2.0 + 16.0);
+        assert_eq!(cost.prefill_flops, 2.0 * (2.0 * matrices + 2.0 * v * h + attention));
         // Compute-bound with a fast memory and slow matrix unit; memory-bound the other way round.
         let slow_math = Hardware { bandwidth_gbps: 1e6, matrix_tflops: 1e-6, tp: 1 };
         assert_eq!(bounds(&cost, &slow_math).prefill_s, cost.prefill_flops / 1e6);
