@@ -30,13 +30,33 @@ fn chunk<'a>(tokens: &'a [u32], computed: usize, blocks: &'a [u32], wants_logits
     SeqChunk { new_tokens: tokens, num_computed_tokens: computed, block_table: blocks, wants_logits }
 }
 
-#[test]
-fn logits_rows_match_a_forward_that_keeps_every_row() {
+/// The llama fixture and its longest prompt, with transformers' logits of the prompt's last token.
+struct Fixture {
+    backend: CpuBackend,
+    model: Model<CpuBackend>,
+    vocab: usize,
+    prompt: Vec<u32>,
+    last_logits: Vec<f32>,
+}
+
+fn fixture() -> Fixture {
     let backend = CpuBackend::new();
     let files = open("llama");
     let model = load(&backend, &files, TpRank::SINGLE);
     let case = cases("llama").into_iter().max_by_key(|c| c.prompt_ids.len()).unwrap();
-    let prompt = &case.prompt_ids;
+    Fixture {
+        backend,
+        model,
+        vocab: files.spec.vocab_size,
+        prompt: case.prompt_ids,
+        last_logits: case.last_logits,
+    }
+}
+
+#[test]
+fn logits_rows_match_a_forward_that_keeps_every_row() {
+    let Fixture { backend, model, vocab, prompt, last_logits } = fixture();
+    let prompt = &prompt;
     let half = prompt.len() / 2;
     let (a_blocks, b_blocks): (Vec<u32>, Vec<u32>) = ((0..4).collect(), (4..8).collect());
     // Sequence a computes the first half of the prompt (no logits: a prompt chunk), sequence b
@@ -51,13 +71,12 @@ fn logits_rows_match_a_forward_that_keeps_every_row() {
 
     let first = run(&backend, &model, &narrowed, None);
     let full = run(&backend, &model, &every_row, None);
-    let vocab = files.spec.vocab_size;
     assert_eq!(first.logits.len(), vocab, "one logits row");
     assert_eq!(full.logits.len(), every_row.num_tokens() * vocab);
     let last = &full.logits[(every_row.num_tokens() - 1) * vocab..];
     let err = relative_error(&first.logits, last);
     assert!(err < 1e-5, "narrowed and full last layer differ: {err:e}");
-    assert!(relative_error(&first.logits, &case.last_logits) < 1e-4);
+    assert!(relative_error(&first.logits, &last_logits) < 1e-4);
     // Every row of a forward that keeps them all is a real row: sequence a's last row holds the
     // logits of its chunk's last token, not a copy of b's.
     let a_last = &full.logits[(half - 1) * vocab..half * vocab];
@@ -66,17 +85,14 @@ fn logits_rows_match_a_forward_that_keeps_every_row() {
     // The K/V of a's chunk, computed beside b in the narrowed step, serves the rest of a.
     let rest = ModelInput::build(BLOCK_SIZE, &[chunk(&prompt[half..], half, &a_blocks, true)]);
     let second = run(&backend, &model, &rest, Some(first));
-    let err = relative_error(&second.logits, &case.last_logits);
+    let err = relative_error(&second.logits, &last_logits);
     assert!(err < 1e-4, "prompt finished after a chunk without logits: {err:e}");
 }
 
 #[test]
 fn a_step_without_logits_rows_writes_its_kv_and_returns_none() {
-    let backend = CpuBackend::new();
-    let files = open("llama");
-    let model = load(&backend, &files, TpRank::SINGLE);
-    let case = cases("llama").into_iter().max_by_key(|c| c.prompt_ids.len()).unwrap();
-    let prompt = &case.prompt_ids;
+    let Fixture { backend, model, prompt, last_logits, .. } = fixture();
+    let prompt = &prompt;
     let half = prompt.len() / 2;
     let blocks: Vec<u32> = (0..4).rev().collect();
     let first = run(
@@ -88,6 +104,6 @@ fn a_step_without_logits_rows_writes_its_kv_and_returns_none() {
     assert!(first.logits.is_empty(), "no row wanted logits");
     let rest = ModelInput::build(BLOCK_SIZE, &[chunk(&prompt[half..], half, &blocks, true)]);
     let second = run(&backend, &model, &rest, Some(first));
-    let err = relative_error(&second.logits, &case.last_logits);
+    let err = relative_error(&second.logits, &last_logits);
     assert!(err < 1e-4, "prompt finished after a step without logits: {err:e}");
 }
