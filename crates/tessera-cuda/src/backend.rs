@@ -443,7 +443,7 @@ impl Backend for CudaBackend {
     }
 
     fn every_row_wants_logits(&self, batch: &CudaBatch) -> bool {
-        batch.layout.logits_indices.len() == batch.num_tokens()
+        batch.layout.every_row_wants_logits()
     }
 
     fn all_reduce(&self, x: &mut CudaTensor) -> Result<()> {

@@ -37,6 +37,15 @@ pub struct Layout {
     pub decode_rows: Range<usize>,
 }
 
+impl Layout {
+    /// Whether every row, padding included, is a logits row. `ModelInput::build` lists a batch's
+    /// logits rows in increasing order and padding rows point at themselves, so then the logits
+    /// rows are the rows in order and gathering them changes nothing.
+    pub fn every_row_wants_logits(&self) -> bool {
+        self.logits_indices.len() == self.token_ids.len()
+    }
+}
+
 /// The largest values of the real (non-padding) rows, for host-side checks; 0 when there are none.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bounds {
@@ -273,6 +282,7 @@ mod tests {
         assert_eq!(e.meta[l.token_ids.clone()], [7, 8, 0, 0]);
         assert_eq!(e.meta[l.slot_mapping.clone()], [37, 16, PAD_SLOT, PAD_SLOT]);
         assert_eq!(e.meta[l.logits_indices.clone()], [0, 1, 2, 3]);
+        assert!(l.every_row_wants_logits(), "a padded decode batch keeps its rows");
         assert_eq!(e.meta[l.row_kv_len.clone()], [6, 1, 0, 0]);
         assert_eq!(e.bounds.max_slot, 37, "padding is not a real slot");
     }
@@ -307,6 +317,7 @@ mod tests {
         let e = encode(&input, 3);
         assert_eq!(e.meta[e.layout.row_kv_len.clone()], [3, 4, 5]);
         assert!(e.layout.logits_indices.is_empty());
+        assert!(!e.layout.every_row_wants_logits());
         assert_eq!(e.meta[e.layout.tile_row_start.clone()], [0]);
         assert_eq!(e.meta[e.layout.tile_num_rows.clone()], [3]);
         assert!(e.layout.decode_rows.is_empty());
@@ -341,5 +352,8 @@ mod tests {
         assert_eq!(e.meta[e.layout.tile_row_start.clone()], [1, 33, 0, 41]);
         assert_eq!(e.meta[e.layout.tile_num_rows.clone()], [32, 8, 1, 1]);
         assert_eq!(e.meta[e.layout.decode_rows.clone()], [0, 41]);
+        // Logits of the decode rows and of the prompt's last token only: the last layer narrows.
+        assert_eq!(e.meta[e.layout.logits_indices.clone()], [0, 40, 41]);
+        assert!(!e.layout.every_row_wants_logits());
     }
 }
