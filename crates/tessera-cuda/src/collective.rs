@@ -13,6 +13,8 @@ impl CudaBackend {
     pub(crate) fn all_reduce_sum(&self, x: &mut CudaTensor) -> Result<()> {
         match &self.comm {
             None => Ok(()),
+            // Every rank has the same rows, so all of them skip an empty tensor alike.
+            Some(_) if x.is_empty() => Ok(()),
             Some(comm) => {
                 let len = x.len();
                 comm.all_reduce_sum(&mut x.data, len)
@@ -28,6 +30,10 @@ impl CudaBackend {
             return Ok(CudaTensor { rows: x.rows, cols: x.cols, data });
         };
         let world = comm.world();
+        if x.is_empty() {
+            // As in `all_reduce_sum`: every rank skips it.
+            return self.tensor(x.rows, x.cols * world);
+        }
         let mut parts = self.alloc(x.len() * world)?;
         comm.all_gather(&x.data, x.len(), &mut parts)?;
         let mut out = self.tensor(x.rows, x.cols * world)?;

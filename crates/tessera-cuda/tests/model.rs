@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use tessera_cuda::CudaBackend;
-use tessera_model::{argmax, DType, Model, SingleSequence, TpRank};
+use tessera_model::{argmax, Backend, DType, Model, ModelInput, SeqChunk, SingleSequence, TpRank};
 
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 64;
@@ -112,6 +112,51 @@ fn chunked_prefill_matches_whole_prefill_in_bf16() {
         }
         assert_close(&format!("{name} chunked prefill"), &logits, &case.last_logits, LOGITS_TOL);
     }
+}
+
+/// The last layer narrows its rows to the logits rows (`Model::forward`): a step of a prompt
+/// chunk that wants no logits (no rows left) beside a whole prompt that does (one row) returns
+/// that one row, and the chunk's K/V, written before the narrowing, serves the rest of its
+/// prompt; a step wanting no logits at all returns none.
+#[test]
+fn narrowed_last_layer_keeps_logits_and_kv_in_bf16() {
+    if !gpu_tests_enabled("narrowed_last_layer_keeps_logits_and_kv_in_bf16") {
+        return;
+    }
+    let backend = CudaBackend::new(0).unwrap();
+    let (files, model) = load(&backend, "llama");
+    let vocab = files.spec.vocab_size;
+    let case = cases("llama").into_iter().max_by_key(|c| c.prompt_ids.len()).unwrap();
+    let prompt = &case.prompt_ids;
+    let half = prompt.len() / 2;
+    let (a, b): (Vec<u32>, Vec<u32>) = ((0..4).collect(), (4..8).collect());
+    let chunk = |tokens, computed, blocks, wants_logits| SeqChunk {
+        new_tokens: tokens,
+        num_computed_tokens: computed,
+        block_table: blocks,
+        wants_logits,
+    };
+    let mut cache = backend.alloc_kv_cache(model.kv_cache_shape(NUM_BLOCKS, BLOCK_SIZE)).unwrap();
+    let mut run = |input: &ModelInput| {
+        let batch = backend.prepare(input).unwrap();
+        backend.to_host(&model.forward(&backend, &batch, &mut cache).unwrap()).unwrap()
+    };
+    let mixed = ModelInput::build(
+        BLOCK_SIZE,
+        &[chunk(&prompt[..half], 0, &a, false), chunk(&prompt[..], 0, &b, true)],
+    );
+    let logits = run(&mixed);
+    assert_eq!(logits.len(), vocab, "one logits row");
+    assert_close("llama narrowed step", &logits, &case.last_logits, LOGITS_TOL);
+    let rest = ModelInput::build(BLOCK_SIZE, &[chunk(&prompt[half..], half, &a, true)]);
+    assert_close("llama rest of the chunked prompt", &run(&rest), &case.last_logits, LOGITS_TOL);
+
+    // No logits rows at all: o_proj, the MLP and the norms of the last layer run on no rows.
+    let c: Vec<u32> = (8..12).collect();
+    let none = ModelInput::build(BLOCK_SIZE, &[chunk(&prompt[..half], 0, &c, false)]);
+    assert!(run(&none).is_empty(), "no row wanted logits");
+    let rest = ModelInput::build(BLOCK_SIZE, &[chunk(&prompt[half..], half, &c, true)]);
+    assert_close("llama prompt after a step without logits", &run(&rest), &case.last_logits, LOGITS_TOL);
 }
 
 /// Profiling sizes the KV cache from what is left of the card, and the result is usable.
