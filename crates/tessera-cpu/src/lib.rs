@@ -165,7 +165,7 @@ impl Backend for CpuBackend {
     }
 
     fn every_row_wants_logits(&self, batch: &ModelInput) -> bool {
-        batch.logits_indices.len() == batch.num_tokens()
+        batch.every_row_wants_logits()
     }
 
     fn all_reduce(&self, x: &mut CpuTensor) -> Result<()> {

@@ -229,7 +229,7 @@ impl DecodeGraphs {
             && input.block_size == self.block_size
             && input.seqs.len() == n
             && input.seqs.iter().all(|s| s.query_len == 1 && s.context_len <= self.max_model_len)
-            && input.logits_indices.iter().copied().eq(0..n)
+            && input.every_row_wants_logits()
             && self.padded_size(n).is_some()
     }
 

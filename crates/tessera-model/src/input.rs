@@ -77,6 +77,12 @@ impl ModelInput {
     pub fn num_tokens(&self) -> usize {
         self.token_ids.len()
     }
+
+    /// Whether every row is a logits row, in order (a decode batch): gathering the logits rows
+    /// then changes nothing.
+    pub fn every_row_wants_logits(&self) -> bool {
+        self.logits_indices.iter().copied().eq(0..self.num_tokens())
+    }
 }
 
 #[cfg(test)]
