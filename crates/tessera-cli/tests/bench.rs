@@ -154,3 +154,51 @@ fn bench_latency_on_the_tiny_model() {
     assert!((num("roofline_decode_step_ms") - roof).abs() < 1e-9);
     assert!((num("decode_fraction") - roof / num("median_decode_step_ms")).abs() < 1e-9);
 }
+
+/// vLLM's random-dataset flags: lengths drawn around their nominal values and one shared prefix,
+/// which the test request caches before the run, so every measured prompt finds it.
+#[test]
+fn bench_serve_varied_lengths_and_a_shared_prefix() {
+    let port = free_port();
+    let _server = start_server(port);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let args = [
+        "bench",
+        "serve",
+        "--url",
+        &url,
+        "--num-prompts",
+        "8",
+        "--random-input-len",
+        "16",
+        "--random-output-len",
+        "8",
+        "--random-range-ratio",
+        "0.5",
+        "--random-prefix-len",
+        "32",
+        "--max-concurrency",
+        "4",
+    ];
+    let v = run_json(&args, &dir.path().join("serve.json"));
+    assert_eq!((v["completed"].as_u64(), v["failed"].as_u64()), (Some(8), Some(0)), "{v}");
+    assert_eq!((v["range_ratio"].as_f64(), v["prefix_len"].as_u64()), (Some(0.5), Some(32)));
+    // Each prompt: the 32-token prefix, then 8 - 24 tokens; each output 4 - 12 tokens.
+    let input = v["total_input_tokens"].as_u64().unwrap();
+    let output = v["total_output_tokens"].as_u64().unwrap();
+    assert!((8 * 40..=8 * 56).contains(&input), "{v}");
+    assert!((8 * 4..=8 * 12).contains(&output), "{v}");
+    assert!(input != 8 * 48 || output != 8 * 8, "lengths varied: {v}");
+    // The prefix is two full blocks of 16 on the tiny model, cached by the test request.
+    let cached = v["cached_input_tokens"].as_u64().unwrap();
+    assert!(cached >= 8 * 32, "every prompt finds the prefix: {cached} cached of {input}");
+
+    let out = Command::new(BIN)
+        .args(["bench", "serve", "--url", &url, "--random-range-ratio", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--range-ratio must be in [0, 1)"), "{stderr}");
+}

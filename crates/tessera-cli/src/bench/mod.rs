@@ -40,12 +40,20 @@ pub struct ServeBenchArgs {
     api_key: Option<String>,
     #[arg(long, default_value_t = 1000)]
     num_prompts: usize,
-    /// Prompt length in tokens (sent as token ids, so exact).
-    #[arg(long, default_value_t = 1024)]
+    /// Prompt length in tokens after the prefix (sent as token ids, so exact).
+    #[arg(long, visible_alias = "random-input-len", default_value_t = 1024)]
     input_len: usize,
     /// Output length in tokens (`max_tokens` with `ignore_eos`).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, visible_alias = "random-output-len", default_value_t = 128)]
     output_len: u32,
+    /// Lengths vary: each prompt's and output's length is drawn uniformly from
+    /// [floor(L (1 - R)), ceil(L (1 + R))] around --input-len and --output-len (0: fixed; below 1).
+    #[arg(long, visible_alias = "random-range-ratio", default_value_t = 0.0)]
+    range_ratio: f64,
+    /// Every prompt starts with the same random prefix of this many tokens (for prefix caching);
+    /// the test request sent before the run caches it.
+    #[arg(long, visible_alias = "random-prefix-len", default_value_t = 0)]
+    prefix_len: usize,
     /// Mean requests per second; `inf` sends all at once.
     #[arg(long, default_value_t = f64::INFINITY)]
     request_rate: f64,
@@ -154,6 +162,16 @@ async fn bench_serve(args: ServeBenchArgs) -> anyhow::Result<()> {
     if args.request_rate <= 0.0 || args.burstiness <= 0.0 || args.max_concurrency == Some(0) {
         bail!("--request-rate, --burstiness and --max-concurrency must be positive");
     }
+    let spec = dataset::RandomSpec {
+        num_prompts: args.num_prompts,
+        input_len: args.input_len,
+        output_len: args.output_len,
+        range_ratio: args.range_ratio,
+        prefix_len: args.prefix_len,
+        vocab_size: args.vocab_size,
+        seed: args.seed,
+    };
+    spec.validate().map_err(|e| anyhow!(e))?;
     let mut builder = Client::builder(&args.url);
     if let Some(key) = &args.api_key {
         builder = builder.api_key(key);
@@ -166,25 +184,24 @@ async fn bench_serve(args: ServeBenchArgs) -> anyhow::Result<()> {
             list.data.first().map(|m| m.id.clone()).ok_or_else(|| anyhow!("{} serves no model", args.url))?
         }
     };
-    let (prompts, probe_prompt) =
-        dataset::prompts_and_probe(args.num_prompts, args.input_len, args.vocab_size, args.seed);
+    let (requests, probe_request) = spec.generate();
     // One request before the clock starts: it fails fast on a wrong URL, model or length, and
-    // warms the server's connection pool, as vLLM's initial test run does. Its prompt is none of
-    // the workload's, so it leaves no prefix-cache hit behind for the measured run.
-    let probe =
-        serve::send_one(&client, serve::request(&model, probe_prompt, args.output_len), args.input_len).await;
+    // warms the server's connection pool, as vLLM's initial test run does. Its prompt shares only
+    // the prefix with the workload's, so it leaves no prefix-cache hit behind beyond that.
+    let probe_len = probe_request.prompt.len();
+    let probe = serve::send_one(
+        &client,
+        serve::request(&model, probe_request.prompt, probe_request.output_len),
+        probe_len,
+    )
+    .await;
     if let Some(err) = probe.error {
         bail!("the initial test request failed: {err}");
     }
     eprintln!("initial test request done; starting {} requests", args.num_prompts);
     let send_at_s = arrivals::schedule(args.num_prompts, args.request_rate, args.burstiness, args.seed);
-    let workload = serve::Workload {
-        model: model.clone(),
-        prompts,
-        output_len: args.output_len,
-        send_at_s,
-        max_concurrency: args.max_concurrency,
-    };
+    let workload =
+        serve::Workload { model: model.clone(), requests, send_at_s, max_concurrency: args.max_concurrency };
     let (records, duration_s) = serve::run(&client, workload).await;
     if let Some(err) = records.iter().find_map(|r| r.error.as_deref()) {
         eprintln!("some requests failed; the first error: {err}");
@@ -196,6 +213,8 @@ async fn bench_serve(args: ServeBenchArgs) -> anyhow::Result<()> {
         num_prompts: args.num_prompts,
         input_len: args.input_len,
         output_len: args.output_len,
+        range_ratio: args.range_ratio,
+        prefix_len: args.prefix_len,
         request_rate: args.request_rate.is_finite().then_some(args.request_rate),
         burstiness: args.burstiness,
         max_concurrency: args.max_concurrency,

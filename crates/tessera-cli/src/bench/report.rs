@@ -12,8 +12,12 @@ pub struct RunInfo {
     pub base_url: String,
     pub model: String,
     pub num_prompts: usize,
+    /// Nominal lengths; with `range_ratio` above 0 each request's varies around them.
     pub input_len: usize,
     pub output_len: u32,
+    pub range_ratio: f64,
+    /// Tokens of the prefix every prompt shares (before the `input_len` tokens).
+    pub prefix_len: usize,
     /// `None` for an infinite rate (JSON has no infinity).
     pub request_rate: Option<f64>,
     pub burstiness: f64,
@@ -94,6 +98,12 @@ pub fn table(info: &RunInfo, m: &Metrics) -> String {
     let rate = info.request_rate.map_or("inf".into(), |r| format!("{r}"));
     row("Request rate (req/s), burstiness:", format!("{rate}, {}", info.burstiness));
     row("Maximum concurrency:", info.max_concurrency.map_or("none".into(), |c| c.to_string()));
+    if info.range_ratio > 0.0 {
+        row("Length range ratio:", info.range_ratio.to_string());
+    }
+    if info.prefix_len > 0 {
+        row("Shared prefix (tokens):", info.prefix_len.to_string());
+    }
     row("Benchmark duration (s):", format!("{:.2}", m.duration_s));
     row("Total input tokens:", m.total_input_tokens.to_string());
     if let Some(cached) = m.cached_input_tokens {
@@ -135,6 +145,8 @@ mod tests {
             num_prompts: 2,
             input_len: 3,
             output_len: 4,
+            range_ratio: 0.0,
+            prefix_len: 0,
             request_rate: None,
             burstiness: 1.0,
             max_concurrency: Some(2),
@@ -163,5 +175,14 @@ mod tests {
         }
         let t = table(&info, &m);
         assert!(t.contains("Successful requests:") && t.contains("P99 E2EL (ms):"), "{t}");
+        assert!(!t.contains("range ratio") && !t.contains("prefix"), "fixed lengths, no prefix: {t}");
+        assert_eq!((v["range_ratio"].as_f64(), v["prefix_len"].as_u64()), (Some(0.0), Some(0)));
+
+        let varied = RunInfo { range_ratio: 0.25, prefix_len: 512, ..info };
+        let t = table(&varied, &m);
+        assert!(t.contains("Length range ratio:") && t.contains("0.25"), "{t}");
+        assert!(t.contains("Shared prefix (tokens):") && t.contains("512"), "{t}");
+        let v = json(&varied, &m);
+        assert_eq!((v["range_ratio"].as_f64(), v["prefix_len"].as_u64()), (Some(0.25), Some(512)));
     }
 }

@@ -3,6 +3,7 @@
 //! arrived. Timing starts after the permit (as vLLM does), so TTFT measures the server, not our
 //! own queue.
 
+use super::dataset::BenchRequest;
 use super::metrics::RequestRecord;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,9 +15,8 @@ use tokio::sync::Semaphore;
 /// One benchmark run's requests.
 pub struct Workload {
     pub model: String,
-    pub prompts: Vec<Vec<u32>>,
-    pub output_len: u32,
-    /// Send offsets from the start of the run (`arrivals::schedule`), one per prompt.
+    pub requests: Vec<BenchRequest>,
+    /// Send offsets from the start of the run (`arrivals::schedule`), one per request.
     pub send_at_s: Vec<f64>,
     pub max_concurrency: Option<usize>,
 }
@@ -65,20 +65,20 @@ async fn stream_into(
     Ok(())
 }
 
-/// Runs the workload; returns the records in prompt order and the run's wall time (first send to
+/// Runs the workload; returns the records in request order and the run's wall time (first send to
 /// last completion).
 pub async fn run(client: &Client, workload: Workload) -> (Vec<RequestRecord>, f64) {
-    let Workload { model, prompts, output_len, send_at_s, max_concurrency } = workload;
-    assert_eq!(prompts.len(), send_at_s.len(), "one send time per prompt");
-    let total = prompts.len();
+    let Workload { model, requests, send_at_s, max_concurrency } = workload;
+    assert_eq!(requests.len(), send_at_s.len(), "one send time per request");
+    let total = requests.len();
     let permits = Arc::new(Semaphore::new(max_concurrency.unwrap_or(Semaphore::MAX_PERMITS)));
     let done = Arc::new(AtomicUsize::new(0));
     let progress = tokio::spawn(show_progress(done.clone(), total));
     let start = tokio::time::Instant::now();
-    let tasks: Vec<_> = prompts
+    let tasks: Vec<_> = requests
         .into_iter()
         .zip(send_at_s)
-        .map(|(prompt, at)| {
+        .map(|(BenchRequest { prompt, output_len }, at)| {
             let (client, model, permits, done) =
                 (client.clone(), model.clone(), permits.clone(), done.clone());
             tokio::spawn(async move {
