@@ -156,7 +156,8 @@ fn bench_latency_on_the_tiny_model() {
 }
 
 /// vLLM's random-dataset flags: lengths drawn around their nominal values and one shared prefix,
-/// which the test request caches before the run, so every measured prompt finds it.
+/// which the test request caches before the run, so every measured prompt finds it; and asked
+/// percentiles.
 #[test]
 fn bench_serve_varied_lengths_and_a_shared_prefix() {
     let port = free_port();
@@ -180,6 +181,8 @@ fn bench_serve_varied_lengths_and_a_shared_prefix() {
         "32",
         "--max-concurrency",
         "4",
+        "--metric-percentiles",
+        "50,90",
     ];
     let v = run_json(&args, &dir.path().join("serve.json"));
     assert_eq!((v["completed"].as_u64(), v["failed"].as_u64()), (Some(8), Some(0)), "{v}");
@@ -193,6 +196,14 @@ fn bench_serve_varied_lengths_and_a_shared_prefix() {
     // The prefix is two full blocks of 16 on the tiny model, cached by the test request.
     let cached = v["cached_input_tokens"].as_u64().unwrap();
     assert!(cached >= 8 * 32, "every prompt finds the prefix: {cached} cached of {input}");
+    // Asked percentiles sit in order between the median and p99 (p50 is the median).
+    for metric in ["ttft", "tpot", "itl", "e2el"] {
+        let at = |key: String| v[&key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"));
+        let (median, p50) = (at(format!("median_{metric}_ms")), at(format!("p50_{metric}_ms")));
+        let (p90, p99) = (at(format!("p90_{metric}_ms")), at(format!("p99_{metric}_ms")));
+        assert_eq!(p50, median, "{metric}");
+        assert!(median <= p90 && p90 <= p99, "{metric}: {median} {p90} {p99}");
+    }
 
     let out = Command::new(BIN)
         .args(["bench", "serve", "--url", &url, "--random-range-ratio", "1"])

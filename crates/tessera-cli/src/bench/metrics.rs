@@ -136,22 +136,54 @@ pub struct Metrics {
     pub tpot: Summary,
     pub itl: Summary,
     pub e2el: Summary,
+    /// Percentiles asked for with `--metric-percentiles`, in the order asked (the median and p99
+    /// are always in the summaries above).
+    pub percentiles: Vec<Percentiles>,
+}
+
+/// One percentile of each latency metric, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    /// In [0, 100].
+    pub p: f64,
+    pub ttft_ms: f64,
+    pub tpot_ms: f64,
+    pub itl_ms: f64,
+    pub e2el_ms: f64,
+}
+
+/// Each latency's samples over the successful requests, in seconds.
+struct Samples {
+    ttft: Vec<f64>,
+    tpot: Vec<f64>,
+    itl: Vec<f64>,
+    e2el: Vec<f64>,
+}
+
+impl Samples {
+    fn of(ok: &[&RequestRecord]) -> Samples {
+        Samples {
+            ttft: ok.iter().filter_map(|r| r.ttft_s()).collect(),
+            tpot: ok.iter().filter_map(|r| r.tpot_s()).collect(),
+            itl: ok.iter().flat_map(|r| r.itls_s()).collect(),
+            e2el: ok.iter().filter_map(|r| r.e2el_s()).collect(),
+        }
+    }
 }
 
 /// `duration_s` is the wall time of the whole run, first send to last completion; throughputs
-/// divide by it (not by the sum of latencies), so they are what the server sustained.
-pub fn compute(records: &[RequestRecord], duration_s: f64, slos: &Slos) -> Metrics {
+/// divide by it (not by the sum of latencies), so they are what the server sustained. `ps`: the
+/// percentiles (each in [0, 100]) of every latency to report beside the median and p99.
+pub fn compute(records: &[RequestRecord], duration_s: f64, slos: &Slos, ps: &[f64]) -> Metrics {
     assert!(duration_s > 0.0, "a run lasts a positive time, got {duration_s}");
     let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.succeeded()).collect();
     let total_input_tokens: usize = ok.iter().map(|r| r.prompt_len).sum();
     let total_output_tokens: usize = ok.iter().map(|r| r.output_tokens()).sum();
     let cached: Vec<usize> = ok.iter().filter_map(|r| r.usage_cached_tokens).collect();
     let cached_input_tokens = (!cached.is_empty()).then(|| cached.iter().sum());
-    let ttfts: Vec<f64> = ok.iter().filter_map(|r| r.ttft_s()).collect();
-    let e2els: Vec<f64> = ok.iter().filter_map(|r| r.e2el_s()).collect();
-    let tpots: Vec<f64> = ok.iter().filter_map(|r| r.tpot_s()).collect();
-    let itls: Vec<f64> = ok.iter().flat_map(|r| r.itls_s()).collect();
+    let samples = Samples::of(&ok);
     let good = ok.iter().filter(|r| slos.met_by(r)).count();
+    let ms = |v: &[f64], p: f64| percentile(v, p) * 1e3;
     Metrics {
         completed: ok.len(),
         failed: records.len() - ok.len(),
@@ -163,10 +195,20 @@ pub fn compute(records: &[RequestRecord], duration_s: f64, slos: &Slos) -> Metri
         output_throughput: total_output_tokens as f64 / duration_s,
         total_token_throughput: (total_input_tokens + total_output_tokens) as f64 / duration_s,
         request_goodput: (!slos.is_empty()).then(|| good as f64 / duration_s),
-        ttft: Summary::of_seconds(&ttfts),
-        tpot: Summary::of_seconds(&tpots),
-        itl: Summary::of_seconds(&itls),
-        e2el: Summary::of_seconds(&e2els),
+        ttft: Summary::of_seconds(&samples.ttft),
+        tpot: Summary::of_seconds(&samples.tpot),
+        itl: Summary::of_seconds(&samples.itl),
+        e2el: Summary::of_seconds(&samples.e2el),
+        percentiles: ps
+            .iter()
+            .map(|&p| Percentiles {
+                p,
+                ttft_ms: ms(&samples.ttft, p),
+                tpot_ms: ms(&samples.tpot, p),
+                itl_ms: ms(&samples.itl, p),
+                e2el_ms: ms(&samples.e2el, p),
+            })
+            .collect(),
     }
 }
 
@@ -232,7 +274,7 @@ mod tests {
             record(20, &[0.2, 0.6], Some(2)),
             RequestRecord { prompt_len: 99, error: Some("429".into()), ..Default::default() },
         ];
-        let m = compute(&records, 2.0, &Slos::default());
+        let m = compute(&records, 2.0, &Slos::default(), &[]);
         assert_eq!((m.completed, m.failed), (2, 1));
         assert_eq!((m.total_input_tokens, m.total_output_tokens), (30, 5));
         assert!(close(m.request_throughput, 1.0));
@@ -265,8 +307,12 @@ mod tests {
             error: Some("reset".into()),
             ..Default::default()
         };
-        let m =
-            compute(&[hit(64, 48), hit(64, 0), record(64, &[0.1], Some(1)), failed], 1.0, &Slos::default());
+        let m = compute(
+            &[hit(64, 48), hit(64, 0), record(64, &[0.1], Some(1)), failed],
+            1.0,
+            &Slos::default(),
+            &[],
+        );
         assert_eq!(m.cached_input_tokens, Some(48));
     }
 
@@ -277,7 +323,7 @@ mod tests {
             record(1, &[0.300, 0.350], Some(2)), // TTFT 300, TPOT 50, E2EL 350
             record(1, &[0.010], Some(1)),        // TTFT 10, no TPOT, E2EL 10
         ];
-        let at = |slos: Slos| compute(&records, 1.0, &slos).request_goodput.unwrap();
+        let at = |slos: Slos| compute(&records, 1.0, &slos, &[]).request_goodput.unwrap();
         assert_eq!(at(Slos { ttft_ms: Some(100.0), ..Default::default() }), 2.0);
         assert_eq!(at(Slos { tpot_ms: Some(60.0), ..Default::default() }), 2.0);
         assert_eq!(at(Slos { ttft_ms: Some(100.0), tpot_ms: Some(60.0), e2el_ms: None }), 1.0);
@@ -287,8 +333,25 @@ mod tests {
     }
 
     #[test]
+    fn asked_percentiles_of_every_metric() {
+        // TTFTs 100, 200, 300, 400 ms; E2ELs 500 ms later; one token each 500 ms apart.
+        let records: Vec<RequestRecord> =
+            (1..=4).map(|i| record(1, &[0.1 * i as f64, 0.1 * i as f64 + 0.5], Some(2))).collect();
+        let m = compute(&records, 1.0, &Slos::default(), &[90.0, 25.0]);
+        assert_eq!(m.percentiles.len(), 2);
+        let (p90, p25) = (m.percentiles[0], m.percentiles[1]);
+        assert_eq!((p90.p, p25.p), (90.0, 25.0), "in the order asked");
+        // numpy.percentile([100, 200, 300, 400], 90) == 370; 25 -> 175.
+        assert!(close(p90.ttft_ms, 370.0) && close(p25.ttft_ms, 175.0), "{p90:?} {p25:?}");
+        assert!(close(p90.e2el_ms, 870.0) && close(p25.e2el_ms, 675.0));
+        assert!(close(p90.tpot_ms, 500.0) && close(p90.itl_ms, 500.0));
+        // The rest is `compute`'s.
+        assert_eq!(Metrics { percentiles: Vec::new(), ..m }, compute(&records, 1.0, &Slos::default(), &[]));
+    }
+
+    #[test]
     fn empty_run_reports_zeros() {
-        let m = compute(&[], 1.0, &Slos::default());
+        let m = compute(&[], 1.0, &Slos::default(), &[]);
         assert_eq!((m.completed, m.total_output_tokens), (0, 0));
         assert_eq!(m.ttft, Summary::default());
         assert_eq!(m.request_throughput, 0.0);

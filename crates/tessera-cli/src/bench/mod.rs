@@ -23,7 +23,7 @@ use tessera_client::Client;
 pub enum BenchCommand {
     /// Load an OpenAI-compatible server: streaming completions of random prompts; TTFT, TPOT,
     /// ITL, E2EL, throughput and goodput.
-    Serve(ServeBenchArgs),
+    Serve(Box<ServeBenchArgs>),
     /// Time prefill and decode steps of the in-process engine against the roofline.
     Latency(Box<LatencyArgs>),
 }
@@ -74,6 +74,10 @@ pub struct ServeBenchArgs {
     /// A service-level objective for goodput, `ttft:MS`, `tpot:MS` or `e2el:MS`; may repeat.
     #[arg(long = "goodput", value_name = "METRIC:MS")]
     goodput: Vec<String>,
+    /// Percentiles to report beside the mean, median and p99 of every latency, comma-separated
+    /// (e.g. `50,90,99.9`; JSON keys `p90_ttft_ms`, as vLLM's).
+    #[arg(long, value_name = "P,P,...")]
+    metric_percentiles: Option<String>,
     /// Also write the result as JSON (vLLM's keys) to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -109,7 +113,7 @@ pub struct LatencyArgs {
 pub fn run(command: BenchCommand, config_file: Option<&Path>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match command {
-        BenchCommand::Serve(args) => runtime.block_on(bench_serve(args)),
+        BenchCommand::Serve(args) => runtime.block_on(bench_serve(*args)),
         BenchCommand::Latency(args) => {
             let config = crate::settings::load(config_file, &args.model.overrides())?;
             let opts = latency::Options {
@@ -154,8 +158,20 @@ fn parse_slos(specs: &[String]) -> anyhow::Result<metrics::Slos> {
     Ok(slos)
 }
 
+/// `--metric-percentiles`: numbers in [0, 100], comma-separated.
+fn parse_percentiles(spec: Option<&str>) -> anyhow::Result<Vec<f64>> {
+    let Some(spec) = spec else { return Ok(Vec::new()) };
+    spec.split(',')
+        .map(|p| match p.trim().parse::<f64>() {
+            Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+            _ => bail!("--metric-percentiles {spec}: `{p}` is not a number between 0 and 100"),
+        })
+        .collect()
+}
+
 async fn bench_serve(args: ServeBenchArgs) -> anyhow::Result<()> {
     let slos = parse_slos(&args.goodput)?;
+    let percentiles = parse_percentiles(args.metric_percentiles.as_deref())?;
     if args.num_prompts == 0 || args.output_len == 0 || args.vocab_size == 0 {
         bail!("--num-prompts, --output-len and --vocab-size must be positive");
     }
@@ -206,7 +222,7 @@ async fn bench_serve(args: ServeBenchArgs) -> anyhow::Result<()> {
     if let Some(err) = records.iter().find_map(|r| r.error.as_deref()) {
         eprintln!("some requests failed; the first error: {err}");
     }
-    let metrics = metrics::compute(&records, duration_s, &slos);
+    let metrics = metrics::compute(&records, duration_s, &slos, &percentiles);
     let info = report::RunInfo {
         base_url: args.url.clone(),
         model,
@@ -235,5 +251,15 @@ mod tests {
         assert!(parse_slos(&["itl:5".into()]).is_err());
         assert!(parse_slos(&["ttft=5".into()]).is_err());
         assert!(parse_slos(&["tpot:fast".into()]).is_err());
+    }
+
+    #[test]
+    fn percentile_flags_parse_and_reject_out_of_range() {
+        assert_eq!(parse_percentiles(None).unwrap(), Vec::<f64>::new());
+        assert_eq!(parse_percentiles(Some("50, 90,99.9")).unwrap(), vec![50.0, 90.0, 99.9]);
+        for bad in ["101", "-1", "p90", "90,", "nan"] {
+            let err = parse_percentiles(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("--metric-percentiles"), "{bad}: {err}");
+        }
     }
 }

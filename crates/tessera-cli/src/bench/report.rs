@@ -2,7 +2,7 @@
 //! `bench serve --save-result` (`request_throughput`, `mean_ttft_ms`, `request_goodput`...), so
 //! scripts that read vLLM's results read ours.
 
-use super::metrics::{Metrics, Summary};
+use super::metrics::{Metrics, Percentiles, Summary};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -50,19 +50,37 @@ struct Json<'a> {
     e2el: Named,
 }
 
-/// One summary under `mean_<name>_ms`, `median_<name>_ms`, `p99_<name>_ms`.
-struct Named(&'static str, Summary);
+/// One summary under `mean_<name>_ms`, `median_<name>_ms`, `p99_<name>_ms`, and each asked
+/// percentile P under `p<P>_<name>_ms` (vLLM's keys: `p90_ttft_ms`, `p99.9_ttft_ms`).
+struct Named(&'static str, Summary, Vec<(f64, f64)>);
 
 impl Serialize for Named {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let Named(name, summary) = self;
-        let mut map = s.serialize_map(Some(3))?;
+        let Named(name, summary, asked) = self;
+        let mut map = s.serialize_map(None)?;
         map.serialize_entry(&format!("mean_{name}_ms"), &summary.mean_ms)?;
         map.serialize_entry(&format!("median_{name}_ms"), &summary.median_ms)?;
         map.serialize_entry(&format!("p99_{name}_ms"), &summary.p99_ms)?;
+        for &(p, ms) in asked.iter().filter(|(p, _)| *p != 99.0) {
+            map.serialize_entry(&format!("p{}_{name}_ms", label(p)), &ms)?;
+        }
         map.end()
     }
+}
+
+/// A percentile as vLLM writes it in keys and labels: `90`, `99.9`.
+fn label(p: f64) -> String {
+    if p.fract() == 0.0 {
+        format!("{}", p as u64)
+    } else {
+        format!("{p}")
+    }
+}
+
+/// The asked percentiles of one metric, as (p, ms).
+fn asked(m: &Metrics, of: fn(&Percentiles) -> f64) -> Vec<(f64, f64)> {
+    m.percentiles.iter().map(|p| (p.p, of(p))).collect()
 }
 
 pub fn json(info: &RunInfo, m: &Metrics) -> serde_json::Value {
@@ -78,10 +96,10 @@ pub fn json(info: &RunInfo, m: &Metrics) -> serde_json::Value {
         request_goodput: m.request_goodput,
         output_throughput: m.output_throughput,
         total_token_throughput: m.total_token_throughput,
-        ttft: Named("ttft", m.ttft),
-        tpot: Named("tpot", m.tpot),
-        itl: Named("itl", m.itl),
-        e2el: Named("e2el", m.e2el),
+        ttft: Named("ttft", m.ttft, asked(m, |p| p.ttft_ms)),
+        tpot: Named("tpot", m.tpot, asked(m, |p| p.tpot_ms)),
+        itl: Named("itl", m.itl, asked(m, |p| p.itl_ms)),
+        e2el: Named("e2el", m.e2el, asked(m, |p| p.e2el_ms)),
     })
     .expect("plain numbers and strings serialize")
 }
@@ -118,16 +136,23 @@ pub fn table(info: &RunInfo, m: &Metrics) -> String {
     }
     row("Output token throughput (tok/s):", format!("{:.2}", m.output_throughput));
     row("Total token throughput (tok/s):", format!("{:.2}", m.total_token_throughput));
-    for (title_text, name, s) in [
-        ("Time to First Token", "TTFT", m.ttft),
-        ("Time per Output Token (excl. 1st token)", "TPOT", m.tpot),
-        ("Inter-token Latency", "ITL", m.itl),
-        ("End-to-end Latency", "E2EL", m.e2el),
+    for (title_text, name, s, of) in [
+        ("Time to First Token", "TTFT", m.ttft, (|p| p.ttft_ms) as fn(&Percentiles) -> f64),
+        ("Time per Output Token (excl. 1st token)", "TPOT", m.tpot, |p| p.tpot_ms),
+        ("Inter-token Latency", "ITL", m.itl, |p| p.itl_ms),
+        ("End-to-end Latency", "E2EL", m.e2el, |p| p.e2el_ms),
     ] {
         row(&format!("{:-^54}", format!(" {title_text} ")), String::new());
         row(&format!("Mean {name} (ms):"), format!("{:.2}", s.mean_ms));
         row(&format!("Median {name} (ms):"), format!("{:.2}", s.median_ms));
-        row(&format!("P99 {name} (ms):"), format!("{:.2}", s.p99_ms));
+        // P99 and the asked percentiles, ascending, each once.
+        let mut rows = asked(m, of);
+        rows.push((99.0, s.p99_ms));
+        rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+        rows.dedup_by(|a, b| a.0 == b.0);
+        for (p, ms) in rows {
+            row(&format!("P{} {name} (ms):", label(p)), format!("{ms:.2}"));
+        }
     }
     let _ = writeln!(out, "{}", "=".repeat(54));
     out
@@ -184,5 +209,49 @@ mod tests {
         assert!(t.contains("Shared prefix (tokens):") && t.contains("512"), "{t}");
         let v = json(&varied, &m);
         assert_eq!((v["range_ratio"].as_f64(), v["prefix_len"].as_u64()), (Some(0.25), Some(512)));
+    }
+
+    #[test]
+    fn asked_percentiles_in_table_and_json() {
+        let info = RunInfo {
+            base_url: "http://x".into(),
+            model: "m".into(),
+            num_prompts: 2,
+            input_len: 3,
+            output_len: 4,
+            range_ratio: 0.0,
+            prefix_len: 0,
+            request_rate: None,
+            burstiness: 1.0,
+            max_concurrency: None,
+            seed: 0,
+        };
+        let at = |p: f64, ms: f64| Percentiles {
+            p,
+            ttft_ms: ms,
+            tpot_ms: ms + 1.0,
+            itl_ms: ms + 2.0,
+            e2el_ms: ms + 3.0,
+        };
+        let m = Metrics {
+            ttft: Summary { mean_ms: 1.0, median_ms: 2.0, p99_ms: 30.0 },
+            percentiles: vec![at(99.9, 40.0), at(90.0, 20.0), at(99.0, 30.0)],
+            ..Default::default()
+        };
+        let v = json(&info, &m);
+        assert_eq!(v["p90_ttft_ms"], 20.0);
+        assert_eq!(v["p99.9_ttft_ms"], 40.0);
+        assert_eq!(v["p99_ttft_ms"], 30.0);
+        assert_eq!(v["p90_e2el_ms"], 23.0);
+        assert_eq!(v["p99.9_itl_ms"], 42.0);
+        let t = table(&info, &m);
+        let (p90, p99, p999) = (
+            t.find("P90 TTFT (ms):").expect(&t),
+            t.find("P99 TTFT (ms):").expect(&t),
+            t.find("P99.9 TTFT (ms):").expect(&t),
+        );
+        assert!(p90 < p99 && p99 < p999, "ascending:\n{t}");
+        assert_eq!(t.matches("P99 TTFT (ms):").count(), 1, "asked 99 is the p99 row:\n{t}");
+        assert!(t.contains("P90 TPOT (ms):") && t.contains("P99.9 E2EL (ms):"), "{t}");
     }
 }
