@@ -162,9 +162,8 @@ pub fn table(info: &RunInfo, m: &Metrics) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn json_has_vllm_keys() {
-        let info = RunInfo {
+    fn run_info() -> RunInfo {
+        RunInfo {
             base_url: "http://x".into(),
             model: "m".into(),
             num_prompts: 2,
@@ -176,7 +175,12 @@ mod tests {
             burstiness: 1.0,
             max_concurrency: Some(2),
             seed: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn json_has_vllm_keys() {
+        let info = run_info();
         let m = Metrics {
             completed: 2,
             ttft: Summary { mean_ms: 1.0, median_ms: 2.0, p99_ms: 3.0 },
@@ -213,19 +217,7 @@ mod tests {
 
     #[test]
     fn asked_percentiles_in_table_and_json() {
-        let info = RunInfo {
-            base_url: "http://x".into(),
-            model: "m".into(),
-            num_prompts: 2,
-            input_len: 3,
-            output_len: 4,
-            range_ratio: 0.0,
-            prefix_len: 0,
-            request_rate: None,
-            burstiness: 1.0,
-            max_concurrency: None,
-            seed: 0,
-        };
+        let info = run_info();
         let at = |p: f64, ms: f64| Percentiles {
             p,
             ttft_ms: ms,
