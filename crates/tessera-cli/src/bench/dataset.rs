@@ -36,7 +36,10 @@ impl RandomSpec {
     /// Checks the values a user gave; the message names the flag.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..1.0).contains(&self.range_ratio) {
-            return Err(format!("--range-ratio must be in [0, 1), got {}", self.range_ratio));
+            return Err(format!(
+                "--range-ratio must be in [0, 1), got {} (0 gives fixed lengths, as 1 did in older vLLM versions)",
+                self.range_ratio
+            ));
         }
         if self.input_len + self.prefix_len == 0 {
             return Err("--input-len and --prefix-len are both 0: the prompts would be empty".into());
@@ -61,11 +64,16 @@ impl RandomSpec {
     ///
     /// Every prompt is the shared prefix followed by random ids below `vocab_size`; the first id
     /// after the prefix is the prompt's index (modulo the vocabulary), so no prompt is a
-    /// prefix-cache hit of another beyond the shared prefix (that would flatter TTFT). The extra
+    /// prefix-cache hit of another beyond the shared prefix (that would flatter TTFT). One
+    /// exception: with more prompts than `vocab_size`, prompts whose indices agree modulo it share
+    /// the cache block that ends at that token, which is a block of its own only when the prefix
+    /// ends one token short of a block boundary (a larger `vocab_size` avoids it). The extra
     /// request is prompt number `num_prompts`: it carries the prefix, so the run starts with the
     /// prefix cached as it would be on a warm server (vLLM's test request does the same), and
-    /// nothing of any measured prompt after it. With fixed lengths and no prefix the prompts are
-    /// the ones earlier versions generated for the same seed, so older runs stay comparable.
+    /// nothing of any measured prompt after it; with varied lengths it takes the longest of each,
+    /// so a server that cannot hold the longest request refuses it before the run. With fixed
+    /// lengths and no prefix the prompts are the ones earlier versions generated for the same
+    /// seed, so older runs stay comparable.
     pub fn generate(&self) -> (Vec<BenchRequest>, BenchRequest) {
         assert!(self.vocab_size > 0, "vocab size must be positive");
         let total = self.num_prompts + 1;
@@ -81,8 +89,12 @@ impl RandomSpec {
             .map(|i| {
                 let (input_len, output_len) = if self.range_ratio == 0.0 {
                     (self.input_len, self.output_len.max(1))
+                } else if i == self.num_prompts {
+                    (in_high, out_high)
                 } else {
-                    (len_rng.gen_range(in_low..=in_high), len_rng.gen_range(out_low..=out_high))
+                    // Drawn as u64, so the lengths for a seed are the same on every platform.
+                    let input = len_rng.gen_range(in_low as u64..=in_high as u64) as usize;
+                    (input, len_rng.gen_range(out_low..=out_high))
                 };
                 let mut prompt = prefix.clone();
                 prompt.extend((0..input_len).map(|_| ids_rng.gen_range(0..self.vocab_size)));
@@ -185,7 +197,7 @@ mod tests {
         assert_eq!((*outs.iter().min().unwrap(), *outs.iter().max().unwrap()), (5, 15));
         let mean = lens.iter().sum::<usize>() as f64 / lens.len() as f64;
         assert!((mean - 100.0).abs() < 6.0, "mean prompt length {mean}");
-        assert!((50..=150).contains(&probe.prompt.len()));
+        assert_eq!((probe.prompt.len(), probe.output_len), (150, 15), "the test request is the longest");
         assert_eq!(s.generate().0, requests, "seeded");
     }
 

@@ -68,7 +68,9 @@ pub struct ServeBenchArgs {
     /// server its own seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Prompt ids are drawn below this; 256 is inside every model's vocabulary.
+    /// Prompt ids are drawn below this; 256 is inside every model's vocabulary. With --prefix-len
+    /// and more prompts than this, raise it (below the model's vocabulary): prompts whose indices
+    /// agree modulo it may share the cache block where the prefix ends.
     #[arg(long, default_value_t = 256)]
     vocab_size: u32,
     /// A service-level objective for goodput, `ttft:MS`, `tpot:MS` or `e2el:MS`; may repeat.
