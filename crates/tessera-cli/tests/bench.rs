@@ -212,4 +212,11 @@ fn bench_serve_varied_lengths_and_a_shared_prefix() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--range-ratio must be in [0, 1)"), "{stderr}");
+    let out = Command::new(BIN)
+        .args(["bench", "serve", "--base-url", &url, "--dataset-name", "sharegpt"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("only `random` is built in"), "{stderr}");
 }

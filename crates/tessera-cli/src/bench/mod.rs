@@ -31,8 +31,16 @@ pub enum BenchCommand {
 #[derive(Args, Debug)]
 pub struct ServeBenchArgs {
     /// The server's base URL (with or without `/v1`).
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    #[arg(long, visible_alias = "base-url", default_value = "http://127.0.0.1:8000")]
     url: String,
+    /// The prompts' source; `random` (the default) is the one built in, since no data set can be
+    /// assumed present. Accepted so that vLLM's command lines run unchanged.
+    #[arg(long, default_value = "random")]
+    dataset_name: String,
+    /// Accepted for vLLM's command lines: every request here ignores EOS anyway, so that each
+    /// output has the asked length.
+    #[arg(long)]
+    ignore_eos: bool,
     /// Model name to request; default: the first model the server lists.
     #[arg(long)]
     model: Option<String>,
@@ -174,6 +182,9 @@ fn parse_percentiles(spec: Option<&str>) -> anyhow::Result<Vec<f64>> {
 async fn bench_serve(args: ServeBenchArgs) -> anyhow::Result<()> {
     let slos = parse_slos(&args.goodput)?;
     let percentiles = parse_percentiles(args.metric_percentiles.as_deref())?;
+    if args.dataset_name != "random" {
+        bail!("--dataset-name {}: only `random` is built in (vLLM's random dataset)", args.dataset_name);
+    }
     if args.num_prompts == 0 || args.output_len == 0 || args.vocab_size == 0 {
         bail!("--num-prompts, --output-len and --vocab-size must be positive");
     }
@@ -253,6 +264,55 @@ mod tests {
         assert!(parse_slos(&["itl:5".into()]).is_err());
         assert!(parse_slos(&["ttft=5".into()]).is_err());
         assert!(parse_slos(&["tpot:fast".into()]).is_err());
+    }
+
+    /// vLLM's `bench serve` flags for the same workload parse into the same settings.
+    #[test]
+    fn vllm_command_lines_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ServeBenchArgs,
+        }
+        let vllm = Cli::try_parse_from([
+            "bench",
+            "--base-url",
+            "http://h:1",
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            "512",
+            "--random-output-len",
+            "64",
+            "--random-range-ratio",
+            "0.1",
+            "--random-prefix-len",
+            "128",
+            "--ignore-eos",
+            "--metric-percentiles",
+            "90,99",
+        ])
+        .unwrap()
+        .args;
+        let ours = Cli::try_parse_from([
+            "bench",
+            "--url",
+            "http://h:1",
+            "--input-len",
+            "512",
+            "--output-len",
+            "64",
+            "--range-ratio",
+            "0.1",
+            "--prefix-len",
+            "128",
+            "--metric-percentiles",
+            "90,99",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(format!("{:?}", ServeBenchArgs { ignore_eos: false, ..vllm }), format!("{ours:?}"));
     }
 
     #[test]
