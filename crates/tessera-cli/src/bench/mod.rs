@@ -88,6 +88,10 @@ pub struct ServeBenchArgs {
     /// (e.g. `50,90,99.9`; JSON keys `p90_ttft_ms`, as vLLM's).
     #[arg(long, value_name = "P,P,...")]
     metric_percentiles: Option<String>,
+    /// The metrics whose --metric-percentiles are reported, comma-separated among ttft, tpot,
+    /// itl and e2el (default: all four); mean, median and p99 are reported for every metric.
+    #[arg(long, value_name = "METRIC,...", default_value = "ttft,tpot,itl,e2el")]
+    percentile_metrics: String,
     /// Also write the result as JSON (vLLM's keys) to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -168,6 +172,16 @@ fn parse_slos(specs: &[String]) -> anyhow::Result<metrics::Slos> {
     Ok(slos)
 }
 
+/// `--percentile-metrics`: names among ttft, tpot, itl and e2el, comma-separated.
+fn parse_percentile_metrics(spec: &str) -> anyhow::Result<Vec<String>> {
+    spec.split(',')
+        .map(|name| match name.trim() {
+            n @ ("ttft" | "tpot" | "itl" | "e2el") => Ok(n.to_string()),
+            other => bail!("--percentile-metrics {spec}: `{other}` is not one of ttft, tpot, itl, e2el"),
+        })
+        .collect()
+}
+
 /// `--metric-percentiles`: numbers in [0, 100], comma-separated.
 fn parse_percentiles(spec: Option<&str>) -> anyhow::Result<Vec<f64>> {
     let Some(spec) = spec else { return Ok(Vec::new()) };
@@ -182,6 +196,7 @@ fn parse_percentiles(spec: Option<&str>) -> anyhow::Result<Vec<f64>> {
 async fn bench_serve(args: ServeBenchArgs) -> anyhow::Result<()> {
     let slos = parse_slos(&args.goodput)?;
     let percentiles = parse_percentiles(args.metric_percentiles.as_deref())?;
+    let percentile_metrics = parse_percentile_metrics(&args.percentile_metrics)?;
     if args.dataset_name != "random" {
         bail!("--dataset-name {}: only `random` is built in (vLLM's random dataset)", args.dataset_name);
     }
@@ -248,6 +263,7 @@ async fn bench_serve(args: ServeBenchArgs) -> anyhow::Result<()> {
         burstiness: args.burstiness,
         max_concurrency: args.max_concurrency,
         seed: args.seed,
+        percentile_metrics,
     };
     print!("{}", report::table(&info, &metrics));
     write_json(args.json.as_deref(), &report::json(&info, &metrics))
@@ -292,6 +308,8 @@ mod tests {
             "--ignore-eos",
             "--metric-percentiles",
             "90,99",
+            "--percentile-metrics",
+            "ttft,tpot,itl,e2el",
         ])
         .unwrap()
         .args;
@@ -313,6 +331,15 @@ mod tests {
         .unwrap()
         .args;
         assert_eq!(format!("{:?}", ServeBenchArgs { ignore_eos: false, ..vllm }), format!("{ours:?}"));
+    }
+
+    #[test]
+    fn percentile_metric_names_parse_and_reject_unknown_ones() {
+        assert_eq!(parse_percentile_metrics("ttft, e2el").unwrap(), ["ttft", "e2el"]);
+        for bad in ["ttft,latency", "", "TTFT"] {
+            let err = parse_percentile_metrics(bad).unwrap_err().to_string();
+            assert!(err.contains("--percentile-metrics"), "{bad}: {err}");
+        }
     }
 
     #[test]

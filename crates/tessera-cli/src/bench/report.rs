@@ -23,6 +23,9 @@ pub struct RunInfo {
     pub burstiness: f64,
     pub max_concurrency: Option<usize>,
     pub seed: u64,
+    /// The metrics (`ttft`, `tpot`, `itl`, `e2el`) whose asked percentiles are reported
+    /// (`--percentile-metrics`); mean, median and p99 are reported for all four.
+    pub percentile_metrics: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -78,8 +81,12 @@ fn label(p: f64) -> String {
     }
 }
 
-/// The asked percentiles of one metric, as (p, ms).
-fn asked(m: &Metrics, of: fn(&Percentiles) -> f64) -> Vec<(f64, f64)> {
+/// The asked percentiles of metric `name` (`ttft`...) as (p, ms); none where
+/// `--percentile-metrics` left the metric out.
+fn asked(info: &RunInfo, m: &Metrics, name: &str, of: fn(&Percentiles) -> f64) -> Vec<(f64, f64)> {
+    if !info.percentile_metrics.iter().any(|n| n == name) {
+        return Vec::new();
+    }
     m.percentiles.iter().map(|p| (p.p, of(p))).collect()
 }
 
@@ -96,10 +103,10 @@ pub fn json(info: &RunInfo, m: &Metrics) -> serde_json::Value {
         request_goodput: m.request_goodput,
         output_throughput: m.output_throughput,
         total_token_throughput: m.total_token_throughput,
-        ttft: Named("ttft", m.ttft, asked(m, |p| p.ttft_ms)),
-        tpot: Named("tpot", m.tpot, asked(m, |p| p.tpot_ms)),
-        itl: Named("itl", m.itl, asked(m, |p| p.itl_ms)),
-        e2el: Named("e2el", m.e2el, asked(m, |p| p.e2el_ms)),
+        ttft: Named("ttft", m.ttft, asked(info, m, "ttft", |p| p.ttft_ms)),
+        tpot: Named("tpot", m.tpot, asked(info, m, "tpot", |p| p.tpot_ms)),
+        itl: Named("itl", m.itl, asked(info, m, "itl", |p| p.itl_ms)),
+        e2el: Named("e2el", m.e2el, asked(info, m, "e2el", |p| p.e2el_ms)),
     })
     .expect("plain numbers and strings serialize")
 }
@@ -136,17 +143,19 @@ pub fn table(info: &RunInfo, m: &Metrics) -> String {
     }
     row("Output token throughput (tok/s):", format!("{:.2}", m.output_throughput));
     row("Total token throughput (tok/s):", format!("{:.2}", m.total_token_throughput));
-    for (title_text, name, s, of) in [
-        ("Time to First Token", "TTFT", m.ttft, (|p| p.ttft_ms) as fn(&Percentiles) -> f64),
-        ("Time per Output Token (excl. 1st token)", "TPOT", m.tpot, |p| p.tpot_ms),
-        ("Inter-token Latency", "ITL", m.itl, |p| p.itl_ms),
-        ("End-to-end Latency", "E2EL", m.e2el, |p| p.e2el_ms),
+    for (title_text, key, s, of) in [
+        ("Time to First Token", "ttft", m.ttft, (|p| p.ttft_ms) as fn(&Percentiles) -> f64),
+        ("Time per Output Token (excl. 1st token)", "tpot", m.tpot, |p| p.tpot_ms),
+        ("Inter-token Latency", "itl", m.itl, |p| p.itl_ms),
+        ("End-to-end Latency", "e2el", m.e2el, |p| p.e2el_ms),
     ] {
+        let name = key.to_uppercase();
         row(&format!("{:-^54}", format!(" {title_text} ")), String::new());
         row(&format!("Mean {name} (ms):"), format!("{:.2}", s.mean_ms));
         row(&format!("Median {name} (ms):"), format!("{:.2}", s.median_ms));
         // P99 (the summary's, as in the JSON) and the asked percentiles, ascending, each once.
-        let mut rows: Vec<(f64, f64)> = asked(m, of).into_iter().filter(|(p, _)| *p != 99.0).collect();
+        let mut rows: Vec<(f64, f64)> =
+            asked(info, m, key, of).into_iter().filter(|(p, _)| *p != 99.0).collect();
         rows.push((99.0, s.p99_ms));
         rows.sort_by(|a, b| a.0.total_cmp(&b.0));
         rows.dedup_by(|a, b| a.0 == b.0);
@@ -175,6 +184,7 @@ mod tests {
             burstiness: 1.0,
             max_concurrency: Some(2),
             seed: 0,
+            percentile_metrics: ["ttft", "tpot", "itl", "e2el"].map(String::from).to_vec(),
         }
     }
 
@@ -246,5 +256,15 @@ mod tests {
         assert_eq!(t.matches("P99 TTFT (ms):").count(), 1, "asked 99 is the p99 row:\n{t}");
         assert!(t.contains("30.00") && !t.contains("31.00"), "the summary's p99, as in the JSON:\n{t}");
         assert!(t.contains("P90 TPOT (ms):") && t.contains("P99.9 E2EL (ms):"), "{t}");
+
+        // `--percentile-metrics ttft`: the asked percentiles of TTFT alone; p99 stays for all.
+        let only_ttft = RunInfo { percentile_metrics: vec!["ttft".into()], ..info };
+        let v = json(&only_ttft, &m);
+        assert_eq!(v["p90_ttft_ms"], 20.0);
+        assert!(v.get("p90_e2el_ms").is_none() && v.get("p99.9_itl_ms").is_none(), "{v}");
+        assert!(v.get("p99_e2el_ms").is_some(), "{v}");
+        let t = table(&only_ttft, &m);
+        assert!(t.contains("P90 TTFT (ms):") && !t.contains("P90 TPOT (ms):"), "{t}");
+        assert!(t.contains("P99 TPOT (ms):"), "{t}");
     }
 }
