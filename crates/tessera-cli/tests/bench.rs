@@ -21,21 +21,48 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_server(port: u16) -> Server {
-    let child = Command::new(BIN)
-        .args(["serve", "--dummy", "tiny", "--served-model-name", "bench-tiny", "--host", "127.0.0.1"])
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting tessera serve");
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tessera serve did not listen on {port} within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
+/// GET `path` from 127.0.0.1:`port` over plain HTTP/1.0: (status line, body), or None when
+/// nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+/// A `tessera serve --dummy tiny` of its own, ready, and the URL and model name it serves. The
+/// tests of this file run at once, each with a server: a port picked free may be taken by
+/// another test's server before ours binds it. So the model name is unique, readiness is asked
+/// of /ready, /v1/models must list our name (not a neighbour's), and a server that exited (its
+/// port taken) is started again on another port.
+fn start_server() -> (Server, String, String) {
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let model = format!("bench-tiny-{}", STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    for _attempt in 0..5 {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["serve", "--dummy", "tiny", "--served-model-name", &model, "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting tessera serve");
+        let mut server = Server(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.0.try_wait().expect("polling tessera serve").is_none() {
+            assert!(Instant::now() < deadline, "tessera serve did not get ready on {port} within 60 s");
+            let ready = http_get(port, "/ready").is_some_and(|(status, _)| status.contains(" 200"));
+            if ready && http_get(port, "/v1/models").is_some_and(|(_, body)| body.contains(&model)) {
+                return (server, format!("http://127.0.0.1:{port}"), model);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    server
+    panic!("tessera serve exited before it got ready, five times");
 }
 
 fn run_json(args: &[&str], json: &std::path::Path) -> serde_json::Value {
@@ -47,17 +74,16 @@ fn run_json(args: &[&str], json: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn bench_serve_against_tessera_serve() {
-    let port = free_port();
-    let _server = start_server(port);
+    let (_server, base, model) = start_server();
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("http://127.0.0.1:{port}/v1");
+    let url = format!("{base}/v1");
     let args = [
         "bench",
         "serve",
         "--url",
         &url,
         "--model",
-        "bench-tiny",
+        &model,
         "--num-prompts",
         "8",
         "--input-len",
@@ -75,7 +101,7 @@ fn bench_serve_against_tessera_serve() {
     let num = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("{key} missing or not a number in {v}"));
     assert_eq!(v["completed"], 8, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
-    assert_eq!(v["model"], "bench-tiny");
+    assert_eq!(v["model"], model.as_str());
     assert_eq!(v["total_input_tokens"], 8 * 32);
     assert_eq!(v["total_output_tokens"], 8 * 8, "ignore_eos makes every output exactly 8 tokens");
     let duration = num("duration");
@@ -102,10 +128,9 @@ fn bench_serve_against_tessera_serve() {
 
 #[test]
 fn bench_serve_reports_a_wrong_model_before_the_run() {
-    let port = free_port();
-    let _server = start_server(port);
+    let (_server, url, _) = start_server();
     let out = Command::new(BIN)
-        .args(["bench", "serve", "--url", &format!("http://127.0.0.1:{port}"), "--model", "nope"])
+        .args(["bench", "serve", "--url", &url, "--model", "nope"])
         .args(["--num-prompts", "2", "--input-len", "4", "--output-len", "2"])
         .output()
         .unwrap();
@@ -160,10 +185,8 @@ fn bench_latency_on_the_tiny_model() {
 /// percentiles.
 #[test]
 fn bench_serve_varied_lengths_and_a_shared_prefix() {
-    let port = free_port();
-    let _server = start_server(port);
+    let (_server, url, _) = start_server();
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("http://127.0.0.1:{port}");
     let args = [
         "bench",
         "serve",
