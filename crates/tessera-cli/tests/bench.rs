@@ -65,6 +65,13 @@ fn start_server() -> (Server, String, String) {
     panic!("tessera serve exited before it got ready, five times");
 }
 
+/// Runs `tessera ARGS`, which must fail; its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn run_json(args: &[&str], json: &std::path::Path) -> serde_json::Value {
     let out = Command::new(BIN).args(args).arg("--json").arg(json).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -129,13 +136,20 @@ fn bench_serve_against_tessera_serve() {
 #[test]
 fn bench_serve_reports_a_wrong_model_before_the_run() {
     let (_server, url, _) = start_server();
-    let out = Command::new(BIN)
-        .args(["bench", "serve", "--url", &url, "--model", "nope"])
-        .args(["--num-prompts", "2", "--input-len", "4", "--output-len", "2"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&[
+        "bench",
+        "serve",
+        "--url",
+        &url,
+        "--model",
+        "nope",
+        "--num-prompts",
+        "2",
+        "--input-len",
+        "4",
+        "--output-len",
+        "2",
+    ]);
     assert!(stderr.contains("initial test request failed"), "{stderr}");
 }
 
@@ -228,18 +242,8 @@ fn bench_serve_varied_lengths_and_a_shared_prefix() {
         assert!(median <= p90 && p90 <= p99, "{metric}: {median} {p90} {p99}");
     }
 
-    let out = Command::new(BIN)
-        .args(["bench", "serve", "--url", &url, "--random-range-ratio", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&["bench", "serve", "--url", &url, "--random-range-ratio", "1"]);
     assert!(stderr.contains("--range-ratio must be in [0, 1)"), "{stderr}");
-    let out = Command::new(BIN)
-        .args(["bench", "serve", "--base-url", &url, "--dataset-name", "sharegpt"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&["bench", "serve", "--base-url", &url, "--dataset-name", "sharegpt"]);
     assert!(stderr.contains("only `random` is built in"), "{stderr}");
 }
