@@ -87,9 +87,8 @@ impl RandomSpec {
         let (out_low, out_high) = self.output_bounds();
         let mut requests: Vec<BenchRequest> = (0..total)
             .map(|i| {
-                let (input_len, output_len) = if self.range_ratio == 0.0 {
-                    (self.input_len, self.output_len.max(1))
-                } else if i == self.num_prompts {
+                // With fixed lengths both ranges are one value, so this is the nominal length.
+                let (input_len, output_len) = if i == self.num_prompts {
                     (in_high, out_high)
                 } else {
                     // Drawn as u64, so the lengths for a seed are the same on every platform.

@@ -65,7 +65,7 @@ impl Serialize for Named {
         map.serialize_entry(&format!("mean_{name}_ms"), &summary.mean_ms)?;
         map.serialize_entry(&format!("median_{name}_ms"), &summary.median_ms)?;
         map.serialize_entry(&format!("p99_{name}_ms"), &summary.p99_ms)?;
-        for &(p, ms) in asked.iter().filter(|(p, _)| *p != 99.0) {
+        for &(p, ms) in asked {
             map.serialize_entry(&format!("p{}_{name}_ms", label(p)), &ms)?;
         }
         map.end()
@@ -81,13 +81,13 @@ fn label(p: f64) -> String {
     }
 }
 
-/// The asked percentiles of metric `name` (`ttft`...) as (p, ms); none where
-/// `--percentile-metrics` left the metric out.
+/// The asked percentiles of metric `name` (`ttft`...) as (p, ms), but p99, which the summary
+/// always gives; none where `--percentile-metrics` left the metric out.
 fn asked(info: &RunInfo, m: &Metrics, name: &str, of: fn(&Percentiles) -> f64) -> Vec<(f64, f64)> {
     if !info.percentile_metrics.iter().any(|n| n == name) {
         return Vec::new();
     }
-    m.percentiles.iter().map(|p| (p.p, of(p))).collect()
+    m.percentiles.iter().filter(|p| p.p != 99.0).map(|p| (p.p, of(p))).collect()
 }
 
 pub fn json(info: &RunInfo, m: &Metrics) -> serde_json::Value {
@@ -154,8 +154,7 @@ pub fn table(info: &RunInfo, m: &Metrics) -> String {
         row(&format!("Mean {name} (ms):"), format!("{:.2}", s.mean_ms));
         row(&format!("Median {name} (ms):"), format!("{:.2}", s.median_ms));
         // P99 (the summary's, as in the JSON) and the asked percentiles, ascending, each once.
-        let mut rows: Vec<(f64, f64)> =
-            asked(info, m, key, of).into_iter().filter(|(p, _)| *p != 99.0).collect();
+        let mut rows = asked(info, m, key, of);
         rows.push((99.0, s.p99_ms));
         rows.sort_by(|a, b| a.0.total_cmp(&b.0));
         rows.dedup_by(|a, b| a.0 == b.0);
