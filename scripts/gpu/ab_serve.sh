@@ -8,6 +8,7 @@
 #
 #   scripts/gpu/ab_serve.sh ROUNDS VARIANT...
 #   CONC=256 NUM=256 scripts/gpu/ab_serve.sh 2 - "NAME=VALUE"
+#   CONC=256 NUM=256 scripts/gpu/ab_serve.sh 2 - BIN=.gpu/tessera-old   (another build's server)
 #
 # MODEL (default lib.sh's MODEL_8B), INPUT_LEN and
 # OUTPUT_LEN (1024, 128) change the workload, e.g. MODEL="--dummy tiny" for a dry run on a CPU.
@@ -36,11 +37,12 @@ trap 'rm -rf "$work"' EXIT
 
 # One run: serve with the variant, one bench serve, stop. Prints its SERVE line.
 run() {
-    local round=$1 variant=$2 index=$3 pid settings smi=""
+    local round=$1 variant=$2 index=$3 pid settings smi="" bin
     read -r -a settings <<<"$(env_of "$variant")"
     local log_env=()
     [ -n "${SERVE_LOGS:-}" ] && log_env=("RUST_LOG=${SERVE_RUST_LOG:-info,tessera::step=debug}")
-    env "${settings[@]}" "${log_env[@]}" TESSERA_KERNEL_DEFINES="$(defines_of "$variant")" "$BIN" serve "${model[@]}" \
+    bin=$(bin_of "$BIN" "$variant")
+    env "${settings[@]}" "${log_env[@]}" TESSERA_KERNEL_DEFINES="$(defines_of "$variant")" "$bin" serve "${model[@]}" \
         --max-num-seqs 256 --host 127.0.0.1 --port "$PORT" >"$work/serve.log" 2>&1 &
     pid=$!
     if ! wait_ready "$PORT" "$pid" "$work/serve.log"; then

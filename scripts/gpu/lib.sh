@@ -31,10 +31,13 @@ wait_ready() { # port, pid, log
 
 # A variant is "-" (the kernels as committed) or words: NAME=VALUE definitions for
 # TESSERA_KERNEL_DEFINES, and TESSERA_*=VALUE environment settings (e.g.
-# TESSERA_ROPE=scalar, a kernel the launcher picks). defines_of prints the first,
-# env_of the second.
-defines_of() { words_of "$1" | grep -v '^TESSERA_' | tr '\n' ' ' | sed 's/ $//'; }
+# TESSERA_ROPE=scalar, a kernel the launcher picks), and BIN=PATH, another `tessera` binary (e.g.
+# an earlier commit's, copied into .gpu/). defines_of prints the first, env_of the second, bin_of
+# the third.
+defines_of() { words_of "$1" | grep -v '^TESSERA_\|^BIN=' | tr '\n' ' ' | sed 's/ $//'; }
 env_of() { words_of "$1" | grep '^TESSERA_' | tr '\n' ' ' | sed 's/ $//'; }
+# The binary a variant's BIN=PATH word names, else $1.
+bin_of() { words_of "$2" | sed -n 's/^BIN=//p' | grep . || echo "$1"; }
 words_of() { [ "$1" = "-" ] || tr -s ' ' '\n' <<<"$1" | grep -v '^$'; }
 
 # One line of LABEL and the figures of `bench serve --json` file JSON (output tok/s, mean TTFT,

@@ -20,7 +20,8 @@
 //! Chained replays: the metadata is copied from pinned staging (`staging.rs`), so a replay is
 //! only queued, never waited for. `queue_argmax` chooses the greedy tokens of the last replay on
 //! the device and queues their copy to the host; `replay_chained` queues the next decode step of
-//! the same rows behind it, its tokens copied on the device from those greedy choices. The host
+//! those rows (or of some of them) behind it, its tokens copied on the device from those greedy
+//! choices. The host
 //! reads a step's tokens (`take_tokens`) while the next step already runs.
 //!
 //! Invariant: the model and KV cache a `DecodeGraphs` was captured with stay alive and unmoved on
@@ -84,6 +85,19 @@ pub struct DecodeGraphs {
 // `&mut self` (replay) or `&self` (reads of its buffers, no graph calls), and is not `Sync`, so its
 // graphs are only ever used by the one thread that owns it: the worker thread it moves to.
 unsafe impl Send for DecodeGraphs {}
+
+/// `rows` (ascending) as runs of consecutive values: (first index into `rows`, first value,
+/// length).
+fn runs(rows: &[usize]) -> Vec<(usize, usize, usize)> {
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, &row) in rows.iter().enumerate() {
+        match runs.last_mut() {
+            Some((_, from, len)) if *from + *len == row => *len += 1,
+            _ => runs.push((i, row, 1)),
+        }
+    }
+    runs
+}
 
 /// A batch of `rows` padding rows over the static `meta` buffer, laid out as a replay of that
 /// size will be, whose attention is split for contexts up to `max_model_len`.
@@ -236,18 +250,31 @@ impl DecodeGraphs {
     /// Runs `input` from the graph of the next captured size up and returns the logits, whose
     /// first `input.num_tokens()` rows are the batch's; `None` when it must run eagerly.
     pub fn replay(&mut self, backend: &CudaBackend, input: &ModelInput) -> Result<Option<&CudaTensor>> {
-        Ok(self.launch(backend, input, false)?.then_some(&self.logits))
+        Ok(self.launch(backend, input, None)?.then_some(&self.logits))
     }
 
     /// Queues `input` behind the work already on the stream, as `replay` does, except that row
-    /// `i`'s token is the greedy choice of row `i` of the last `queue_argmax`, copied on the
-    /// device (`input`'s token ids are not read). False when it must run eagerly; then nothing
-    /// was queued.
-    pub fn replay_chained(&mut self, backend: &CudaBackend, input: &ModelInput) -> Result<bool> {
-        self.launch(backend, input, true)
+    /// `i`'s token is the greedy choice of row `rows[i]` of the last `queue_argmax`, copied on the
+    /// device (`input`'s token ids are not read; `rows` ascend, one per row of `input`). False
+    /// when it must run eagerly; then nothing was queued.
+    pub fn replay_chained(
+        &mut self,
+        backend: &CudaBackend,
+        input: &ModelInput,
+        rows: &[usize],
+    ) -> Result<bool> {
+        assert_eq!(rows.len(), input.num_tokens(), "one source row per chained row");
+        assert!(rows.windows(2).all(|w| w[0] < w[1]), "source rows ascend");
+        assert!(rows.last().is_none_or(|&r| r < self.tokens.len()), "a source row past the tokens");
+        self.launch(backend, input, Some(rows))
     }
 
-    fn launch(&mut self, backend: &CudaBackend, input: &ModelInput, chained: bool) -> Result<bool> {
+    fn launch(
+        &mut self,
+        backend: &CudaBackend,
+        input: &ModelInput,
+        chained: Option<&[usize]>,
+    ) -> Result<bool> {
         if !self.eligible(input) {
             return Ok(false);
         }
@@ -267,12 +294,16 @@ impl DecodeGraphs {
         self.staging
             .upload(stream, &encoded.meta, &mut front)
             .map_err(backend_err("graph metadata upload"))?;
-        if chained {
+        if let Some(rows) = chained {
+            // One copy per run of consecutive source rows: one when no sequence ended, a few
+            // when some did.
             let start = encoded.layout.token_ids.start;
-            let mut token_ids = self.meta.slice_mut(start..start + n);
-            stream
-                .memcpy_dtod(&self.tokens.slice(0..n), &mut token_ids)
-                .map_err(backend_err("chained tokens copy"))?;
+            for (to, from, len) in runs(rows) {
+                let mut token_ids = self.meta.slice_mut(start + to..start + to + len);
+                stream
+                    .memcpy_dtod(&self.tokens.slice(from..from + len), &mut token_ids)
+                    .map_err(backend_err("chained tokens copy"))?;
+            }
         }
         let (_, graph) = self.graphs.iter().find(|(s, _)| *s == size).expect("captured");
         graph.launch().map_err(backend_err("graph launch"))?;
@@ -344,6 +375,13 @@ fn capture_one(
 mod tests {
     use super::*;
     use tessera_model::SeqChunk;
+
+    #[test]
+    fn chained_rows_copy_as_runs_of_consecutive_rows() {
+        assert_eq!(runs(&[0, 1, 2, 3]), [(0, 0, 4)], "no sequence ended: one copy");
+        assert_eq!(runs(&[2, 3, 4, 6, 9, 10]), [(0, 2, 3), (3, 6, 1), (4, 9, 2)]);
+        assert!(runs(&[]).is_empty());
+    }
 
     /// A replay whose every sequence uses the whole model length must fit the static buffer (a
     /// capacity without the tiles made such a replay fall back to eager).

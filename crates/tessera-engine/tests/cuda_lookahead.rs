@@ -1,8 +1,8 @@
 //! Decode lookahead (`engine.decode_lookahead`) through the `Engine` on one GPU: greedy generation
 //! with decode steps queued ahead of their plans gives exactly the tokens of generation without
 //! (the same kernels on the same batches), across block boundaries and requests ending at
-//! different steps; the queued steps are used, and a batch that changes discards at most the one
-//! queued for it. Runs with TESSERA_GPU_TESTS=1 (loud SKIPPED otherwise). It installs a metrics
+//! different steps; the queued steps are used (those that leave out a request that just ended
+//! too), and a batch that changes discards at most the one queued for it. Runs with TESSERA_GPU_TESTS=1 (loud SKIPPED otherwise). It installs a metrics
 //! recorder for the process, so it lives in its own file.
 
 #![cfg(feature = "cuda")]
@@ -75,5 +75,8 @@ async fn queued_decode_steps_give_the_tokens_of_plain_steps() {
     // costs at most one discarded step, and most decode steps were queued ahead.
     let early = plain.iter().zip(&prompts).filter(|(t, (_, n))| t.len() < *n as usize).count() as u64;
     assert!(discarded <= early, "{discarded} discarded with {early} early stops");
-    assert!(used as usize * 2 >= steps, "only {used} of ~{steps} steps were queued ahead");
+    // The decode steps not queued ahead: the first three, and the one after each request's end
+    // (the step that lost it is queued without it; `lookahead.rs`), three more after an early stop.
+    let not_queued = 3 + prompts.len() + 3 * early as usize;
+    assert!(used as usize + not_queued >= steps, "only {used} of ~{steps} steps were queued ahead");
 }

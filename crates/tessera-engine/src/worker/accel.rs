@@ -41,9 +41,9 @@ pub trait DeviceAccel<B: Backend>: Send {
     /// At most two are queued.
     fn queue_argmax(&mut self, backend: &B, rows: usize) -> Result<()>;
     /// Queues `input` behind the running step, as `replay` does, but with row `i`'s token taken
-    /// on the device from row `i` of the last `queue_argmax` (`input`'s token ids are not read).
-    /// False when no graph fits; then nothing was queued.
-    fn replay_chained(&mut self, backend: &B, input: &ModelInput) -> Result<bool>;
+    /// on the device from row `rows[i]` of the last `queue_argmax` (`input`'s token ids are not
+    /// read; `rows` ascend). False when no graph fits; then nothing was queued.
+    fn replay_chained(&mut self, backend: &B, input: &ModelInput, rows: &[usize]) -> Result<bool>;
     /// The tokens of the oldest queued `queue_argmax`, waiting for its step to end.
     fn take_tokens(&mut self) -> Result<Vec<u32>>;
     /// Forgets the oldest queued tokens: a chained step whose plan did not come.

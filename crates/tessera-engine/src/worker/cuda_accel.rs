@@ -131,8 +131,8 @@ impl DeviceAccel<CudaBackend> for CudaAccel {
         self.graphs_mut().queue_argmax(backend, rows)
     }
 
-    fn replay_chained(&mut self, backend: &CudaBackend, input: &ModelInput) -> Result<bool> {
-        self.graphs_mut().replay_chained(backend, input)
+    fn replay_chained(&mut self, backend: &CudaBackend, input: &ModelInput, rows: &[usize]) -> Result<bool> {
+        self.graphs_mut().replay_chained(backend, input, rows)
     }
 
     fn take_tokens(&mut self) -> Result<Vec<u32>> {

@@ -1,10 +1,10 @@
 //! Decode lookahead (`engine.decode_lookahead`): while the host turns a greedy decode step's
 //! tokens into the next plan (reply, scheduler update, schedule, plan back: a few hundred
-//! microseconds), the GPU already runs the step that plan will most likely ask for, the same
-//! sequences one token further, its input tokens copied on the device from the step's greedy
-//! choices (`DeviceAccel::replay_chained`). When the plan comes and is exactly that step, its
-//! tokens are already on their way; otherwise the queued step is discarded and the plan runs
-//! after it.
+//! microseconds), the GPU already runs the step that plan will most likely ask for: the same
+//! sequences one token further, less those this step ends by length, their input tokens copied on
+//! the device from the step's greedy choices (`DeviceAccel::replay_chained`). When the plan comes
+//! and is exactly that step, its tokens are already on their way; otherwise the queued step is
+//! discarded and the plan runs after it.
 //!
 //! Why a discarded step is harmless: it writes each sequence's K/V at the position after the
 //! last computed one, into a block the sequence owns alone and that holds an uncomputed position,
@@ -12,37 +12,56 @@
 //! the same values there again; if it ended, its blocks are free, and any later owner writes
 //! them after it (one stream). Its logits and tokens are never read.
 //!
-//! Why it is rarely discarded: it is queued only after `STEADY_PLANS` plans in a row scheduled
-//! the same decode batch (at high concurrency, where requests come and go every few steps, it
-//! would be discarded often and cost a step each time), and never when a sequence of the batch
-//! ends by length at this step. A sequence that stops on an end-of-sequence token or is aborted
-//! still costs one discarded step.
+//! Why it is rarely discarded: it is queued only once the batch has been steady (`Steady`):
+//! `STEADY_PLANS` plans in a row that each kept the previous plan's sequences, in order, less
+//! some that ended. A plan that just lost sequences is steady only if the one before it lost some
+//! too: when a request ends and nothing else does, a new one usually takes its place in the plan
+//! after next (a client sends its next request), so the step queued then would be discarded;
+//! when sequences end step after step with nothing arriving (the tail of a burst, where requests
+//! admitted together end together), every step is queued ahead. A sequence that stops on an
+//! end-of-sequence token or is aborted, and a request that arrives into a steady batch, still
+//! cost one discarded step.
 
 use super::runner::Scheduled;
 use tessera_core::RequestId;
 use tessera_model::{ModelInput, SeqChunk};
 
-/// Plans in a row with the same decode batch before a step is queued ahead.
+/// Plans in a row that continued the decode batch before a step is queued ahead.
 pub const STEADY_PLANS: usize = 2;
 
-/// Counts plans in a row that scheduled the same sequences, in the same order, one token each.
+/// Counts plans in a row that continued the previous plan's decode batch: the same sequences, in
+/// the same order, one token each, less some that ended.
 #[derive(Debug, Default)]
 pub struct Steady {
     ids: Vec<RequestId>,
     plans: usize,
+    /// Whether the last plan lost sequences of the one before it.
+    shrank: bool,
 }
 
 impl Steady {
     /// Takes this plan's sequences; returns whether the batch has been steady long enough.
     pub fn observe(&mut self, scheduled: &[Scheduled]) -> bool {
         let decode = !scheduled.is_empty() && scheduled.iter().all(|s| s.num_scheduled_tokens == 1);
-        let same = decode && scheduled.iter().map(|s| s.id).eq(self.ids.iter().copied());
-        self.plans = if same { self.plans + 1 } else { 0 };
-        if !same {
-            self.ids = if decode { scheduled.iter().map(|s| s.id).collect() } else { Vec::new() };
+        if !decode {
+            *self = Steady::default();
+            return false;
         }
-        self.plans >= STEADY_PLANS
+        let same = scheduled.iter().map(|s| s.id).eq(self.ids.iter().copied());
+        let shrank = !same && is_ordered_subset(scheduled.iter().map(|s| s.id), &self.ids);
+        let shrank_before = std::mem::replace(&mut self.shrank, shrank);
+        self.plans = if same || shrank { self.plans + 1 } else { 0 };
+        if !same {
+            self.ids = scheduled.iter().map(|s| s.id).collect();
+        }
+        self.plans >= STEADY_PLANS && (!shrank || shrank_before)
     }
+}
+
+/// Whether `ids` are some of `of`, in `of`'s order.
+fn is_ordered_subset(ids: impl Iterator<Item = RequestId>, of: &[RequestId]) -> bool {
+    let mut rest = of.iter();
+    ids.into_iter().all(|id| rest.any(|&o| o == id))
 }
 
 /// What one sequence of a decode step needs to predict its next step.
@@ -55,30 +74,51 @@ pub struct NextStep<'a> {
     pub block_table: &'a [u32],
 }
 
-/// The input of the step after a decode step of `seqs`, with token ids 0 (the device fills them
-/// in), or `None` when there may be no such step for them: a sequence ends by length with this
-/// step's token, or its blocks do not reach the next position yet (the scheduler will allocate
-/// one, and the plan would then differ).
-pub fn next_input(block_size: usize, max_model_len: usize, seqs: &[NextStep<'_>]) -> Option<ModelInput> {
+/// A step queued behind a decode step: its input, with token ids 0 until the device's tokens are
+/// known, and for each of its rows the row of the step before whose greedy token it takes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ahead {
+    pub input: ModelInput,
+    pub rows: Vec<usize>,
+}
+
+impl Ahead {
+    /// Fills in the token ids from the step before's greedy `tokens`, one per row of that step.
+    pub fn fill_tokens(&mut self, tokens: &[u32]) {
+        for (id, &row) in self.input.token_ids.iter_mut().zip(&self.rows) {
+            *id = tokens[row];
+        }
+    }
+}
+
+/// The step after a decode step of `seqs`: the sequences that go on, one position further. `None`
+/// when none goes on, or when one that goes on has no block for its next position yet (the
+/// scheduler will allocate one, and the plan would then differ).
+pub fn next_input(block_size: usize, max_model_len: usize, seqs: &[NextStep<'_>]) -> Option<Ahead> {
     const PLACEHOLDER: [u32; 1] = [0];
-    let chunks = seqs
-        .iter()
-        .map(|s| {
-            // After this step the sequence has one more token (`Sequence::stop_reason`).
-            let num_tokens = s.num_tokens + 1;
-            let goes_on =
-                num_tokens.saturating_sub(s.num_prompt_tokens) < s.max_tokens && num_tokens < max_model_len;
-            let position = s.num_computed_tokens + 1;
-            let has_block = position < s.block_table.len() * block_size;
-            (goes_on && has_block).then_some(SeqChunk {
-                new_tokens: &PLACEHOLDER,
-                num_computed_tokens: position,
-                block_table: s.block_table,
-                wants_logits: true,
-            })
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(ModelInput::build(block_size, &chunks))
+    let mut rows = Vec::with_capacity(seqs.len());
+    let mut chunks = Vec::with_capacity(seqs.len());
+    for (row, s) in seqs.iter().enumerate() {
+        // After this step the sequence has one more token (`Sequence::stop_reason`).
+        let num_tokens = s.num_tokens + 1;
+        let goes_on =
+            num_tokens.saturating_sub(s.num_prompt_tokens) < s.max_tokens && num_tokens < max_model_len;
+        if !goes_on {
+            continue;
+        }
+        let position = s.num_computed_tokens + 1;
+        if position >= s.block_table.len() * block_size {
+            return None;
+        }
+        rows.push(row);
+        chunks.push(SeqChunk {
+            new_tokens: &PLACEHOLDER,
+            num_computed_tokens: position,
+            block_table: s.block_table,
+            wants_logits: true,
+        });
+    }
+    (!chunks.is_empty()).then(|| Ahead { input: ModelInput::build(block_size, &chunks), rows })
 }
 
 /// Whether a plan's input is the step queued ahead as `ahead`: the same everything, except that
@@ -130,6 +170,28 @@ mod tests {
         assert!(!steady.observe(&scheduled(&[2], 1)));
     }
 
+    #[test]
+    fn a_batch_losing_sequences_plan_after_plan_stays_steady() {
+        let mut steady = Steady::default();
+        for _ in 0..3 {
+            steady.observe(&scheduled(&[1, 2, 3, 4, 5, 6], 1));
+        }
+        // One plan that lost sequences: a request that ended is usually replaced in the plan
+        // after next, so nothing is queued behind this one.
+        assert!(!steady.observe(&scheduled(&[2, 3, 4, 5, 6], 1)), "a first loss");
+        assert!(steady.observe(&scheduled(&[3, 4, 5, 6], 1)), "a second loss in a row");
+        assert!(steady.observe(&scheduled(&[3, 5, 6], 1)), "a loss inside the batch");
+        assert!(steady.observe(&scheduled(&[3, 5, 6], 1)), "then no loss");
+        assert!(!steady.observe(&scheduled(&[5], 1)), "a loss after none");
+        assert!(!steady.observe(&scheduled(&[5, 7], 1)), "a new sequence");
+        assert!(!steady.observe(&scheduled(&[7], 1)), "one loss after a change");
+        assert!(steady.observe(&scheduled(&[7], 1)), "two continuations since the change");
+        let mut fresh = Steady::default();
+        fresh.observe(&scheduled(&[1, 2, 3], 1));
+        assert!(!fresh.observe(&scheduled(&[2, 3], 1)), "one continuation is not enough");
+        assert!(fresh.observe(&scheduled(&[3], 1)));
+    }
+
     fn step(num_computed_tokens: usize, max_tokens: usize, table: &[u32]) -> NextStep<'_> {
         NextStep {
             num_computed_tokens,
@@ -144,7 +206,8 @@ mod tests {
     fn the_next_step_is_one_position_further_with_the_same_blocks() {
         let (a, b) = ([7u32, 9], [3u32]);
         // a: 5 computed + 1 this step -> position 6 next; b: position 2 next.
-        let next = next_input(4, 100, &[step(5, 10, &a), step(1, 10, &b)]).unwrap();
+        let Ahead { input: next, rows } = next_input(4, 100, &[step(5, 10, &a), step(1, 10, &b)]).unwrap();
+        assert_eq!(rows, [0, 1]);
         assert_eq!(next.positions, [6, 2]);
         assert_eq!(next.slot_mapping, [9 * 4 + 2, 3 * 4 + 2]);
         assert_eq!(next.token_ids, [0, 0]);
@@ -153,15 +216,34 @@ mod tests {
     }
 
     #[test]
+    fn sequences_ending_by_length_leave_the_next_step() {
+        let (a, b, c) = ([7u32, 9], [3u32, 4], [5u32, 6]);
+        // a and c end with this step's token (their sixth output, max_tokens 6); b goes on.
+        let seqs = [step(5, 6, &a), step(5, 10, &b), step(5, 6, &c)];
+        let Ahead { input, rows } = next_input(4, 100, &seqs).unwrap();
+        assert_eq!(rows, [1]);
+        assert_eq!(input.positions, [6]);
+        assert_eq!(input.slot_mapping, [4 * 4 + 2]);
+        assert_eq!(input.logits_indices, [0]);
+        let mut ahead = Ahead { input, rows };
+        ahead.fill_tokens(&[11, 12, 13]);
+        assert_eq!(ahead.input.token_ids, [12], "the token of the row it continues");
+        // When every sequence ends there is no next step; one that goes on without a block for
+        // its next position still prevents it.
+        assert!(next_input(4, 100, &[step(5, 6, &a), step(5, 6, &c)]).is_none());
+        assert!(next_input(4, 100, &[step(5, 6, &a), step(7, 10, &b)]).is_none());
+    }
+
+    #[test]
     fn a_table_grown_past_the_context_is_the_same_step() {
         let (short, long) = ([7u32, 9], [7u32, 9, 11]);
-        let ahead = next_input(4, 100, &[step(5, 10, &short)]).unwrap();
-        let grown = next_input(4, 100, &[step(5, 10, &long)]).unwrap();
+        let ahead = next_input(4, 100, &[step(5, 10, &short)]).unwrap().input;
+        let grown = next_input(4, 100, &[step(5, 10, &long)]).unwrap().input;
         assert!(ahead != grown && same_step(&ahead, &grown));
         let mut other = grown.clone();
         other.token_ids[0] = 3;
         assert!(!same_step(&ahead, &other));
-        let moved = next_input(4, 100, &[step(5, 10, &[7, 8])]).unwrap();
+        let moved = next_input(4, 100, &[step(5, 10, &[7, 8])]).unwrap().input;
         assert!(!same_step(&ahead, &moved), "a different block under the context");
     }
 
@@ -204,6 +286,8 @@ mod tests {
         struct Calls {
             replays: usize,
             chained: usize,
+            /// Chained steps that left out sequences the step before ended.
+            chained_after_an_end: usize,
             discarded: usize,
         }
 
@@ -276,11 +360,19 @@ mod tests {
                 Ok(())
             }
 
-            fn replay_chained(&mut self, _: &CpuBackend, input: &ModelInput) -> tessera_model::Result<bool> {
+            fn replay_chained(
+                &mut self,
+                _: &CpuBackend,
+                input: &ModelInput,
+                rows: &[usize],
+            ) -> tessera_model::Result<bool> {
                 assert!(input.token_ids.iter().all(|&t| t == 0), "the host does not know the tokens yet");
-                self.calls.lock().unwrap().chained += 1;
-                let tokens = &self.device_tokens;
-                self.pending = tokens.iter().zip(&input.positions).map(|(&t, &p)| next_token(t, p)).collect();
+                assert_eq!(rows.len(), input.num_tokens());
+                let mut calls = self.calls.lock().unwrap();
+                calls.chained += 1;
+                calls.chained_after_an_end += usize::from(rows.len() < self.device_tokens.len());
+                let tokens = rows.iter().map(|&r| self.device_tokens[r]);
+                self.pending = tokens.zip(&input.positions).map(|(t, &p)| next_token(t, p)).collect();
                 Ok(true)
             }
 
@@ -424,18 +516,20 @@ mod tests {
             let (chained, plain) =
                 (Arc::new(Mutex::new(Calls::default())), Arc::new(Mutex::new(Calls::default())));
             let mut runners = [runner(true, chained.clone()), runner(false, plain.clone())];
-            // Request 3 arrives while 1 and 2 decode (a queued step is discarded); 2 ends by
-            // length first (never a queued step for it).
+            // Request 3 arrives while 1 decodes alone (a queued step is discarded); 2 and then 3
+            // end by length before 1.
             let outputs = run(&mut runners, vec![(0, seq(1, 30)), (0, seq(2, 12)), (20, seq(3, 9))]);
             assert_eq!(outputs[0], outputs[1]);
             assert_eq!(outputs[0].iter().map(Vec::len).sum::<usize>(), 30 + 12 + 9);
             let (chained, plain) = (chained.lock().unwrap(), plain.lock().unwrap());
             assert_eq!((plain.chained, plain.discarded), (0, 0));
-            // Every decode step but those within two plans of a batch change and the last of a
-            // sequence: 8 while 1 and 2 decode, 6 for 1 alone, 4 while 1 and 3 decode, and 1
-            // queued for 1 alone that request 3's arrival discards. Blocks come one plan early,
-            // so block boundaries cost nothing.
-            assert_eq!(chained.chained, 19);
+            // Decode steps 1 - 29 (step 0 and step 20 have prompts). Not queued: the first three
+            // of a batch (1 - 3, 21 - 23: two plans must continue it first) and step 13, the one
+            // after request 2's end (its plan had just lost a sequence). Queued: 4 - 11 for 1
+            // and 2; 12, for 1 without 2, which ended at 11; 14 - 19, then 20, which request 3's
+            // prompt discards; 24 - 28 for 1 and 3; 29, for 1 without 3.
+            assert_eq!(chained.chained, 8 + 1 + 6 + 1 + 5 + 1);
+            assert_eq!(chained.chained_after_an_end, 2, "steps 12 and 29");
             assert_eq!(chained.discarded, 1, "only request 3's arrival changed a steady batch");
             // Every decode step is replayed once: from its own plan or chained ahead of it.
             assert_eq!(chained.replays + chained.chained - chained.discarded, plain.replays);

@@ -6,7 +6,7 @@
 //! the device before the plan for it comes (`lookahead.rs`).
 
 use super::accel::{DeviceAccel, DeviceSample};
-use super::lookahead::{next_input, same_step, NextStep, Steady};
+use super::lookahead::{next_input, same_step, Ahead, NextStep, Steady};
 use super::StepExecutor;
 use crate::sampler::{has_penalties, is_plain_greedy, penalized_tokens, sample, uniform, SamplingContext};
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ pub struct ModelRunner<B: Backend> {
     /// The step queued on the device behind the last one (`lookahead.rs`), its token ids filled
     /// in once the last step's tokens are known: the next plan is either exactly this input, or
     /// the queued step is discarded.
-    ahead: Option<ModelInput>,
+    ahead: Option<Ahead>,
     steady: Steady,
 }
 
@@ -168,7 +168,7 @@ impl<B: Backend> ModelRunner<B> {
     /// discarded.
     fn take_ahead(&mut self, input: &ModelInput) -> bool {
         let Some(ahead) = self.ahead.take() else { return false };
-        let used = same_step(&ahead, input);
+        let used = same_step(&ahead.input, input);
         if !used {
             self.accel.as_mut().expect("a step was chained").discard_tokens();
         }
@@ -178,7 +178,8 @@ impl<B: Backend> ModelRunner<B> {
         used
     }
 
-    /// Queues the step after this decode step behind it when the batch is steady and goes on.
+    /// Queues the step after this decode step behind it when the batch is steady and some of it
+    /// goes on.
     fn queue_ahead(&mut self, scheduled: &[Scheduled], steady: bool) -> tessera_model::Result<()> {
         if !steady {
             return Ok(());
@@ -200,8 +201,8 @@ impl<B: Backend> ModelRunner<B> {
             return Ok(());
         };
         let accel = self.accel.as_mut().expect("chaining needs a device accelerator");
-        if accel.replay_chained(&self.backend, &next)? {
-            accel.queue_argmax(&self.backend, next.num_tokens())?;
+        if accel.replay_chained(&self.backend, &next.input, &next.rows)? {
+            accel.queue_argmax(&self.backend, next.input.num_tokens())?;
             self.ahead = Some(next);
         }
         Ok(())
@@ -213,7 +214,7 @@ impl<B: Backend> ModelRunner<B> {
         self.queue_ahead(scheduled, steady)?;
         let tokens = self.accel.as_mut().expect("chaining needs a device accelerator").take_tokens()?;
         if let Some(ahead) = &mut self.ahead {
-            ahead.token_ids.copy_from_slice(&tokens);
+            ahead.fill_tokens(&tokens);
         }
         Ok(tokens)
     }
@@ -436,7 +437,12 @@ mod tests {
             unreachable!("FakeAccel does not chain")
         }
 
-        fn replay_chained(&mut self, _: &CpuBackend, _: &ModelInput) -> tessera_model::Result<bool> {
+        fn replay_chained(
+            &mut self,
+            _: &CpuBackend,
+            _: &ModelInput,
+            _: &[usize],
+        ) -> tessera_model::Result<bool> {
             unreachable!("FakeAccel does not chain")
         }
 
