@@ -21,8 +21,7 @@
 //! only queued, never waited for. `queue_argmax` chooses the greedy tokens of the last replay on
 //! the device and queues their copy to the host; `replay_chained` queues the next decode step of
 //! those rows (or of some of them) behind it, its tokens copied on the device from those greedy
-//! choices. The host
-//! reads a step's tokens (`take_tokens`) while the next step already runs.
+//! choices. The host reads a step's tokens (`take_tokens`) while the next step already runs.
 //!
 //! Invariant: the model and KV cache a `DecodeGraphs` was captured with stay alive and unmoved on
 //! the device while it replays (the engine's `ModelRunner` owns all three together).
