@@ -69,6 +69,8 @@ pub struct DecodeGraphs {
     staging: PinnedRing,
     /// The greedy tokens of the last `queue_argmax`, one per row: a chained replay's tokens.
     tokens: CudaSlice<u32>,
+    /// How many rows of `tokens` the last `queue_argmax` chose (0 before the first).
+    token_rows: usize,
     /// Host copies of `tokens`, oldest first: at most two queued (a step and the one after it).
     token_copies: PinnedRing,
     queued: VecDeque<Queued>,
@@ -204,6 +206,7 @@ impl DecodeGraphs {
             logits,
             staging,
             tokens,
+            token_rows: 0,
             token_copies,
             queued: VecDeque::new(),
             block_size,
@@ -264,7 +267,7 @@ impl DecodeGraphs {
     ) -> Result<bool> {
         assert_eq!(rows.len(), input.num_tokens(), "one source row per chained row");
         assert!(rows.windows(2).all(|w| w[0] < w[1]), "source rows ascend");
-        assert!(rows.last().is_none_or(|&r| r < self.tokens.len()), "a source row past the tokens");
+        assert!(rows.last().is_none_or(|&r| r < self.token_rows), "a source row past the last argmax's");
         self.launch(backend, input, Some(rows))
     }
 
@@ -326,6 +329,7 @@ impl DecodeGraphs {
             .token_copies
             .download(&device.stream, &self.tokens.slice(0..rows))
             .map_err(backend_err("copy to host"))?;
+        self.token_rows = rows;
         self.queued.push_back(queued);
         Ok(())
     }

@@ -19,8 +19,9 @@
 //! after next (a client sends its next request), so the step queued then would be discarded;
 //! when sequences end step after step with nothing arriving (the tail of a burst, where requests
 //! admitted together end together), every step is queued ahead. A sequence that stops on an
-//! end-of-sequence token or is aborted, and a request that arrives into a steady batch, still
-//! cost one discarded step.
+//! end-of-sequence token, a stop token or string, or is aborted, and a request that arrives into
+//! a steady batch, still cost one discarded step (and the step after a stop is not queued: its
+//! plan just lost a sequence).
 
 use super::runner::Scheduled;
 use tessera_core::RequestId;
@@ -66,6 +67,7 @@ fn is_ordered_subset(ids: impl Iterator<Item = RequestId>, of: &[RequestId]) -> 
 
 /// What one sequence of a decode step needs to predict its next step.
 pub struct NextStep<'a> {
+    pub id: RequestId,
     pub num_computed_tokens: usize,
     /// The sequence's tokens, this step's input included.
     pub num_tokens: usize,
@@ -75,14 +77,23 @@ pub struct NextStep<'a> {
 }
 
 /// A step queued behind a decode step: its input, with token ids 0 until the device's tokens are
-/// known, and for each of its rows the row of the step before whose greedy token it takes.
+/// known, and for each of its rows the sequence and the row of the step before whose greedy token
+/// it takes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ahead {
     pub input: ModelInput,
+    pub ids: Vec<RequestId>,
     pub rows: Vec<usize>,
 }
 
 impl Ahead {
+    /// Whether a plan of the sequences `ids` with the input `input` is this step. The sequences
+    /// are compared too: another request could have the same tokens in the same slots (one that
+    /// ended, and a new one with its prompt given its freed block) and want to sample.
+    pub fn serves(&self, ids: impl Iterator<Item = RequestId>, input: &ModelInput) -> bool {
+        ids.eq(self.ids.iter().copied()) && same_step(&self.input, input)
+    }
+
     /// Fills in the token ids from the step before's greedy `tokens`, one per row of that step.
     pub fn fill_tokens(&mut self, tokens: &[u32]) {
         for (id, &row) in self.input.token_ids.iter_mut().zip(&self.rows) {
@@ -96,7 +107,7 @@ impl Ahead {
 /// scheduler will allocate one, and the plan would then differ).
 pub fn next_input(block_size: usize, max_model_len: usize, seqs: &[NextStep<'_>]) -> Option<Ahead> {
     const PLACEHOLDER: [u32; 1] = [0];
-    let mut rows = Vec::with_capacity(seqs.len());
+    let (mut ids, mut rows) = (Vec::with_capacity(seqs.len()), Vec::with_capacity(seqs.len()));
     let mut chunks = Vec::with_capacity(seqs.len());
     for (row, s) in seqs.iter().enumerate() {
         // After this step the sequence has one more token (`Sequence::stop_reason`).
@@ -110,6 +121,7 @@ pub fn next_input(block_size: usize, max_model_len: usize, seqs: &[NextStep<'_>]
         if position >= s.block_table.len() * block_size {
             return None;
         }
+        ids.push(s.id);
         rows.push(row);
         chunks.push(SeqChunk {
             new_tokens: &PLACEHOLDER,
@@ -118,7 +130,7 @@ pub fn next_input(block_size: usize, max_model_len: usize, seqs: &[NextStep<'_>]
             wants_logits: true,
         });
     }
-    (!chunks.is_empty()).then(|| Ahead { input: ModelInput::build(block_size, &chunks), rows })
+    (!chunks.is_empty()).then(|| Ahead { input: ModelInput::build(block_size, &chunks), ids, rows })
 }
 
 /// Whether a plan's input is the step queued ahead as `ahead`: the same everything, except that
@@ -194,6 +206,7 @@ mod tests {
 
     fn step(num_computed_tokens: usize, max_tokens: usize, table: &[u32]) -> NextStep<'_> {
         NextStep {
+            id: RequestId(0),
             num_computed_tokens,
             num_tokens: num_computed_tokens + 1,
             num_prompt_tokens: 1,
@@ -206,7 +219,8 @@ mod tests {
     fn the_next_step_is_one_position_further_with_the_same_blocks() {
         let (a, b) = ([7u32, 9], [3u32]);
         // a: 5 computed + 1 this step -> position 6 next; b: position 2 next.
-        let Ahead { input: next, rows } = next_input(4, 100, &[step(5, 10, &a), step(1, 10, &b)]).unwrap();
+        let Ahead { input: next, rows, .. } =
+            next_input(4, 100, &[step(5, 10, &a), step(1, 10, &b)]).unwrap();
         assert_eq!(rows, [0, 1]);
         assert_eq!(next.positions, [6, 2]);
         assert_eq!(next.slot_mapping, [9 * 4 + 2, 3 * 4 + 2]);
@@ -219,15 +233,22 @@ mod tests {
     fn sequences_ending_by_length_leave_the_next_step() {
         let (a, b, c) = ([7u32, 9], [3u32, 4], [5u32, 6]);
         // a and c end with this step's token (their sixth output, max_tokens 6); b goes on.
-        let seqs = [step(5, 6, &a), step(5, 10, &b), step(5, 6, &c)];
-        let Ahead { input, rows } = next_input(4, 100, &seqs).unwrap();
-        assert_eq!(rows, [1]);
-        assert_eq!(input.positions, [6]);
-        assert_eq!(input.slot_mapping, [4 * 4 + 2]);
-        assert_eq!(input.logits_indices, [0]);
-        let mut ahead = Ahead { input, rows };
+        let with_id = |id, s| NextStep { id: RequestId(id), ..s };
+        let seqs = [with_id(1, step(5, 6, &a)), with_id(2, step(5, 10, &b)), with_id(3, step(5, 6, &c))];
+        let mut ahead = next_input(4, 100, &seqs).unwrap();
+        assert_eq!(
+            (ahead.ids.as_slice(), ahead.rows.as_slice()),
+            ([RequestId(2)].as_slice(), [1].as_slice())
+        );
+        assert_eq!(ahead.input.positions, [6]);
+        assert_eq!(ahead.input.slot_mapping, [4 * 4 + 2]);
+        assert_eq!(ahead.input.logits_indices, [0]);
         ahead.fill_tokens(&[11, 12, 13]);
         assert_eq!(ahead.input.token_ids, [12], "the token of the row it continues");
+        // The plan that is this step, and the same input planned for another request.
+        let plan = ahead.input.clone();
+        assert!(ahead.serves([RequestId(2)].into_iter(), &plan));
+        assert!(!ahead.serves([RequestId(4)].into_iter(), &plan), "same tokens and slots, another request");
         // When every sequence ends there is no next step; one that goes on without a block for
         // its next position still prevents it.
         assert!(next_input(4, 100, &[step(5, 6, &a), step(5, 6, &c)]).is_none());
@@ -442,8 +463,10 @@ mod tests {
                 for seq in &mut live {
                     let scheduled = if seq.known { 1 } else { seq.prompt };
                     // A decode gets its next position's block one plan early, as the scheduler
-                    // hands it out.
-                    let ahead = usize::from(seq.known);
+                    // hands it out, unless that position is past the last one whose K/V it needs
+                    // (`Sequence::max_kv_tokens`: its last token's is never computed).
+                    let kv_limit = seq.prompt + seq.max_tokens as usize - 1;
+                    let ahead = usize::from(seq.known && seq.computed + 1 < kv_limit);
                     while seq.blocks.len() * BLOCK < seq.computed + scheduled + ahead {
                         seq.blocks.push(next_block);
                         next_block += 1;
@@ -516,20 +539,22 @@ mod tests {
             let (chained, plain) =
                 (Arc::new(Mutex::new(Calls::default())), Arc::new(Mutex::new(Calls::default())));
             let mut runners = [runner(true, chained.clone()), runner(false, plain.clone())];
-            // Request 3 arrives while 1 decodes alone (a queued step is discarded); 2 and then 3
-            // end by length before 1.
-            let outputs = run(&mut runners, vec![(0, seq(1, 30)), (0, seq(2, 12)), (20, seq(3, 9))]);
+            // Request 3 arrives while 1 decodes alone (a queued step is discarded); 2, the middle
+            // row of three, ends first, then 4, then 3, all by length before 1.
+            let arrivals = vec![(0, seq(1, 30)), (0, seq(2, 12)), (0, seq(4, 16)), (20, seq(3, 9))];
+            let outputs = run(&mut runners, arrivals);
             assert_eq!(outputs[0], outputs[1]);
-            assert_eq!(outputs[0].iter().map(Vec::len).sum::<usize>(), 30 + 12 + 9);
+            assert_eq!(outputs[0].iter().map(Vec::len).sum::<usize>(), 30 + 12 + 16 + 9);
             let (chained, plain) = (chained.lock().unwrap(), plain.lock().unwrap());
             assert_eq!((plain.chained, plain.discarded), (0, 0));
             // Decode steps 1 - 29 (step 0 and step 20 have prompts). Not queued: the first three
-            // of a batch (1 - 3, 21 - 23: two plans must continue it first) and step 13, the one
-            // after request 2's end (its plan had just lost a sequence). Queued: 4 - 11 for 1
-            // and 2; 12, for 1 without 2, which ended at 11; 14 - 19, then 20, which request 3's
-            // prompt discards; 24 - 28 for 1 and 3; 29, for 1 without 3.
-            assert_eq!(chained.chained, 8 + 1 + 6 + 1 + 5 + 1);
-            assert_eq!(chained.chained_after_an_end, 2, "steps 12 and 29");
+            // of a batch (1 - 3, 21 - 23: two plans must continue it first), and the one after a
+            // plan that had just lost a sequence when the one before lost none (13, 17). Queued:
+            // 4 - 11 for 1, 2 and 4; 12 for 1 and 4 (rows 0 and 2 of step 11, which ended 2);
+            // 14 - 15; 16 for 1 alone (4 ended at 15); 18 - 19, then 20, which request 3's
+            // prompt discards; 24 - 28 for 1 and 3; 29 for 1 alone (3 ended at 28).
+            assert_eq!(chained.chained, 8 + 1 + 2 + 1 + 3 + 5 + 1);
+            assert_eq!(chained.chained_after_an_end, 3, "steps 12, 16 and 29");
             assert_eq!(chained.discarded, 1, "only request 3's arrival changed a steady batch");
             // Every decode step is replayed once: from its own plan or chained ahead of it.
             assert_eq!(chained.replays + chained.chained - chained.discarded, plain.replays);

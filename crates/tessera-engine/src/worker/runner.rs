@@ -6,7 +6,7 @@
 //! the device before the plan for it comes (`lookahead.rs`).
 
 use super::accel::{DeviceAccel, DeviceSample};
-use super::lookahead::{next_input, same_step, Ahead, NextStep, Steady};
+use super::lookahead::{next_input, Ahead, NextStep, Steady};
 use super::StepExecutor;
 use crate::sampler::{has_penalties, is_plain_greedy, penalized_tokens, sample, uniform, SamplingContext};
 use std::collections::HashMap;
@@ -164,11 +164,11 @@ impl<B: Backend> ModelRunner<B> {
             })
     }
 
-    /// Whether the plan's `input` is the step queued ahead; a queued step that is not is
-    /// discarded.
-    fn take_ahead(&mut self, input: &ModelInput) -> bool {
+    /// Whether the plan (`scheduled`, `input`) is the step queued ahead; a queued step that is
+    /// not is discarded.
+    fn take_ahead(&mut self, scheduled: &[Scheduled], input: &ModelInput) -> bool {
         let Some(ahead) = self.ahead.take() else { return false };
-        let used = same_step(&ahead.input, input);
+        let used = ahead.serves(scheduled.iter().map(|s| s.id), input);
         if !used {
             self.accel.as_mut().expect("a step was chained").discard_tokens();
         }
@@ -189,6 +189,7 @@ impl<B: Backend> ModelRunner<B> {
             .map(|s| {
                 let mirror = &self.mirrors[&s.id];
                 NextStep {
+                    id: s.id,
                     num_computed_tokens: s.num_computed_tokens,
                     num_tokens: mirror.token_ids.len(),
                     num_prompt_tokens: mirror.num_prompt_tokens,
@@ -306,7 +307,7 @@ where
         let mut result = StepResult { step_id: plan.step_id, sampled: Vec::new() };
         let input = self.build_input(&scheduled);
         // A step queued ahead serves only the plan that is exactly it (never an empty one).
-        let used_ahead = self.take_ahead(&input);
+        let used_ahead = self.take_ahead(&scheduled, &input);
         if scheduled.is_empty() {
             return Ok(self.samples.then_some(result));
         }
