@@ -136,7 +136,7 @@ pub fn next_input(block_size: usize, max_model_len: usize, seqs: &[NextStep<'_>]
 /// Whether a plan's input is the step queued ahead as `ahead`: the same everything, except that
 /// a block table may have grown past the context (the scheduler hands out the block of a
 /// decode's next position one plan early), which the step does not read.
-pub fn same_step(ahead: &ModelInput, input: &ModelInput) -> bool {
+fn same_step(ahead: &ModelInput, input: &ModelInput) -> bool {
     fn blocks(s: &tessera_model::SeqInput, block_size: usize) -> &[u32] {
         &s.block_table[..s.context_len.div_ceil(block_size)]
     }
