@@ -7,6 +7,9 @@
 //! (`Backend::attention` on decode rows: whichever kernel the backend picks for them, with
 //! `TESSERA_DECODE_ATTENTION` honoured as in the engine); prefill attention of the 8B layout for
 //! 8 prompts of 1023 tokens in TFLOP/s (causal FLOPs); `--prefill-only` runs just that row.
+//! `--glu-only`: the 8B gate|up projection with its activation from 256 to 8,696 rows, as cuBLAS
+//! (default and tuned) then silu_mul against the Hopper GEMM with the activation in its epilogue
+//! (`gemm_glu`), in TFLOP/s of the gate|up product.
 //!
 //! Figures: the median over `--reps` timings of `CALLS` back-to-back calls, each timing enqueued
 //! behind a long cuBLAS GEMM so that the GPU never waits for the host between calls (what a
@@ -19,7 +22,7 @@
 //! Prints a markdown table, one `OPBENCH key=value ...` line per measurement, and
 //! `OPBENCH_GEMV_MAX_M`: the largest batch at which the GEMV beat cuBLAS on every shape, the
 //! value for `tessera_cuda::GEMV_MAX_M`.
-//! Usage: op_bench [--reps 5] [--prefill-only]
+//! Usage: op_bench [--reps 5] [--prefill-only | --glu-only]
 
 use half::bf16;
 use std::time::Instant;
@@ -344,6 +347,48 @@ fn prefill_attention_row(
     )])
 }
 
+/// Rows of the `--glu-only` table: decode batches, prefill chunks, and a full 8,192-token prompt
+/// step with decode rows beside it.
+const GLU_ROWS: [usize; 7] = [256, 512, 1024, 2048, 4096, 8192, 8696];
+
+/// The gate|up rows (table and OPBENCH lines): split (cuBLAS default and tuned, then silu_mul)
+/// against `gemm_glu`, and how far apart their outputs are.
+fn glu_rows(
+    b: &CudaBackend,
+    busy: &Busy,
+    values: &[bf16],
+    spec: &ModelSpec,
+    reps: usize,
+) -> Result<(), Error> {
+    let (k, n) = (spec.hidden_size, spec.intermediate_size);
+    let w = b.tensor_from_bf16(2 * n, k, &values[..2 * n * k])?;
+    println!();
+    println!("| gate\\|up + silu | rows | cuBLAS + silu_mul us | tuned + silu_mul us | gemm_glu us | gemm_glu TFLOP/s | tuned / gemm_glu time | rel diff |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for m in GLU_ROWS {
+        let x = b.tensor_from_bf16(m, k, &values[values.len() - m * k..])?;
+        let split = |kernel| {
+            let (x, w) = (&x, &w);
+            move |_: usize| b.silu_mul(&b.linear_with(x, w, kernel)?).map(drop)
+        };
+        let cublas_us = time_us(b, busy, reps, split(LinearKernel::Cublas))?;
+        let tuned_us = time_us(b, busy, reps, split(LinearKernel::Tuned))?;
+        let fused_us = time_us(b, busy, reps, |_| b.gemm_glu(&x, &w).map(drop))?;
+        let want = b.to_host(&b.silu_mul(&b.linear_with(&x, &w, LinearKernel::Cublas)?)?)?;
+        let diff = relative_diff(&b.to_host(&b.gemm_glu(&x, &w)?)?, &want);
+        let tflops = 2.0 * (m * 2 * n * k) as f64 / (fused_us * 1e-6) / 1e12;
+        println!(
+            "| {n} x {k} | {m} | {cublas_us:.1} | {tuned_us:.1} | {fused_us:.1} | {tflops:.0} | {:.3} | {diff:.1e} |",
+            tuned_us / fused_us
+        );
+        println!(
+            "OPBENCH op=glu n={n} k={k} rows={m} cublas_split_us={cublas_us:.2} tuned_split_us={tuned_us:.2} \
+             gemm_glu_us={fused_us:.2} gemm_glu_tflops={tflops:.1} rel_diff={diff:.2e}"
+        );
+    }
+    Ok(())
+}
+
 fn arg(args: &[String], flag: &str, default: &str) -> String {
     args.iter()
         .position(|a| a == flag)
@@ -377,6 +422,9 @@ fn main() -> Result<(), Error> {
         };
         prefill_attention_row(&b, &busy, &values, layout, reps)?.iter().for_each(|l| println!("{l}"));
         return Ok(());
+    }
+    if args.iter().any(|a| a == "--glu-only") {
+        return glu_rows(&b, &busy, &values, &spec8, reps);
     }
     let gbps = |bytes: usize, us: f64| bytes as f64 / (us * 1e-6) / 1e9;
     let frac = |bytes: usize, us: f64| bytes as f64 / (us * 1e-6) / copy;

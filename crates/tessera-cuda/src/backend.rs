@@ -67,6 +67,11 @@ impl CudaBackend {
         self.device.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
     }
 
+    /// The GPU's compute capability, (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.device.arch
+    }
+
     // The device's own synchronisations below find the stream idle: `synchronize` has waited,
     // within the collective deadline when there is a group.
     pub fn memory_stats(&self) -> Result<MemoryStats> {
@@ -419,6 +424,9 @@ impl Backend for CudaBackend {
             "linear_silu_mul: x has {} features, the weight {}",
             x.cols, gate_up.cols
         );
+        if crate::gemm::glu_gemm_applies(&self.device, x, gate_up) {
+            return self.gemm_glu(x, gate_up);
+        }
         if !crate::gemm::glu_applies(&self.device, x, gate_up) {
             return self.silu_mul(&self.linear(x, gate_up, None)?);
         }

@@ -10,23 +10,32 @@ use tessera_model::{ModelError, Result};
 /// Prepended to every family, so kernels share one set of helpers without NVRTC include paths.
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
-/// One `.cu` file of `kernels/`: its name and source.
+/// One `.cu` file of `kernels/`: its name and source, and whether it uses features of sm_90
+/// that only the architecture-specific target (`compute_90a`) has: wgmma, TMA, setmaxnreg. Such
+/// a family compiles for `compute_90a` on sm_90 GPUs (elsewhere its kernels are empty and never
+/// launched); the others keep the portable `compute_XY`.
 pub struct Family {
     pub name: &'static str,
     pub source: &'static str,
+    pub arch_specific: bool,
 }
 
-pub const FAMILIES: [Family; 10] = [
-    Family { name: "embedding", source: include_str!("../../../kernels/embedding.cu") },
-    Family { name: "norm", source: include_str!("../../../kernels/norm.cu") },
-    Family { name: "rope", source: include_str!("../../../kernels/rope.cu") },
-    Family { name: "activation", source: include_str!("../../../kernels/activation.cu") },
-    Family { name: "kv_cache", source: include_str!("../../../kernels/kv_cache.cu") },
-    Family { name: "attention", source: include_str!("../../../kernels/attention.cu") },
-    Family { name: "decode_attention", source: include_str!("../../../kernels/decode_attention.cu") },
-    Family { name: "prefill_attention", source: include_str!("../../../kernels/prefill_attention.cu") },
-    Family { name: "sampling", source: include_str!("../../../kernels/sampling.cu") },
-    Family { name: "gemv", source: include_str!("../../../kernels/gemv.cu") },
+const fn family(name: &'static str, source: &'static str) -> Family {
+    Family { name, source, arch_specific: false }
+}
+
+pub const FAMILIES: [Family; 11] = [
+    family("embedding", include_str!("../../../kernels/embedding.cu")),
+    family("norm", include_str!("../../../kernels/norm.cu")),
+    family("rope", include_str!("../../../kernels/rope.cu")),
+    family("activation", include_str!("../../../kernels/activation.cu")),
+    family("kv_cache", include_str!("../../../kernels/kv_cache.cu")),
+    family("attention", include_str!("../../../kernels/attention.cu")),
+    family("decode_attention", include_str!("../../../kernels/decode_attention.cu")),
+    family("prefill_attention", include_str!("../../../kernels/prefill_attention.cu")),
+    family("sampling", include_str!("../../../kernels/sampling.cu")),
+    family("gemv", include_str!("../../../kernels/gemv.cu")),
+    Family { name: "gemm_glu", source: include_str!("../../../kernels/gemm_glu.cu"), arch_specific: true },
 ];
 
 /// 64-bit FNV-1a: stable across Rust versions, unlike `DefaultHasher`, so cache keys survive
@@ -60,9 +69,10 @@ fn define_options(defines: &str) -> Vec<String> {
     defines.split_whitespace().map(|d| format!("-D{d}")).collect()
 }
 
-fn options(arch: (i32, i32)) -> Vec<String> {
+fn options(arch: (i32, i32), arch_specific: bool) -> Vec<String> {
+    let suffix = if arch_specific && arch == (9, 0) { "a" } else { "" };
     let mut options =
-        vec![format!("--gpu-architecture=compute_{}{}", arch.0, arch.1), "--std=c++17".to_string()];
+        vec![format!("--gpu-architecture=compute_{}{}{suffix}", arch.0, arch.1), "--std=c++17".to_string()];
     options.extend(defines());
     options
 }
@@ -70,7 +80,7 @@ fn options(arch: (i32, i32)) -> Vec<String> {
 /// The PTX of `family` for compute capability `arch`, from the disk cache or NVRTC.
 pub fn compile(family: &Family, arch: (i32, i32)) -> Result<Ptx> {
     let source = format!("{COMMON}\n{}", family.source);
-    let options = options(arch);
+    let options = options(arch, family.arch_specific);
     let mut key_parts: Vec<&str> = vec![&source];
     key_parts.extend(options.iter().map(String::as_str));
     let key = fnv1a(&key_parts);
@@ -113,6 +123,18 @@ mod tests {
         assert_ne!(base, fnv1a(&["src2", "--gpu-architecture=compute_90"]));
         // Part boundaries count: ("ab", "c") is not ("a", "bc").
         assert_ne!(fnv1a(&["ab", "c"]), fnv1a(&["a", "bc"]));
+    }
+
+    #[test]
+    fn only_arch_specific_families_target_sm_90a() {
+        let arch = |options: Vec<String>| options[0].clone();
+        assert_eq!(arch(options((9, 0), true)), "--gpu-architecture=compute_90a");
+        assert_eq!(arch(options((9, 0), false)), "--gpu-architecture=compute_90");
+        // No other GPU has sm_90a's features: the family compiles portably (its kernels empty).
+        assert_eq!(arch(options((8, 9), true)), "--gpu-architecture=compute_89");
+        assert_eq!(arch(options((10, 0), true)), "--gpu-architecture=compute_100");
+        let specific: Vec<&str> = FAMILIES.iter().filter(|f| f.arch_specific).map(|f| f.name).collect();
+        assert_eq!(specific, ["gemm_glu"]);
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub(crate) struct Device {
     pub gemm_tuner: GemmTuner,
     _blas_workspace: CudaSlice<u8>,
     pub num_sms: u32,
+    /// Compute capability (major, minor): kernels of sm_90's own features (gemm_glu.cu) run only
+    /// at (9, 0).
+    pub arch: (i32, i32),
     /// The most shared memory one block may take on this GPU once a kernel asks for it (227 KB on
     /// an H100 or H200, 99 KB on an L40S): `prefill_attention` runs only where its blocks fit.
     pub shared_optin: usize,
@@ -100,11 +103,12 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
 
 /// Kernels that take more dynamic shared memory than the 48 KB a launch gets without asking,
 /// with the most any launch of theirs takes: `prefill_attention` at group 8, its largest.
-fn shared_memory_needs() -> [(&'static str, usize); 2] {
-    use crate::launch::prefill_attention_smem;
+fn shared_memory_needs() -> [(&'static str, usize); 3] {
+    use crate::launch::{prefill_attention_smem, GEMM_GLU_SMEM};
     [
         ("prefill_attention_d64", prefill_attention_smem(64, 8)),
         ("prefill_attention_d128", prefill_attention_smem(128, 8)),
+        ("gemm_glu", GEMM_GLU_SMEM),
     ]
 }
 
@@ -122,7 +126,7 @@ fn raise_shared_memory_limits(functions: &HashMap<&str, CudaFunction>, shared_op
 }
 
 /// Kernel entry points of each family (their `extern "C"` names).
-const ENTRIES: [(&str, &[&str]); 10] = [
+const ENTRIES: [(&str, &[&str]); 11] = [
     ("embedding", &["embedding", "fill_dummy"]),
     ("norm", &["rms_norm", "add_rms_norm", "rms_norm_v8", "add_rms_norm_v8", "qk_norm"]),
     ("rope", &["rope", "rope_write_kv", "rope_write_kv_v4"]),
@@ -146,6 +150,7 @@ const ENTRIES: [(&str, &[&str]); 10] = [
     ("prefill_attention", &["prefill_attention_d64", "prefill_attention_d128"]),
     ("sampling", &["argmax_rows", "penalize_rows", "sample_rows"]),
     ("gemv", &["gemv_m8", "gemv_m8_r8", "gemv_m16", "gemv_glu_m8"]),
+    ("gemm_glu", &["gemm_glu"]),
 ];
 
 impl Device {
@@ -187,6 +192,7 @@ impl Device {
             gemm_tuner,
             _blas_workspace: blas_workspace,
             num_sms,
+            arch,
             shared_optin,
             pdl,
             functions,

@@ -128,6 +128,27 @@ pub fn glu_applies(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
     fused && w.rows.is_multiple_of(2) && auto_takes_gemv(device, x, w)
 }
 
+/// The fewest rows of x for which `silu(x @ gate^T) * (x @ up^T)` runs as the Hopper GEMM with
+/// the activation in its epilogue (`launch::gemm_glu`) instead of cuBLAS then silu_mul: below it
+/// cuBLAS's tuned algorithms and a 128-row tile's waste decide (op_bench's `glu` rows measure
+/// both sides by rows).
+pub const GLU_GEMM_MIN_M: usize = 512;
+
+/// Whether the gate|up projection and activation of x run as `launch::gemm_glu`: on sm_90 for
+/// shapes it takes, from `GLU_GEMM_MIN_M` rows on. TESSERA_GLU_GEMM=0 turns it off and
+/// TESSERA_GLU_GEMM=all lowers the threshold to the GEMV's limit, for A/B measurements.
+pub fn glu_gemm_applies(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
+    static MODE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let min_rows = *MODE.get_or_init(|| match std::env::var("TESSERA_GLU_GEMM").as_deref() {
+        Ok("0") => None,
+        Ok("all") => Some(GEMV_MAX_M + 1),
+        _ => Some(GLU_GEMM_MIN_M),
+    });
+    min_rows.is_some_and(|min| x.rows >= min)
+        && w.rows.is_multiple_of(2)
+        && launch::gemm_glu_supports(device, &x.data, &w.data, x.rows, w.rows / 2, x.cols)
+}
+
 /// The choice tuning made for this shape; tunes it first when tuning is on (or `force`d) and it
 /// was not yet, else the default cuBLAS call. Tuning always times overwriting calls; an
 /// accumulating one (o_proj and down_proj of a Llama model) runs the same choice.
@@ -204,6 +225,31 @@ impl CudaBackend {
     /// error for shapes the GEMV does not take. For benchmarks and tests that compare the two.
     pub fn linear_with(&self, x: &CudaTensor, w: &CudaTensor, kernel: LinearKernel) -> Result<CudaTensor> {
         linear_with(self, x, w, kernel)
+    }
+
+    /// `silu(x @ w[..n]^T) * (x @ w[n..]^T)` for a fused gate|up weight of 2n rows by the Hopper
+    /// GEMM with the activation in its epilogue (`launch::gemm_glu`), whatever the rows; an error
+    /// where the kernel does not take the shape or the GPU. For benchmarks and tests.
+    pub fn gemm_glu(&self, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
+        let (m, n, k) = (x.rows, w.rows / 2, x.cols);
+        if x.cols != w.cols
+            || !w.rows.is_multiple_of(2)
+            || !launch::gemm_glu_supports(&self.device, &x.data, &w.data, m, n, k)
+        {
+            return Err(ModelError::Backend(format!(
+                "gemm_glu does not take {m}x{k} @ {}x{}^T on this GPU: it needs sm_90, 2n rows with n \
+                 a multiple of 128, k a multiple of 8 and 16-byte aligned buffers",
+                w.rows, w.cols
+            )));
+        }
+        let mut out = self.tensor(m, n)?;
+        launch::gemm_glu(&self.device, &mut out.data, &x.data, &w.data, m, n, k)?;
+        Ok(out)
+    }
+
+    /// Whether `Backend::linear_silu_mul` takes `gemm_glu` for x and this gate|up weight.
+    pub fn glu_gemm_applies(&self, x: &CudaTensor, w: &CudaTensor) -> bool {
+        glu_gemm_applies(&self.device, x, w)
     }
 
     /// Runs `f` with GEMM tuning on, as the profiling pass and graph captures do: the shapes

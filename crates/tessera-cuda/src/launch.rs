@@ -11,8 +11,10 @@ use tessera_model::Result;
 
 mod attention;
 mod builder;
+mod gemm_glu;
 mod gemv;
 pub use attention::*;
+pub use gemm_glu::*;
 pub use gemv::*;
 
 /// Threads of a per-row block: enough to stride a row in few passes, at most 1024.

@@ -229,3 +229,46 @@ fn linear_silu_mul_fused_and_not() {
         assert_close(&format!("linear_silu_mul {m}x{k} @ {}x{k}^T", 2 * n), &got, &want, BF16_TOL);
     }
 }
+
+/// The Hopper gate|up GEMM with the activation in its epilogue (gemm_glu.cu) against the CPU
+/// backend, at rows and widths that end mid-tile (the TMA boxes read zeros past the edges and
+/// the kernel writes no row past m), a k that ends mid-slice, and one output tile or several;
+/// then at a prefill step's shape of Llama 8B against cuBLAS and silu_mul on the same GPU. Also
+/// checks that `linear_silu_mul` takes this kernel from `GLU_GEMM_MIN_M` rows on.
+#[test]
+fn gemm_glu_against_cpu_and_cublas() {
+    let Some((cpu, gpu)) = backends("gemm_glu_against_cpu_and_cublas") else { return };
+    if gpu.compute_capability() != (9, 0) {
+        eprintln!("SKIPPED gemm_glu_against_cpu_and_cublas: {} is not sm_90", gpu.device_name());
+        return;
+    }
+    for (i, (m, k, n)) in [(1, 64, 128), (130, 200, 128), (700, 512, 384), (256, 4104, 256), (129, 8, 128)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 1500 + 10 * i as u64;
+        let (xs, ws) = (random_bf16(seed, m * k, 1.0), random_bf16(seed + 1, 2 * n * k, 0.1));
+        let cx = activation(&cpu, m, k, &xs);
+        let cw = cpu.upload(host_bf16(vec![2 * n, k], &ws)).unwrap();
+        let want = cpu.to_host(&cpu.linear_silu_mul(&cx, &cw).unwrap()).unwrap();
+        let x = activation(&gpu, m, k, &xs);
+        let w = gpu.upload(host_bf16(vec![2 * n, k], &ws)).unwrap();
+        let got = gpu.to_host(&gpu.gemm_glu(&x, &w).unwrap()).unwrap();
+        assert_eq!(got.len(), m * n);
+        assert_close(&format!("gemm_glu {m}x{k} @ {}x{k}^T vs cpu", 2 * n), &got, &want, BF16_TOL);
+    }
+    let (m, k, n) = (1030, 4096, 14336);
+    let (xs, ws) = (random_bf16(1600, m * k, 1.0), random_bf16(1601, 2 * n * k, 0.05));
+    let x = activation(&gpu, m, k, &xs);
+    let w = gpu.upload(host_bf16(vec![2 * n, k], &ws)).unwrap();
+    assert!(gpu.glu_gemm_applies(&x, &w), "linear_silu_mul takes gemm_glu at {m} rows");
+    let fused = gpu.to_host(&gpu.linear_silu_mul(&x, &w).unwrap()).unwrap();
+    let split = gpu.to_host(&gpu.silu_mul(&gpu.linear(&x, &w, None).unwrap()).unwrap()).unwrap();
+    assert_close(&format!("gemm_glu {m}x{k} @ {}x{k}^T vs cublas", 2 * n), &fused, &split, BF16_TOL);
+    // Below the threshold the split path runs.
+    let few = activation(&gpu, 64, k, &xs[..64 * k]);
+    assert!(!gpu.glu_gemm_applies(&few, &w), "64 rows stay on cuBLAS");
+    // Shapes the kernel does not take are an error, not a wrong answer.
+    let odd = gpu.upload(host_bf16(vec![2 * 100, k], &ws[..200 * k])).unwrap();
+    assert!(gpu.gemm_glu(&x, &odd).is_err(), "n = 100 is not whole tiles");
+}

@@ -13,7 +13,8 @@
 //!
 //! cudarc's launch builder has no way to pass launch attributes, so this one takes the kernel's
 //! arguments itself: each is copied into an 8-byte slot, from which the driver reads the
-//! parameter's width (little-endian, so a 4-byte parameter reads the low half of its slot).
+//! parameter's width (little-endian, so a 4-byte parameter reads the low half of its slot). A TMA
+//! tensor map (128 bytes, `TensorMap`) is passed by reference to the caller's copy instead.
 
 use crate::device::{backend_err, Device};
 use cudarc::driver::sys::{
@@ -70,6 +71,11 @@ impl KernelArg for f32 {
     }
 }
 
+/// A TMA tensor map as the driver's `cuTensorMapEncodeTiled` writes it and a kernel takes it by
+/// value (`const __grid_constant__ TensorMap`, gemm_glu.cu): 128 opaque bytes, 64-byte aligned.
+#[repr(C, align(64))]
+pub(crate) struct TensorMap(pub cudarc::driver::sys::CUtensorMap);
+
 /// Most arguments a kernel of kernels/ takes (decode_attention: 18), with room to spare. The
 /// slots live in the builder, so a launch allocates nothing.
 const MAX_ARGS: usize = 24;
@@ -79,17 +85,27 @@ pub(crate) struct KernelLaunch<'a> {
     device: &'a Device,
     name: &'a str,
     slots: [u64; MAX_ARGS],
+    /// Arguments passed by reference (tensor maps), by position; `None` where the slot holds it.
+    by_ref: [Option<&'a TensorMap>; MAX_ARGS],
     len: usize,
 }
 
 impl<'a> KernelLaunch<'a> {
     pub fn new(device: &'a Device, name: &'a str) -> Self {
-        KernelLaunch { device, name, slots: [0; MAX_ARGS], len: 0 }
+        KernelLaunch { device, name, slots: [0; MAX_ARGS], by_ref: [None; MAX_ARGS], len: 0 }
     }
 
     pub fn arg(&mut self, arg: &(impl KernelArg + ?Sized)) -> &mut Self {
         assert!(self.len < MAX_ARGS, "{}: more than {MAX_ARGS} kernel arguments", self.name);
         self.slots[self.len] = arg.slot(self.device);
+        self.len += 1;
+        self
+    }
+
+    /// A tensor map argument: the driver copies its 128 bytes at the launch.
+    pub fn tensor_map(&mut self, map: &'a TensorMap) -> &mut Self {
+        assert!(self.len < MAX_ARGS, "{}: more than {MAX_ARGS} kernel arguments", self.name);
+        self.by_ref[self.len] = Some(map);
         self.len += 1;
         self
     }
@@ -124,8 +140,11 @@ impl<'a> KernelLaunch<'a> {
         };
         // The slots stay put from here on: `params` points into them.
         let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
-        for (param, slot) in params.iter_mut().zip(&mut self.slots[..self.len]) {
-            *param = slot as *mut u64 as *mut c_void;
+        for ((param, slot), by_ref) in params.iter_mut().zip(&mut self.slots[..self.len]).zip(self.by_ref) {
+            *param = match by_ref {
+                Some(map) => map as *const TensorMap as *mut c_void,
+                None => slot as *mut u64 as *mut c_void,
+            };
         }
         let function = device.function(self.name).cu_function();
         // SAFETY: the caller vouches for the arguments; config, attribute and params outlive the
