@@ -32,6 +32,12 @@
 #ifndef GG_GROUP_M
 #define GG_GROUP_M 16
 #endif
+// GG_CLUSTER 2: blocks run in clusters of two on vertically adjacent tiles (same weight rows),
+// each loading its own x tile and half of the weight tile, which TMA multicasts to both: half
+// the weight traffic from L2. 1: every block loads its whole tiles.
+#ifndef GG_CLUSTER
+#define GG_CLUSTER 1
+#endif
 #define GG_THREADS 384
 #define GG_X_BYTES (GG_BM * GG_BK * 2)
 #define GG_W_BYTES (2 * GG_BN * GG_BK * 2)
@@ -82,6 +88,37 @@ __device__ __forceinline__ void tma_load_2d(u32 dst, const TensorMap* map, u32 c
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
         "l"(map), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
+}
+
+// TMA into the same offset of every block of the cluster in `mask`, completing bytes on each
+// block's barrier at `bar`'s offset.
+__device__ __forceinline__ void tma_load_2d_multicast(u32 dst, const TensorMap* map, u32 c0, u32 c1, u32 bar,
+                                                      unsigned short mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+        " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+        : "memory");
+}
+
+// Arrives on the barrier at the same offset as `bar` in cluster block `rank`.
+__device__ __forceinline__ void mbar_arrive_cluster(u32 bar, u32 rank) {
+    asm volatile(
+        "{\n.reg .b32 remote;\n"
+        "mapa.shared::cluster.u32 remote, %0, %1;\n"
+        "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}" ::"r"(bar),
+        "r"(rank)
+        : "memory");
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+}
+
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
 }
 
 // wgmma shared-memory descriptor of a K-major tile of 128-byte rows with the 128-byte swizzle:
@@ -142,13 +179,14 @@ __device__ __forceinline__ float gg_glu(float g, float u) {
     return silu_mul_f(bf2f(f2bf(g)), bf2f(f2bf(u)));
 }
 
-// Origin (first row, first column) of output tile `tile`: tiles go down GG_GROUP_M row tiles,
-// then across one column tile, group after group.
-__device__ __forceinline__ void gg_tile_origin(u32 tile, u32 tiles_m, u32 tiles_n, u32* m0, u32* j0) {
+// Origin (first row, first column) of output tile `tile` of a grid of row tiles GG_CLUSTER x
+// GG_BM rows high: tiles go down GG_GROUP_M row tiles, then across one column tile, group after
+// group. Block `rank` of a cluster takes its own GG_BM rows of the tile.
+__device__ __forceinline__ void gg_tile_origin(u32 tile, u32 tiles_m, u32 tiles_n, u32 rank, u32* m0, u32* j0) {
     const u32 per_group = GG_GROUP_M * tiles_n, group = tile / per_group;
     const u32 first_m = group * GG_GROUP_M, group_m = umin(tiles_m - first_m, GG_GROUP_M);
     const u32 in_group = tile % per_group;
-    *m0 = (first_m + in_group % group_m) * GG_BM;
+    *m0 = ((first_m + in_group % group_m) * GG_CLUSTER + rank) * GG_BM;
     *j0 = (in_group / group_m) * GG_BN;
 }
 
@@ -159,8 +197,14 @@ __device__ __forceinline__ void gg_tile_origin(u32 tile, u32 tiles_m, u32 tiles_
 // Persistent: a grid of at most one block per SM, block b taking tiles b, b + gridDim.x, ...
 // The stage ring runs on across a block's tiles, so the producer loads the next tile's first
 // slices while the consumers are in the previous tile's epilogue.
-// Block: GG_THREADS threads and GG_SMEM_BYTES of dynamic shared memory.
-extern "C" __global__ void __launch_bounds__(GG_THREADS, 1)
+// Block: GG_THREADS threads and GG_SMEM_BYTES of dynamic shared memory; an even grid (with
+// GG_CLUSTER 2 the two blocks of a cluster take the same tiles).
+#if GG_CLUSTER == 2
+#define GG_CLUSTER_DIMS __cluster_dims__(2, 1, 1)
+#else
+#define GG_CLUSTER_DIMS
+#endif
+extern "C" __global__ void GG_CLUSTER_DIMS __launch_bounds__(GG_THREADS, 1)
     gemm_glu(bf16* __restrict__ out, const __grid_constant__ TensorMap x_map,
              const __grid_constant__ TensorMap w_map, u32 m, u32 n, u32 k) {
     pdl_start();
@@ -169,8 +213,15 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS, 1)
     __shared__ __align__(8) u64 bars[2 * GG_STAGES];
     const u32 base = (gg_smem_addr(gg_smem) + 1023) & ~1023u;
     const u32 full0 = gg_smem_addr(&bars[0]), empty0 = gg_smem_addr(&bars[GG_STAGES]);
-    const u32 tiles_m = (m + GG_BM - 1) / GG_BM, tiles_n = n / GG_BN, tiles = tiles_m * tiles_n;
+    // Tiles of GG_CLUSTER x GG_BM rows; a cluster (or a lone block) takes every `step`-th.
+    const u32 tiles_m = (m + GG_CLUSTER * GG_BM - 1) / (GG_CLUSTER * GG_BM), tiles_n = n / GG_BN;
+    const u32 tiles = tiles_m * tiles_n, step = gridDim.x / GG_CLUSTER;
     const u32 slices = (k + GG_BK - 1) / GG_BK;
+#if GG_CLUSTER == 2
+    const u32 rank = cluster_rank(), first = blockIdx.x / 2;
+#else
+    const u32 rank = 0, first = blockIdx.x;
+#endif
 
     // Warp-uniform as far as the compiler can tell (a shuffle from lane 0), so that the
     // consumers' wgmma are not serialized as if in a divergent path.
@@ -178,40 +229,56 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS, 1)
     if (threadIdx.x == 0) {
         for (u32 s = 0; s < GG_STAGES; s++) {
             mbar_init(full0 + 8 * s, 1);
-            mbar_init(empty0 + 8 * s, 8);
+            // Every consumer warp of every block whose loads write this stage.
+            mbar_init(empty0 + 8 * s, 8 * GG_CLUSTER);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
+#if GG_CLUSTER == 2
+    // The peer's barriers exist before any multicast or remote arrive reaches them.
+    cluster_sync();
+#else
     __syncthreads();
+#endif
 
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) {
             u32 it = 0;
-            for (u32 tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            for (u32 tile = first; tile < tiles; tile += step) {
                 u32 m0, j0;
-                gg_tile_origin(tile, tiles_m, tiles_n, &m0, &j0);
+                gg_tile_origin(tile, tiles_m, tiles_n, rank, &m0, &j0);
                 for (u32 i = 0; i < slices; i++, it++) {
                     const u32 s = it % GG_STAGES, round = it / GG_STAGES;
                     mbar_wait(empty0 + 8 * s, (round & 1) ^ 1);
                     const u32 stage = base + s * GG_STAGE_BYTES, full = full0 + 8 * s;
                     mbar_expect_tx(full, GG_STAGE_BYTES);
                     tma_load_2d(stage, &x_map, i * GG_BK, m0, full);
+#if GG_CLUSTER == 2
+                    // Block 0 brings the gate rows, block 1 the up rows, to both blocks.
+                    const u32 half = stage + GG_X_BYTES + rank * (GG_W_BYTES / 2);
+                    tma_load_2d_multicast(half, &w_map, i * GG_BK, rank * n + j0, full, 3);
+#else
                     tma_load_2d(stage + GG_X_BYTES, &w_map, i * GG_BK, j0, full);
                     tma_load_2d(stage + GG_X_BYTES + GG_W_BYTES / 2, &w_map, i * GG_BK, n + j0, full);
+#endif
                 }
             }
         }
-        return;
-    }
+    } else {
 
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     const u32 c = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     float d[128];
+    // A consumed stage is free once every block that loads into it knows.
+    auto release = [rank](u32 bar) {
+        mbar_arrive(bar);
+        if (GG_CLUSTER == 2) mbar_arrive_cluster(bar, rank ^ 1);
+    };
     u32 it = 0;
-    for (u32 tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (u32 tile = first; tile < tiles; tile += step) {
         u32 m0, j0;
-        gg_tile_origin(tile, tiles_m, tiles_n, &m0, &j0);
+        gg_tile_origin(tile, tiles_m, tiles_n, rank, &m0, &j0);
         // Not unrolled: a peeled copy of the body would move the accumulators between
         // registers, and ptxas then serializes the wgmma.
 #pragma unroll 1
@@ -229,10 +296,10 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS, 1)
             wgmma_commit();
             // The slice before this one is done: its stage may be refilled.
             wgmma_wait<1>();
-            if (i > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((it - 1) % GG_STAGES));
+            if (i > 0 && lane == 0) release(empty0 + 8 * ((it - 1) % GG_STAGES));
         }
         wgmma_wait<0>();
-        if (lane == 0) mbar_arrive(empty0 + 8 * ((it - 1) % GG_STAGES));
+        if (lane == 0) release(empty0 + 8 * ((it - 1) % GG_STAGES));
         // The accumulators are final only now: keep the compiler from reading them any earlier
         // (the wait above names no register).
 #pragma unroll
@@ -255,5 +322,11 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS, 1)
             }
         }
     }
+    }
+#if GG_CLUSTER == 2
+    // No block leaves while its peer may still multicast into it or arrive on its barriers.
+    __syncwarp();
+    cluster_sync();
+#endif
 #endif
 }

@@ -95,8 +95,10 @@ pub fn gemm_glu(
     assert!(x.len() >= m * k && w.len() >= 2 * n * k && out.len() >= m * n, "gemm_glu buffers");
     let x_map = tensor_map(x.device_ptr(&device.stream).0, m, k)?;
     let w_map = tensor_map(w.device_ptr(&device.stream).0, 2 * n, k)?;
-    // Persistent blocks (gemm_glu.cu): one per SM at most, each walking its share of the tiles.
-    let blocks = (m.div_ceil(TILE_M) * (n / TILE_N)).min(device.num_sms as usize);
+    // Persistent blocks (gemm_glu.cu): one per SM at most, each walking its share of the tiles;
+    // an even count, as the kernel's cluster variant (GG_CLUSTER 2) pairs them.
+    let tiles = m.div_ceil(TILE_M) * (n / TILE_N);
+    let blocks = (tiles + tiles % 2).min(device.num_sms as usize & !1).max(2);
     let (m32, n32, k32) = (m as u32, n as u32, k as u32);
     let mut b = KernelLaunch::new(device, "gemm_glu");
     b.arg(out).tensor_map(&x_map).tensor_map(&w_map).arg(&m32).arg(&n32).arg(&k32);
