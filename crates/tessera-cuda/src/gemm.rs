@@ -129,20 +129,21 @@ pub fn glu_applies(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
 }
 
 /// The fewest rows of x for which `silu(x @ gate^T) * (x @ up^T)` runs as the Hopper GEMM with
-/// the activation in its epilogue (`launch::gemm_glu`) instead of cuBLAS then silu_mul: below it
-/// cuBLAS's tuned algorithms and a 128-row tile's waste decide (op_bench's `glu` rows measure
-/// both sides by rows).
+/// the activation in its epilogue (`launch::gemm_glu`) instead of cuBLAS then silu_mul, once
+/// turned on: below it cuBLAS's tuned algorithms and a 128-row tile's waste decide (op_bench's
+/// `--glu-only` rows measure both sides by rows).
 pub const GLU_GEMM_MIN_M: usize = 512;
 
 /// Whether the gate|up projection and activation of x run as `launch::gemm_glu`: on sm_90 for
-/// shapes it takes, from `GLU_GEMM_MIN_M` rows on. TESSERA_GLU_GEMM=0 turns it off and
-/// TESSERA_GLU_GEMM=all lowers the threshold to the GEMV's limit, for A/B measurements.
+/// shapes it takes, from `GLU_GEMM_MIN_M` rows on, when TESSERA_GLU_GEMM=1 (`all`: from the
+/// GEMV's limit up). Off by default until a GPU run has shown the kernel correct and faster than
+/// the split path (docs/benchmarks.md, session 20: no GPU could be had to run it).
 pub fn glu_gemm_applies(device: &Device, x: &CudaTensor, w: &CudaTensor) -> bool {
     static MODE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let min_rows = *MODE.get_or_init(|| match std::env::var("TESSERA_GLU_GEMM").as_deref() {
-        Ok("0") => None,
+        Ok("1") => Some(GLU_GEMM_MIN_M),
         Ok("all") => Some(GEMV_MAX_M + 1),
-        _ => Some(GLU_GEMM_MIN_M),
+        _ => None,
     });
     min_rows.is_some_and(|min| x.rows >= min)
         && w.rows.is_multiple_of(2)
@@ -245,11 +246,6 @@ impl CudaBackend {
         let mut out = self.tensor(m, n)?;
         launch::gemm_glu(&self.device, &mut out.data, &x.data, &w.data, m, n, k)?;
         Ok(out)
-    }
-
-    /// Whether `Backend::linear_silu_mul` takes `gemm_glu` for x and this gate|up weight.
-    pub fn glu_gemm_applies(&self, x: &CudaTensor, w: &CudaTensor) -> bool {
-        glu_gemm_applies(&self.device, x, w)
     }
 
     /// Runs `f` with GEMM tuning on, as the profiling pass and graph captures do: the shapes
