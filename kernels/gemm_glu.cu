@@ -69,7 +69,22 @@ __device__ __forceinline__ void mbar_arrive(u32 bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
 
+// Waits for the phase of parity `parity` of `bar` to complete. With GG_WAIT_LIMIT defined (a
+// debugging build: TESSERA_KERNEL_DEFINES="GG_WAIT_LIMIT=100000000"), a wait that polls that many
+// times traps instead, so a broken hand-off fails at once instead of hanging the GPU.
 __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+#ifdef GG_WAIT_LIMIT
+    for (u32 polls = 0;; polls++) {
+        u32 done;
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+        if (done) return;
+        if (polls == GG_WAIT_LIMIT) __trap();
+    }
+#else
     asm volatile(
         "{\n"
         ".reg .pred done;\n"
@@ -79,6 +94,7 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
         "}\n" ::"r"(bar),
         "r"(parity)
         : "memory");
+#endif
 }
 
 // TMA: the box of `map` at (c0 along the inner dimension, c1 along the outer) into shared memory

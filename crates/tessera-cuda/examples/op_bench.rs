@@ -367,6 +367,12 @@ fn glu_rows(
     println!("|---|---|---|---|---|---|---|---|");
     for m in GLU_ROWS {
         let x = b.tensor_from_bf16(m, k, &values[values.len() - m * k..])?;
+        // The outputs compared first, in a fresh pool's order: the split result stays allocated
+        // while gemm_glu's output is, so that buffer cannot be the split result's memory (a
+        // kernel writing nothing would then compare equal).
+        let want = b.silu_mul(&b.linear_with(&x, &w, LinearKernel::Cublas)?)?;
+        let diff = relative_diff(&b.to_host(&b.gemm_glu(&x, &w)?)?, &b.to_host(&want)?);
+        drop(want);
         let split = |kernel| {
             let (x, w) = (&x, &w);
             move |_: usize| b.silu_mul(&b.linear_with(x, w, kernel)?).map(drop)
@@ -374,8 +380,6 @@ fn glu_rows(
         let cublas_us = time_us(b, busy, reps, split(LinearKernel::Cublas))?;
         let tuned_us = time_us(b, busy, reps, split(LinearKernel::Tuned))?;
         let fused_us = time_us(b, busy, reps, |_| b.gemm_glu(&x, &w).map(drop))?;
-        let want = b.to_host(&b.silu_mul(&b.linear_with(&x, &w, LinearKernel::Cublas)?)?)?;
-        let diff = relative_diff(&b.to_host(&b.gemm_glu(&x, &w)?)?, &want);
         let tflops = 2.0 * (m * 2 * n * k) as f64 / (fused_us * 1e-6) / 1e12;
         println!(
             "| {n} x {k} | {m} | {cublas_us:.1} | {tuned_us:.1} | {fused_us:.1} | {tflops:.0} | {:.3} | {diff:.1e} |",

@@ -232,8 +232,10 @@ fn linear_silu_mul_fused_and_not() {
 
 /// The Hopper gate|up GEMM with the activation in its epilogue (gemm_glu.cu) against the CPU
 /// backend, at rows and widths that end mid-tile (the TMA boxes read zeros past the edges and
-/// the kernel writes no row past m), a k that ends mid-slice, and one output tile or several;
-/// then at a prefill step's shape of Llama 8B against cuBLAS and silu_mul on the same GPU.
+/// the kernel writes no row past m), a k that ends mid-slice, one output tile or several, and
+/// more tiles than blocks with few k slices each (a block's stage ring and barrier phases carry
+/// on from tile to tile); then at a prefill step's shape of Llama 8B against cuBLAS and silu_mul
+/// on the same GPU.
 #[test]
 fn gemm_glu_against_cpu_and_cublas() {
     let Some((cpu, gpu)) = backends("gemm_glu_against_cpu_and_cublas") else { return };
@@ -241,9 +243,10 @@ fn gemm_glu_against_cpu_and_cublas() {
         eprintln!("SKIPPED gemm_glu_against_cpu_and_cublas: {} is not sm_90", gpu.device_name());
         return;
     }
-    for (i, (m, k, n)) in [(1, 64, 128), (130, 200, 128), (700, 512, 384), (256, 4104, 256), (129, 8, 128)]
-        .into_iter()
-        .enumerate()
+    for (i, (m, k, n)) in
+        [(1, 64, 128), (130, 200, 128), (700, 512, 384), (256, 4104, 256), (129, 8, 128), (2560, 136, 1024)]
+            .into_iter()
+            .enumerate()
     {
         let seed = 1500 + 10 * i as u64;
         let (xs, ws) = (random_bf16(seed, m * k, 1.0), random_bf16(seed + 1, 2 * n * k, 0.1));
