@@ -118,7 +118,8 @@ fn shared_memory_needs() -> [(&'static str, usize); 3] {
 fn raise_shared_memory_limits(functions: &HashMap<&str, CudaFunction>, shared_optin: usize) -> Result<()> {
     use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYNAMIC;
     for (name, bytes) in shared_memory_needs() {
-        functions[name]
+        let Some(function) = functions.get(name) else { continue };
+        function
             .set_attribute(MAX_DYNAMIC, bytes.min(shared_optin) as i32)
             .map_err(backend_err("shared memory limit"))?;
     }
@@ -153,6 +154,20 @@ const ENTRIES: [(&str, &[&str]); 11] = [
     ("gemm_glu", &["gemm_glu"]),
 ];
 
+/// Compiles (or finds cached) and loads one family's module, and every entry point of it.
+fn load_family(
+    ctx: &Arc<CudaContext>,
+    family: &crate::compile::Family,
+    arch: (i32, i32),
+) -> Result<Vec<(&'static str, CudaFunction)>> {
+    let module = ctx.load_module(compile(family, arch)?).map_err(backend_err("module load"))?;
+    let (_, names) = ENTRIES.iter().find(|(f, _)| *f == family.name).expect("every family has entries");
+    names
+        .iter()
+        .map(|name| Ok((*name, module.load_function(name).map_err(backend_err("function"))?)))
+        .collect()
+}
+
 impl Device {
     pub fn new(ordinal: usize) -> Result<Self> {
         check_libraries()?;
@@ -173,11 +188,18 @@ impl Device {
             .map_err(backend_err("attribute"))? as u32;
         let mut functions = HashMap::new();
         for family in &FAMILIES {
-            let module = ctx.load_module(compile(family, arch)?).map_err(backend_err("module load"))?;
-            let (_, names) =
-                ENTRIES.iter().find(|(f, _)| *f == family.name).expect("every family has entries");
-            for name in *names {
-                functions.insert(*name, module.load_function(name).map_err(backend_err("function"))?);
+            match load_family(&ctx, family, arch) {
+                Ok(loaded) => functions.extend(loaded),
+                // An architecture-specific family is a fast path with a portable one beside it
+                // (launchers check `has_function`): a GPU or driver that will not take it costs
+                // speed, not the backend.
+                Err(err) if family.arch_specific => {
+                    eprintln!(
+                        "tessera-cuda: kernels/{}.cu not loaded, its fast path stays off: {err}",
+                        family.name
+                    )
+                }
+                Err(err) => return Err(err),
             }
         }
         let shared_optin = ctx
@@ -199,6 +221,12 @@ impl Device {
         };
         device.keep_pool_memory()?;
         Ok(device)
+    }
+
+    /// Whether kernel `name` was loaded: always, except an architecture-specific family's that
+    /// the GPU or driver did not take.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
     }
 
     pub fn function(&self, name: &str) -> &CudaFunction {

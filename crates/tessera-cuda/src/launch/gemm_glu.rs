@@ -24,8 +24,8 @@ pub const GEMM_GLU_SMEM: usize = 4 * (16 + 32) * 1024 + 1024;
 /// Whether `gemm_glu` computes `silu(x @ w[..n]^T) * (x @ w[n..]^T)` for x `[m, k]` and a fused
 /// gate|up weight `w` `[2n, k]` here: an sm_90 GPU (the kernel is wgmma and TMA), whole output
 /// tiles of columns (n % 128 == 0, so no tile mixes gate rows with up rows), rows of whole
-/// 16-byte vectors (TMA's stride rule) on 16-byte aligned buffers, and a block's shared memory
-/// within the GPU's limit.
+/// 16-byte vectors (TMA's stride rule) on 16-byte aligned buffers, a block's shared memory
+/// within the GPU's limit, and the kernel loaded (device.rs loads it where the driver takes it).
 pub fn gemm_glu_supports(
     device: &Device,
     x: &CudaSlice<bf16>,
@@ -35,6 +35,7 @@ pub fn gemm_glu_supports(
     k: usize,
 ) -> bool {
     device.arch == (9, 0)
+        && device.has_function("gemm_glu")
         && m > 0
         && n > 0
         && n.is_multiple_of(TILE_N)
