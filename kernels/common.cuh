@@ -109,3 +109,26 @@ __device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// Two f32 as one bf16x2 word (lo in the low half), rounded to nearest even: one cvt from sm_80 on,
+// where the software f2bf above takes about six integer operations a value. Every P operand of
+// prefill_attention's P V mma passes through here (the same bits, NaN payloads aside; that kernel
+// took 287 instead of 325 us in op_bench on an H100, docs/benchmarks.md, session 16), and
+// gemm_glu's outputs.
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+#if __CUDA_ARCH__ < 800
+    return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
+#else
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
+// Shared-memory address of a generic pointer to shared memory (for cp.async, ldmatrix, mbarriers
+// and TMA).
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}

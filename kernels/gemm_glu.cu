@@ -53,10 +53,6 @@ struct __align__(64) TensorMap {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-__device__ __forceinline__ u32 gg_smem_addr(const void* p) {
-    return (u32)__cvta_generic_to_shared(p);
-}
-
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
 }
@@ -183,13 +179,6 @@ __device__ __forceinline__ void wgmma_m64n256k16(float* d, u64 desc_a, u64 desc_
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
-// Two f32 as one bf16x2 word, lo in the low half (round to nearest even).
-__device__ __forceinline__ u32 gg_pack(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
 // silu(g) * u with g and u first rounded to bf16, as cuBLAS's bf16 product then silu_mul give.
 __device__ __forceinline__ float gg_glu(float g, float u) {
     return silu_mul_f(bf2f(f2bf(g)), bf2f(f2bf(u)));
@@ -227,8 +216,8 @@ extern "C" __global__ void GG_CLUSTER_DIMS __launch_bounds__(GG_THREADS, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(1024) unsigned char gg_smem[];
     __shared__ __align__(8) u64 bars[2 * GG_STAGES];
-    const u32 base = (gg_smem_addr(gg_smem) + 1023) & ~1023u;
-    const u32 full0 = gg_smem_addr(&bars[0]), empty0 = gg_smem_addr(&bars[GG_STAGES]);
+    const u32 base = (smem_addr(gg_smem) + 1023) & ~1023u;
+    const u32 full0 = smem_addr(&bars[0]), empty0 = smem_addr(&bars[GG_STAGES]);
     // Tiles of GG_CLUSTER x GG_BM rows; a cluster (or a lone block) takes every `step`-th.
     const u32 tiles_m = (m + GG_CLUSTER * GG_BM - 1) / (GG_CLUSTER * GG_BM), tiles_n = n / GG_BN;
     const u32 tiles = tiles_m * tiles_n, step = gridDim.x / GG_CLUSTER;
@@ -282,62 +271,61 @@ extern "C" __global__ void GG_CLUSTER_DIMS __launch_bounds__(GG_THREADS, 1)
             }
         }
     } else {
-
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-    const u32 c = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-    float d[128];
-    // A consumed stage is free once every block that loads into it knows.
-    auto release = [rank](u32 bar) {
-        mbar_arrive(bar);
-        if (GG_CLUSTER == 2) mbar_arrive_cluster(bar, rank ^ 1);
-    };
-    u32 it = 0;
-    for (u32 tile = first; tile < tiles; tile += step) {
-        u32 m0, j0;
-        gg_tile_origin(tile, tiles_m, tiles_n, rank, &m0, &j0);
-        // Not unrolled: a peeled copy of the body would move the accumulators between
-        // registers, and ptxas then serializes the wgmma.
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+        const u32 c = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+        float d[128];
+        // A consumed stage is free once every block that loads into it knows.
+        auto release = [rank](u32 bar) {
+            mbar_arrive(bar);
+            if (GG_CLUSTER == 2) mbar_arrive_cluster(bar, rank ^ 1);
+        };
+        u32 it = 0;
+        for (u32 tile = first; tile < tiles; tile += step) {
+            u32 m0, j0;
+            gg_tile_origin(tile, tiles_m, tiles_n, rank, &m0, &j0);
+            // Not unrolled: a peeled copy of the body would move the accumulators between
+            // registers, and ptxas then serializes the wgmma.
 #pragma unroll 1
-        for (u32 i = 0; i < slices; i++, it++) {
-            const u32 s = it % GG_STAGES, round = it / GG_STAGES;
-            mbar_wait(full0 + 8 * s, round & 1);
-            const u32 stage = base + s * GG_STAGE_BYTES;
-            const u32 a = stage + c * 64 * 128, b = stage + GG_X_BYTES;
-            wgmma_fence();
+            for (u32 i = 0; i < slices; i++, it++) {
+                const u32 s = it % GG_STAGES, round = it / GG_STAGES;
+                mbar_wait(full0 + 8 * s, round & 1);
+                const u32 stage = base + s * GG_STAGE_BYTES;
+                const u32 a = stage + c * 64 * 128, b = stage + GG_X_BYTES;
+                wgmma_fence();
 #pragma unroll
-            for (u32 kk = 0; kk < GG_BK / 16; kk++) {
-                // The tile's first product overwrites the accumulators (scale-d 0).
-                wgmma_m64n256k16(d, gg_desc(a + kk * 32), gg_desc(b + kk * 32), i > 0 || kk > 0);
+                for (u32 kk = 0; kk < GG_BK / 16; kk++) {
+                    // The tile's first product overwrites the accumulators (scale-d 0).
+                    wgmma_m64n256k16(d, gg_desc(a + kk * 32), gg_desc(b + kk * 32), i > 0 || kk > 0);
+                }
+                wgmma_commit();
+                // The slice before this one is done: its stage may be refilled.
+                wgmma_wait<1>();
+                if (i > 0 && lane == 0) release(empty0 + 8 * ((it - 1) % GG_STAGES));
             }
-            wgmma_commit();
-            // The slice before this one is done: its stage may be refilled.
-            wgmma_wait<1>();
-            if (i > 0 && lane == 0) release(empty0 + 8 * ((it - 1) % GG_STAGES));
-        }
-        wgmma_wait<0>();
-        if (lane == 0) release(empty0 + 8 * ((it - 1) % GG_STAGES));
-        // The accumulators are final only now: keep the compiler from reading them any earlier
-        // (the wait above names no register).
+            wgmma_wait<0>();
+            if (lane == 0) release(empty0 + 8 * ((it - 1) % GG_STAGES));
+            // The accumulators are final only now: keep the compiler from reading them any earlier
+            // (the wait above names no register).
 #pragma unroll
-        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(d[i])::"memory");
+            for (int i = 0; i < 128; i++) asm volatile("" : "+f"(d[i])::"memory");
 
-        // Lane (warp, lane) holds rows 16 warp + lane / 4 (+ 8) and, for each group j of 8
-        // columns, columns 8 j + 2 (lane % 4) (+ 1): d[4 j + {0, 1}] and d[4 j + {2, 3}]. Groups
-        // 0 - 15 are gate columns, 16 - 31 the up columns of the same outputs.
-        const u32 row = m0 + c * 64 + warp * 16 + lane / 4;
-        bf16* dst = out + (size_t)row * n + j0 + 2 * (lane % 4);
+            // Lane (warp, lane) holds rows 16 warp + lane / 4 (+ 8) and, for each group j of 8
+            // columns, columns 8 j + 2 (lane % 4) (+ 1): d[4 j + {0, 1}] and d[4 j + {2, 3}]. Groups
+            // 0 - 15 are gate columns, 16 - 31 the up columns of the same outputs.
+            const u32 row = m0 + c * 64 + warp * 16 + lane / 4;
+            bf16* dst = out + (size_t)row * n + j0 + 2 * (lane % 4);
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            if (row + 8 * h < m) {
+            for (int h = 0; h < 2; h++) {
+                if (row + 8 * h < m) {
 #pragma unroll
-                for (int j = 0; j < 16; j++) {
-                    const float lo = gg_glu(d[4 * j + 2 * h], d[4 * (j + 16) + 2 * h]);
-                    const float hi = gg_glu(d[4 * j + 2 * h + 1], d[4 * (j + 16) + 2 * h + 1]);
-                    *reinterpret_cast<u32*>(dst + (size_t)8 * h * n + 8 * j) = gg_pack(lo, hi);
+                    for (int j = 0; j < 16; j++) {
+                        const float lo = gg_glu(d[4 * j + 2 * h], d[4 * (j + 16) + 2 * h]);
+                        const float hi = gg_glu(d[4 * j + 2 * h + 1], d[4 * (j + 16) + 2 * h + 1]);
+                        *reinterpret_cast<u32*>(dst + (size_t)8 * h * n + 8 * j) = pack_bf16x2(lo, hi);
+                    }
                 }
             }
         }
-    }
     }
 #if GG_CLUSTER == 2
     // No block leaves while its peer may still multicast into it or arrive on its barriers.

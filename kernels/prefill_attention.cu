@@ -38,20 +38,6 @@
 
 #define PF_TQ 32
 
-// Two f32 as one bf16x2 word (lo in the low half), rounded to nearest even: one cvt from sm_80 on,
-// where common.cuh's software f2bf takes about six integer operations a value, and every P
-// operand of the P V mma passes through here (the same bits, NaN payloads aside; the kernel
-// took 287 instead of 325 us in op_bench on an H100, docs/benchmarks.md, session 16).
-__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
-#if __CUDA_ARCH__ < 800
-    return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
-#else
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-#endif
-}
-
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -65,13 +51,6 @@ __device__ __forceinline__ float quad_sum(float v) {
 #define PF_BK 64      // keys per shared K/V tile
 #define PF_PAD 8      // bf16 of padding per shared row (bank conflicts, see k_s)
 #define PF_NO_SLOT 0xffffffffu
-
-// Shared-memory address of a generic pointer to shared memory (for cp.async and ldmatrix).
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
 
 // 16 bytes global -> shared, bypassing L1; `src_bytes` 0 writes zeros and reads nothing.
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src, u32 src_bytes) {
